@@ -1,0 +1,80 @@
+"""The `push` command: parses arguments and calls the model; errors become one line and an exit code.
+
+Each front end registers its subcommands from a small module that imports nothing heavy
+(see COMMAND_MODULES), so `push --help` stays fast. Usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from push import __version__
+from push.errors import PushError
+
+# Modules with `register(subparsers, common)`; each adds its subcommands.
+COMMAND_MODULES = [
+    "push.commands",
+]
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Options every subcommand takes, so they work after the subcommand name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", metavar="URL", default=os.environ.get("PUSH_STORE"),
+                        help="bucket: gs://BUCKET[/PREFIX], s3://BUCKET[/PREFIX], file:///PATH or a path "
+                             "(default: $PUSH_STORE, else ~/.local/share/push)")
+    common.add_argument("--config", metavar="FILE", default=None,
+                        help="skiapush.conf (default: $PUSH_CONFIG, ./skiapush.conf, /etc/push/skiapush.conf)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="push",
+        description="Deploy Debian packages to a fleet of servers, and roll them back.",
+    )
+    parser.add_argument("--version", action="version", version=f"push {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = common_options()
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub, common)
+    return parser
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except PushError as e:
+        print(f"push: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("push: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # a bug: still one line, with the traceback only on request
+        if os.environ.get("PUSH_DEBUG"):
+            raise
+        print(f"push: internal error: {type(e).__name__}: {e} (set PUSH_DEBUG=1 for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

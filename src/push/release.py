@@ -1,0 +1,222 @@
+"""Release names and release metadata: the one place that knows their format.
+
+A release is `{app}/{app}:{user}@{host}:{UTC YYYY-MM-DDTHH:MM:SSZ}:{40-hex hash}.deb`, stored
+at `debs/` + name, exactly as the original Push wrote it. Its object metadata carries the
+original keys (appname, userid, hash, datetime, dirty, note, services) plus sha256 and size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+from push.errors import InvalidRelease
+
+DEBS_PREFIX = "debs/"
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+APP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
+_USER_RE = re.compile(r"[^\x00-\x20\x7f/:@\\]+")
+_HOST_RE = re.compile(r"[^\x00-\x20\x7f/:@\\]+")
+_HASH_RE = re.compile(r"[0-9a-f]{40}")
+_TIME_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+_NAME_RE = re.compile(
+    rf"(?P<app>[^/]+)/(?P<app2>[^/:]+):(?P<user>[^/@]+)@(?P<host>[^/]+):"
+    rf"(?P<time>{_TIME_RE}):(?P<hash>[^/:]+)\.deb"
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Metadata keys, as the original wrote them, then ours.
+ORIGINAL_KEYS = ("appname", "userid", "hash", "datetime", "dirty", "note", "services")
+PUSH_KEYS = ("sha256", "size")
+
+
+def check_app(app: str) -> str:
+    """Return `app` if it is a valid app name, else raise InvalidRelease."""
+    if not isinstance(app, str) or not APP_RE.fullmatch(app) or ".." in app:
+        raise InvalidRelease(
+            f"invalid app name {app!r}: use letters, digits and . _ + - (starting with a letter or digit)"
+        )
+    return app
+
+
+def _check_part(what: str, value: str, pattern: re.Pattern[str]) -> str:
+    if not value or not pattern.fullmatch(value):
+        raise InvalidRelease(f"invalid {what} {value!r} in release name")
+    return value
+
+
+def app_of(name: str) -> str:
+    """The app of a release name or placeholder: the part before the first '/'."""
+    return name.split("/", 1)[0]
+
+
+@dataclass(frozen=True)
+class Release:
+    """One release of one app, identified by its name."""
+
+    app: str
+    user: str
+    host: str
+    time: datetime
+    hash: str
+
+    def __post_init__(self) -> None:
+        check_app(self.app)
+        _check_part("user", self.user, _USER_RE)
+        _check_part("host", self.host, _HOST_RE)
+        _check_part("git hash", self.hash, _HASH_RE)
+        if self.time.tzinfo is None:
+            raise InvalidRelease("release time must be timezone-aware (UTC)")
+        # Names hold whole seconds in UTC: normalise so equal names mean equal releases.
+        object.__setattr__(self, "time", self.time.astimezone(timezone.utc).replace(microsecond=0))
+
+    @classmethod
+    def parse(cls, name: str) -> Release:
+        """Parse a release name (`app/app:user@host:time:hash.deb`); InvalidRelease if bad."""
+        if not isinstance(name, str) or _CONTROL.search(name) or ".." in name:
+            raise InvalidRelease(f"invalid release name {name!r}")
+        m = _NAME_RE.fullmatch(name)
+        if m is None:
+            raise InvalidRelease(
+                f"invalid release name {name!r}: expected APP/APP:USER@HOST:YYYY-MM-DDTHH:MM:SSZ:GITHASH.deb"
+            )
+        if m["app"] != m["app2"]:
+            raise InvalidRelease(f"invalid release name {name!r}: app {m['app2']!r} is filed under {m['app']!r}")
+        try:
+            time = datetime.strptime(m["time"], TIME_FORMAT).replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise InvalidRelease(f"invalid release name {name!r}: bad time {m['time']!r}") from None
+        return cls(app=m["app"], user=m["user"], host=m["host"], time=time, hash=m["hash"])
+
+    @classmethod
+    def from_key(cls, key: str) -> Release:
+        """Parse an object key `debs/{name}`."""
+        if not key.startswith(DEBS_PREFIX):
+            raise InvalidRelease(f"{key!r} is not under {DEBS_PREFIX}")
+        return cls.parse(key[len(DEBS_PREFIX):])
+
+    @property
+    def timestamp(self) -> str:
+        return self.time.strftime(TIME_FORMAT)
+
+    @property
+    def name(self) -> str:
+        return f"{self.app}/{self.app}:{self.user}@{self.host}:{self.timestamp}:{self.hash}.deb"
+
+    @property
+    def key(self) -> str:
+        return DEBS_PREFIX + self.name
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:7]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _parse_bool(value: str, key: str) -> bool:
+    if value in ("true", "false"):
+        return value == "true"
+    raise InvalidRelease(f"metadata {key!r} must be 'true' or 'false', got {value!r}")
+
+
+@dataclass(frozen=True)
+class ReleaseInfo:
+    """A release with what its metadata says of it."""
+
+    release: Release
+    dirty: bool = False
+    note: str = ""
+    services: tuple[str, ...] = ()
+    sha256: str | None = None
+    size: int | None = None
+    # Any further metadata keys (package, version, ...) kept as they came.
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.release.name
+
+    @property
+    def app(self) -> str:
+        return self.release.app
+
+    def to_metadata(self) -> dict[str, str]:
+        r = self.release
+        md = {
+            "appname": r.app,
+            "userid": f"{r.user}@{r.host}",
+            "hash": r.hash,
+            "datetime": r.timestamp,
+            "dirty": "true" if self.dirty else "false",
+            "note": self.note,
+            "services": " ".join(self.services),
+        }
+        if self.sha256 is not None:
+            md["sha256"] = self.sha256
+        if self.size is not None:
+            md["size"] = str(self.size)
+        md.update(self.extra)
+        return md
+
+    @classmethod
+    def from_metadata(cls, key: str, metadata: dict[str, str]) -> ReleaseInfo:
+        """Build from an object's key and metadata; InvalidRelease when they disagree."""
+        release = Release.from_key(key)
+        md = dict(metadata)
+        appname = md.get("appname")
+        if not appname:
+            raise InvalidRelease(f"{key}: no 'appname' metadata (not a release)")
+        if appname != release.app:
+            raise InvalidRelease(f"{key}: metadata appname {appname!r} does not match app {release.app!r}")
+        sha256 = md.get("sha256")
+        if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise InvalidRelease(f"{key}: metadata sha256 {sha256!r} is not 64 hex digits")
+        size_text = md.get("size")
+        size = None
+        if size_text is not None:
+            if not size_text.isdigit():
+                raise InvalidRelease(f"{key}: metadata size {size_text!r} is not a number")
+            size = int(size_text)
+        services = tuple(md.get("services", "").split())
+        for unit in services:
+            if _CONTROL.search(unit) or "/" in unit:
+                raise InvalidRelease(f"{key}: bad unit name {unit!r} in metadata services")
+        extra = {k: v for k, v in md.items() if k not in ORIGINAL_KEYS + PUSH_KEYS}
+        return cls(
+            release=release,
+            dirty=_parse_bool(md.get("dirty", "false"), "dirty"),
+            note=md.get("note", ""),
+            services=services,
+            sha256=sha256,
+            size=size,
+            extra=extra,
+        )
+
+    def with_extra(self, **extra: str) -> ReleaseInfo:
+        return replace(self, extra={**self.extra, **extra})
+
+    def to_json(self) -> dict[str, object]:
+        r = self.release
+        return {
+            "name": r.name,
+            "app": r.app,
+            "user": r.user,
+            "host": r.host,
+            "datetime": r.timestamp,
+            "hash": r.hash,
+            "dirty": self.dirty,
+            "note": self.note,
+            "services": list(self.services),
+            "sha256": self.sha256,
+            "size": self.size,
+            **({"extra": self.extra} if self.extra else {}),
+        }
+
+
+def newest_first_key(info: ReleaseInfo) -> tuple[datetime, str]:
+    """Sort key for newest-first ordering (use with reverse=True); ties broken by name."""
+    return (info.release.time, info.release.name)

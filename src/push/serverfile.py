@@ -1,0 +1,162 @@
+"""server/{server}.json: the releases a server should run, read and written with compare-and-swap.
+
+The file is a JSON array of release names, exactly as the original Push wrote it. An entry
+`"app/"` is a placeholder meaning "nothing chosen for app". Every write is conditional on
+the generation that was read, so concurrent edits never silently overwrite each other.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from push.errors import Conflict, InvalidServerFile, NotFound, PushError
+from push.release import InvalidRelease, Release, app_of, check_app
+from push.store import Store
+
+SERVER_PREFIX = "server/"
+SERVER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_server(server: str) -> str:
+    if not isinstance(server, str) or not SERVER_RE.fullmatch(server) or ".." in server:
+        raise PushError(f"invalid server name {server!r}: use letters, digits and . _ -")
+    return server
+
+
+def server_key(server: str) -> str:
+    return f"{SERVER_PREFIX}{check_server(server)}.json"
+
+
+@dataclass(frozen=True)
+class ServerFile:
+    """The parsed contents of one server file, with the generation it was read at.
+
+    `generation` is None for a server that has no file yet; writing it then creates the
+    file only if nobody else created it first.
+    """
+
+    server: str
+    entries: tuple[str, ...] = ()
+    generation: str | None = None
+    _releases: dict[str, Release] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_server(self.server)
+        releases: dict[str, Release] = {}
+        seen: set[str] = set()
+        for entry in self.entries:
+            if not isinstance(entry, str):
+                raise InvalidServerFile(f"{server_key(self.server)}: entry {entry!r} is not a string")
+            app = app_of(entry)
+            try:
+                check_app(app)
+                if entry != app + "/":
+                    releases[app] = Release.parse(entry)
+            except InvalidRelease as e:
+                raise InvalidServerFile(f"{server_key(self.server)}: {e}") from None
+            if app in seen:
+                raise InvalidServerFile(f"{server_key(self.server)}: app {app!r} is listed twice")
+            seen.add(app)
+        object.__setattr__(self, "_releases", releases)
+
+    @classmethod
+    def parse(cls, server: str, data: bytes, generation: str | None) -> ServerFile:
+        try:
+            entries = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise InvalidServerFile(f"{server_key(server)}: not valid JSON ({e})") from None
+        if not isinstance(entries, list):
+            raise InvalidServerFile(f"{server_key(server)}: expected a JSON array of release names")
+        return cls(server=server, entries=tuple(entries), generation=generation)
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(list(self.entries), indent=2) + "\n").encode()
+
+    @property
+    def releases(self) -> dict[str, Release]:
+        """The chosen release per app; placeholder entries are left out."""
+        return dict(self._releases)
+
+    @property
+    def apps(self) -> list[str]:
+        """Every app the file names, placeholders included, in file order."""
+        return [app_of(e) for e in self.entries]
+
+    def release_of(self, app: str) -> Release | None:
+        return self._releases.get(app)
+
+    def with_release(self, release: Release) -> ServerFile:
+        """A copy that runs `release` for its app, replacing the app's entry in place."""
+        entries = list(self.entries)
+        for i, entry in enumerate(entries):
+            if app_of(entry) == release.app:
+                entries[i] = release.name
+                break
+        else:
+            entries.append(release.name)
+        return ServerFile(self.server, tuple(entries), self.generation)
+
+    def without_app(self, app: str) -> ServerFile:
+        """A copy that no longer lists `app` (so pulld removes its package)."""
+        return ServerFile(self.server, tuple(e for e in self.entries if app_of(e) != app), self.generation)
+
+
+def read(store: Store, server: str, if_generation_not_match: str | None = None) -> ServerFile | None:
+    """The server's file; an empty one (generation None) if it has none yet.
+
+    With `if_generation_not_match`, returns None and downloads nothing when the file is
+    still at that generation (a missing file always reads as empty).
+    """
+    key = server_key(server)
+    try:
+        got = store.get(key, if_generation_not_match=if_generation_not_match)
+    except NotFound:
+        return ServerFile(server)
+    if got is None:
+        return None
+    data, info = got
+    return ServerFile.parse(server, data, info.generation)
+
+
+def write(store: Store, new: ServerFile) -> ServerFile:
+    """Write `new` only if the stored file is still at `new.generation`; else Conflict."""
+    key = server_key(new.server)
+    if new.generation is None:
+        info = store.put(key, new.to_bytes(), if_absent=True, content_type="application/json")
+    else:
+        info = store.put(key, new.to_bytes(), if_generation_match=new.generation,
+                         content_type="application/json")
+    return ServerFile(new.server, new.entries, info.generation)
+
+
+def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile], attempts: int = 5) -> tuple[ServerFile, ServerFile]:
+    """Read-modify-write with compare-and-swap, re-reading on Conflict.
+
+    `change` is called on fresh data each attempt and may raise (for example Conflict when
+    what it meant to change has been changed by someone else). Returns (before, after).
+    """
+    for attempt in range(attempts):
+        before = read(store, server)
+        assert before is not None
+        after = change(before)
+        if after.entries == before.entries:
+            return before, before
+        try:
+            return before, write(store, after)
+        except Conflict:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def list_servers(store: Store) -> list[str]:
+    """Every server that has a file in the store."""
+    names = []
+    for info in store.list(SERVER_PREFIX):
+        rest = info.key[len(SERVER_PREFIX):]
+        if rest.endswith(".json") and "/" not in rest:
+            names.append(rest[: -len(".json")])
+    return names

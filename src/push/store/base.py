@@ -1,0 +1,154 @@
+"""The store interface every backend implements: objects with metadata and generations.
+
+A generation is an opaque string that changes on every write of a key (a counter on the
+local store, the object generation on GCS, the ETag on S3). Writes can be made
+conditional on it, which is what makes compare-and-swap on server files possible.
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import BinaryIO
+
+from push.errors import Conflict, NotFound, PushError, StoreUnavailable
+
+__all__ = [
+    "CHUNK_SIZE",
+    "Conflict",
+    "NotFound",
+    "ObjectInfo",
+    "Page",
+    "Reader",
+    "Store",
+    "StoreUnavailable",
+    "check_key",
+]
+
+CHUNK_SIZE = 8 * 1024 * 1024
+
+# Keys are relative paths of printable characters: no empty segment, no "." or "..",
+# nothing that could escape a prefix on a filesystem-backed store.
+_BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def check_key(key: str) -> str:
+    """Return `key` if it is a safe object key, else raise PushError."""
+    if not key or key.startswith("/") or key.endswith("/") or _BAD_KEY_CHARS.search(key):
+        raise PushError(f"invalid object key {key!r}")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise PushError(f"invalid object key {key!r}")
+    return key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a store knows of one object, without its contents."""
+
+    key: str
+    generation: str
+    size: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    updated: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing; pass `next_token` back to get the next one."""
+
+    items: list[ObjectInfo]
+    next_token: str | None
+
+
+class Reader(abc.ABC):
+    """A streaming read of one object at one generation. Use as a context manager."""
+
+    info: ObjectInfo
+
+    @abc.abstractmethod
+    def read(self, size: int = -1) -> bytes: ...
+
+    def close(self) -> None:  # noqa: B027 - optional for backends with nothing to free
+        pass
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(CHUNK_SIZE):
+            yield chunk
+
+
+class Store(abc.ABC):
+    """An object store: local directory, GCS bucket or S3 bucket, under an optional prefix."""
+
+    url: str
+    # Whether list pages carry each object's custom metadata (GCS does; S3 does not).
+    lists_metadata: bool = False
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> ObjectInfo:
+        """Size, generation and metadata of `key`; NotFound if absent."""
+
+    @abc.abstractmethod
+    def open(self, key: str) -> Reader:
+        """Start a streaming read of `key`; NotFound if absent."""
+
+    def get(self, key: str, if_generation_not_match: str | None = None) -> tuple[bytes, ObjectInfo] | None:
+        """Read a small object whole. Returns None, downloading nothing, when its
+        generation still equals `if_generation_not_match`."""
+        if if_generation_not_match is not None:
+            info = self.stat(key)
+            if info.generation == if_generation_not_match:
+                return None
+        with self.open(key) as reader:
+            return reader.read(), reader.info
+
+    @abc.abstractmethod
+    def put(
+        self,
+        key: str,
+        data: bytes | BinaryIO,
+        metadata: dict[str, str] | None = None,
+        *,
+        if_generation_match: str | None = None,
+        if_absent: bool = False,
+        content_type: str = "application/octet-stream",
+    ) -> ObjectInfo:
+        """Write `key` from bytes or a binary stream, atomically.
+
+        With `if_absent` the write happens only if the key does not exist; with
+        `if_generation_match` only if its generation is still that one. Otherwise the
+        write raises Conflict and nothing changes.
+        """
+
+    @abc.abstractmethod
+    def list_page(self, prefix: str, token: str | None = None, page_size: int = 1000,
+                  start_after: str | None = None) -> Page:
+        """One page of objects whose key starts with `prefix`, in key order."""
+
+    def list(self, prefix: str, page_size: int = 1000, start_after: str | None = None) -> Iterator[ObjectInfo]:
+        """Every object under `prefix`, fetched a page at a time."""
+        token: str | None = None
+        while True:
+            page = self.list_page(prefix, token, page_size, start_after)
+            yield from page.items
+            if page.next_token is None:
+                return
+            token = page.next_token
+
+    @abc.abstractmethod
+    def delete(self, key: str, *, if_generation_match: str | None = None) -> None:
+        """Delete `key`; NotFound if absent, Conflict if the generation moved on."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release connections."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.url}>"

@@ -1,0 +1,233 @@
+"""The embedded store: a local directory, with the same guarantees as a cloud bucket.
+
+Each object is one file whose first line is a JSON header (generation and metadata)
+followed by the contents, so a write is a single atomic rename: contents and metadata
+never disagree, even after a crash. Compare-and-swap holds across processes because the
+precondition check and the rename happen under an exclusive lock on a per-key lock file.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+from push.errors import Conflict, NotFound, PushError, StoreUnavailable
+from push.store.base import CHUNK_SIZE, ObjectInfo, Page, Reader, Store, check_key
+
+
+class _FileReader(Reader):
+    def __init__(self, f: BinaryIO, info: ObjectInfo) -> None:
+        self._f = f
+        self.info = info
+
+    def read(self, size: int = -1) -> bytes:
+        return self._f.read(size)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class LocalStore(Store):
+    lists_metadata = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+        self.url = f"file://{self.root}"
+        self._objects = self.root / "objects"
+        self._locks = self.root / ".locks"
+        self._tmp = self.root / ".tmp"
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreUnavailable(f"local store {self.root} is not a directory")
+
+    def _make_dirs(self) -> None:
+        # Created on first write, so reading a store that does not exist creates nothing.
+        try:
+            for d in (self._objects, self._locks, self._tmp):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreUnavailable(f"cannot use local store {self.root}: {e.strerror}") from e
+
+    # -- paths and headers -------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        return self._objects / check_key(key)
+
+    @staticmethod
+    def _read_header(f: BinaryIO, key: str, path: Path) -> ObjectInfo:
+        line = f.readline()
+        try:
+            header = json.loads(line)
+            generation, metadata = str(header["generation"]), dict(header["metadata"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise PushError(f"corrupt object file {path}: bad header") from e
+        st = os.fstat(f.fileno())
+        return ObjectInfo(
+            key=key,
+            generation=generation,
+            size=st.st_size - len(line),
+            metadata=metadata,
+            updated=datetime.fromtimestamp(st.st_mtime, timezone.utc),
+        )
+
+    def _open_object(self, key: str) -> tuple[BinaryIO, ObjectInfo]:
+        path = self._path(key)
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - handed to the caller
+        except FileNotFoundError:
+            raise NotFound(f"{key} not found in {self.url}") from None
+        except IsADirectoryError:
+            raise NotFound(f"{key} not found in {self.url}") from None
+        except OSError as e:
+            raise StoreUnavailable(f"cannot read {path}: {e.strerror}") from e
+        try:
+            return f, self._read_header(f, key, path)
+        except BaseException:
+            f.close()
+            raise
+
+    @contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        self._make_dirs()
+        lock_path = self._locks / hashlib.sha256(key.encode()).hexdigest()[:40]
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _current_generation(self, key: str) -> str | None:
+        try:
+            f, info = self._open_object(key)
+        except NotFound:
+            return None
+        f.close()
+        return info.generation
+
+    @staticmethod
+    def _check_precondition(key: str, current: str | None, if_generation_match: str | None,
+                            if_absent: bool) -> None:
+        if if_absent and current is not None:
+            raise Conflict(f"{key} already exists")
+        if if_generation_match is not None and current != if_generation_match:
+            now = "is absent" if current is None else f"is at generation {current}"
+            raise Conflict(f"{key} changed: expected generation {if_generation_match}, it {now}")
+
+    # -- the Store interface -------------------------------------------------------------
+
+    def stat(self, key: str) -> ObjectInfo:
+        f, info = self._open_object(key)
+        f.close()
+        return info
+
+    def open(self, key: str) -> Reader:
+        f, info = self._open_object(key)
+        return _FileReader(f, info)
+
+    def put(self, key: str, data: bytes | BinaryIO, metadata: dict[str, str] | None = None, *,
+            if_generation_match: str | None = None, if_absent: bool = False,
+            content_type: str = "application/octet-stream") -> ObjectInfo:
+        path = self._path(key)
+        generation = str(time.time_ns())
+        header = json.dumps({"generation": generation, "metadata": metadata or {},
+                             "content_type": content_type}).encode() + b"\n"
+        self._make_dirs()
+        tmp = self._tmp / f"{os.getpid()}-{uuid.uuid4().hex}"
+        try:
+            # The contents are written before the lock is taken, so a slow upload never
+            # holds up other writers; only the check and the rename are serialised.
+            with open(tmp, "wb") as f:
+                f.write(header)
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    f.write(data)
+                else:
+                    while chunk := data.read(CHUNK_SIZE):
+                        f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+                size = f.tell() - len(header)
+            with self._locked(key):
+                current = self._current_generation(key)
+                self._check_precondition(key, current, if_generation_match, if_absent)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(tmp, path)
+                _fsync_dir(path.parent)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise StoreUnavailable(f"no space left writing {key} to {self.url}") from e
+            raise StoreUnavailable(f"cannot write {key} to {self.url}: {e.strerror}") from e
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ObjectInfo(key=key, generation=generation, size=size,
+                          metadata=dict(metadata or {}), updated=datetime.now(timezone.utc))
+
+    def list_page(self, prefix: str, token: str | None = None, page_size: int = 1000,
+                  start_after: str | None = None) -> Page:
+        after = max(filter(None, (token, start_after)), default=None)
+        items: list[ObjectInfo] = []
+        for key in self._walk_keys(prefix, after):
+            try:
+                items.append(self.stat(key))
+            except NotFound:  # deleted while we listed
+                continue
+            if len(items) == page_size:
+                return Page(items, key)
+        return Page(items, None)
+
+    def _walk_keys(self, prefix: str, after: str | None) -> Iterator[str]:
+        """Keys under `prefix` greater than `after`, in lexicographic order, lazily."""
+        slash = prefix.rfind("/")
+        base_rel, name_prefix = prefix[: slash + 1], prefix[slash + 1:]
+        base = self._objects / base_rel if base_rel else self._objects
+        yield from self._walk_dir(base, base_rel, name_prefix, after)
+
+    def _walk_dir(self, directory: Path, rel: str, name_prefix: str, after: str | None) -> Iterator[str]:
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        # Sorting a directory by name + "/" puts "a/..." where "a/" falls among its
+        # siblings, which makes the depth-first walk yield keys in true byte order.
+        sortable = []
+        for e in entries:
+            if not e.name.startswith(name_prefix):
+                continue
+            is_dir = e.is_dir(follow_symlinks=False)
+            sortable.append((e.name + "/" if is_dir else e.name, is_dir))
+        sortable.sort()
+        for name, is_dir in sortable:
+            key = rel + name
+            if is_dir:
+                # Skip whole subtrees that lie entirely at or before `after`.
+                if after is not None and key < after[: len(key)]:
+                    continue
+                yield from self._walk_dir(directory / name[:-1], key, "", after)
+            elif after is None or key > after:
+                yield key
+
+    def delete(self, key: str, *, if_generation_match: str | None = None) -> None:
+        path = self._path(key)
+        with self._locked(key):
+            current = self._current_generation(key)
+            if current is None:
+                raise NotFound(f"{key} not found in {self.url}")
+            self._check_precondition(key, current, if_generation_match, False)
+            path.unlink()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
