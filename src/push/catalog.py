@@ -60,6 +60,7 @@ class Catalog:
         self._by_name: dict[str, ReleaseInfo] = {}
         self._by_app: dict[str, list[ReleaseInfo]] = {}
         self._generations: dict[str, str] = {}
+        self._all: list[ReleaseInfo] | None = None
         self._last_full = 0.0
         self._journal_cursor_ns = 0
         self._loaded = False
@@ -158,12 +159,11 @@ class Catalog:
                     continue
                 self._by_name[name] = info
                 self._generations[name] = deb.generation
+                self._insert(info)
                 new.append(info)
             if page.next_token is None:
                 break
             token = page.next_token
-        if new:
-            self._reindex()
         return new
 
     def _reindex(self) -> None:
@@ -173,6 +173,17 @@ class Catalog:
         for infos in by_app.values():
             infos.sort(key=newest_first_key, reverse=True)
         self._by_app = by_app
+        self._all = None
+
+    def _insert(self, info: ReleaseInfo) -> None:
+        # New releases are nearly always the newest, so this stops at the first element.
+        infos = self._by_app.setdefault(info.app, [])
+        key = newest_first_key(info)
+        i = 0
+        while i < len(infos) and newest_first_key(infos[i]) > key:
+            i += 1
+        infos.insert(i, info)
+        self._all = None
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:
@@ -190,8 +201,10 @@ class Catalog:
         if app is not None:
             check_app(app)
             return list(self._by_app.get(app, ()))
-        everything: Iterable[ReleaseInfo] = self._by_name.values()
-        return sorted(everything, key=newest_first_key, reverse=True)
+        if self._all is None:
+            everything: Iterable[ReleaseInfo] = self._by_name.values()
+            self._all = sorted(everything, key=newest_first_key, reverse=True)
+        return list(self._all)
 
     def latest(self, app: str) -> ReleaseInfo:
         releases = self.releases(app)
@@ -213,9 +226,10 @@ class Catalog:
         self.metadata_reads += 1
         info = ReleaseInfo.from_metadata(obj.key, obj.metadata)
         with self._lock:
-            self._by_name[name] = info
-            self._generations[name] = obj.generation
-            self._reindex()
+            if name not in self._by_name:
+                self._by_name[name] = info
+                self._generations[name] = obj.generation
+                self._insert(info)
         return info
 
     def __len__(self) -> int:
