@@ -1,0 +1,162 @@
+"""Unit requests: start / stop / restart a systemd unit on a server, through the bucket.
+
+The agent owns the units, so the push server (or `push unit` straight to the bucket) only
+records a request under `requests/{server}/`; pulld acts on it at its next step and writes
+the outcome back into the same object. docs/unit-requests.md is the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta, timezone
+
+from push.errors import NotFound, PushError
+from push.release import check_app
+from push.serverfile import check_server
+from push.store import Store
+
+REQUESTS_PREFIX = "requests/"
+ACTIONS = ("start", "stop", "restart")
+STATES = ("pending", "done", "failed", "expired", "refused")
+# A request the agent has not picked up by then is never acted on: an agent that was down
+# for a day must not restart things nobody asked for today.
+DEFAULT_TTL_SECONDS = 600
+# Finished requests are deleted (by the agent, or by `prune`) after this long.
+KEEP_SECONDS = 24 * 3600
+
+UNIT_RE = re.compile(r"[A-Za-z0-9@_.:\\-]+\.(service|socket|timer|target|path|mount)")
+
+
+def check_unit(unit: str) -> str:
+    if not isinstance(unit, str) or not UNIT_RE.fullmatch(unit) or ".." in unit:
+        raise PushError(f"invalid unit name {unit!r}: expected NAME.service (or .socket, .timer, ...)")
+    return unit
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def server_prefix(server: str) -> str:
+    return f"{REQUESTS_PREFIX}{check_server(server)}/"
+
+
+@dataclass(frozen=True)
+class UnitRequest:
+    """One request, as stored in `requests/{server}/{id}.json`."""
+
+    id: str                      # "{20-digit ns}-{8 hex}": sorts in request order
+    server: str
+    app: str
+    unit: str
+    action: str                  # start | stop | restart
+    who: str
+    time: str                    # UTC ISO-8601, when it was requested
+    expires: str                 # UTC ISO-8601; not acted on after this
+    state: str = "pending"       # pending | done | failed | expired | refused
+    result: str | None = None    # the agent's words (systemctl's stderr on failure)
+    done_time: str | None = None
+    done_by: str | None = None   # the agent's hostname
+    history_id: str | None = None
+    generation: str | None = None  # of the stored object; not part of the JSON
+
+    @property
+    def key(self) -> str:
+        return f"{server_prefix(self.server)}{self.id}.json"
+
+    def to_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data.pop("generation")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, object], generation: str | None = None) -> UnitRequest:
+        try:
+            fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "generation"}
+            req = cls(generation=generation, **fields)  # type: ignore[arg-type]
+        except (TypeError, KeyError) as e:
+            raise PushError(f"malformed unit request: {e}") from None
+        if req.action not in ACTIONS or req.state not in STATES:
+            raise PushError(f"malformed unit request {req.id}: action {req.action!r}, state {req.state!r}")
+        return req
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return (now or datetime.now(timezone.utc)) > _parse_iso(self.expires)
+
+
+def new_id(now_ns: int | None = None) -> str:
+    return f"{now_ns if now_ns is not None else time.time_ns():020d}-{secrets.token_hex(4)}"
+
+
+def create(store: Store, server: str, app: str, unit: str, action: str, who: str, *,
+           ttl: float = DEFAULT_TTL_SECONDS, history_id: str | None = None) -> UnitRequest:
+    """Record a pending request (create-only: ids never collide silently)."""
+    check_app(app)
+    check_unit(unit)
+    if action not in ACTIONS:
+        raise PushError(f"unknown unit action {action!r} (known: {', '.join(ACTIONS)})")
+    now = datetime.now(timezone.utc)
+    req = UnitRequest(id=new_id(), server=check_server(server), app=app, unit=unit, action=action,
+                      who=who, time=_iso(now), expires=_iso(now + timedelta(seconds=ttl)),
+                      history_id=history_id)
+    info = store.put(req.key, json.dumps(req.to_json(), indent=1).encode(), if_absent=True,
+                     content_type="application/json")
+    return replace(req, generation=info.generation)
+
+
+def list_requests(store: Store, server: str) -> list[UnitRequest]:
+    """Every request of `server`, oldest first; unreadable objects are skipped."""
+    out = []
+    for info in store.list(server_prefix(server)):
+        if not info.key.endswith(".json"):
+            continue
+        try:
+            got = store.get(info.key)
+        except NotFound:
+            continue
+        assert got is not None
+        data, obj = got
+        try:
+            out.append(UnitRequest.from_json(json.loads(data), obj.generation))
+        except (ValueError, PushError):
+            continue
+    return out
+
+
+def pending(store: Store, server: str) -> list[UnitRequest]:
+    """The requests the agent still has to act on (or mark expired), oldest first."""
+    return [r for r in list_requests(store, server) if r.state == "pending"]
+
+
+def complete(store: Store, req: UnitRequest, state: str, result: str | None, by: str) -> UnitRequest:
+    """Write the outcome back, only if the object is still the one that was read (else Conflict)."""
+    if state not in STATES or state == "pending":
+        raise PushError(f"cannot complete a unit request as {state!r}")
+    done = replace(req, state=state, result=result, done_time=_iso(datetime.now(timezone.utc)), done_by=by)
+    info = store.put(req.key, json.dumps(done.to_json(), indent=1).encode(),
+                     if_generation_match=req.generation, content_type="application/json")
+    return replace(done, generation=info.generation)
+
+
+def prune(store: Store, server: str, keep_seconds: float = KEEP_SECONDS) -> int:
+    """Delete finished requests older than `keep_seconds`; returns how many went."""
+    now = datetime.now(timezone.utc)
+    gone = 0
+    for req in list_requests(store, server):
+        if req.state == "pending" or req.done_time is None:
+            continue
+        if (now - _parse_iso(req.done_time)).total_seconds() > keep_seconds:
+            try:
+                store.delete(req.key, if_generation_match=req.generation)
+                gone += 1
+            except PushError:
+                continue
+    return gone
