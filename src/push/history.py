@@ -1,0 +1,245 @@
+"""History: who changed what, when, on which server, kept in the bucket under `history/`.
+
+Every change (deploy, rollback, remove, unit request) is one immutable JSON record, written
+under three keys so that each view is one listing, newest first:
+
+    history/server/{server}/{inv}-{rand}~{app}.json     per server (and per server+app)
+    history/app/{app}/{inv}-{rand}~{server}.json        per app
+    history/all/{inv}-{rand}~{server}~{app}.json        the whole fleet
+
+`inv` is 99999999999999999999 minus the record's time in nanoseconds, 20 digits, so stores
+that list in key order list newest first; the names after `~` let a listing be filtered
+without reading records ('~' is in no server or app name). Rollback reads this history
+(`previous_release`), never "the second newest release".
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from push.errors import NotFound, PushError
+from push.release import check_app
+from push.serverfile import check_server
+from push.store import Store
+
+HISTORY_PREFIX = "history/"
+ACTIONS = ("deploy", "rollback", "remove", "unit-start", "unit-stop", "unit-restart")
+# Actions that change what a server should run (the others are requests to its agent).
+CHANGES = ("deploy", "rollback", "remove")
+_INV = 10**20 - 1
+
+
+@dataclass(frozen=True)
+class Record:
+    """One change. `from_`/`to` are release names (None: the app was not listed)."""
+
+    id: str
+    time: str
+    who: str
+    server: str
+    app: str
+    action: str
+    from_: str | None = None
+    to: str | None = None
+    note: str = ""
+    result: str = "ok"
+    unit: str | None = None
+    via: str = ""          # "push-server@HOST" or "cli@HOST": which front end wrote it
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ns(self) -> int:
+        return int(self.id.split("-", 1)[0])
+
+    @property
+    def _stem(self) -> str:
+        inv = _INV - self.ns
+        return f"{inv:020d}-{self.id.split('-', 1)[1]}"
+
+    def keys(self) -> list[str]:
+        """Its three keys: per server, per app, whole fleet (written in that order)."""
+        return [
+            f"{HISTORY_PREFIX}server/{self.server}/{self._stem}~{self.app}.json",
+            f"{HISTORY_PREFIX}app/{self.app}/{self._stem}~{self.server}.json",
+            f"{HISTORY_PREFIX}all/{self._stem}~{self.server}~{self.app}.json",
+        ]
+
+    def to_json(self) -> dict[str, object]:
+        data: dict[str, object] = {
+            "id": self.id, "time": self.time, "who": self.who, "server": self.server,
+            "app": self.app, "action": self.action, "from": self.from_, "to": self.to,
+            "note": self.note, "result": self.result,
+        }
+        if self.unit is not None:
+            data["unit"] = self.unit
+        if self.via:
+            data["via"] = self.via
+        if self.extra:
+            data["extra"] = self.extra
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Record:
+        try:
+            return cls(
+                id=str(data["id"]), time=str(data["time"]), who=str(data["who"]),
+                server=str(data["server"]), app=str(data["app"]), action=str(data["action"]),
+                from_=data.get("from"), to=data.get("to"),  # type: ignore[arg-type]
+                note=str(data.get("note") or ""), result=str(data.get("result") or "ok"),
+                unit=data.get("unit"), via=str(data.get("via") or ""),  # type: ignore[arg-type]
+                extra=dict(data.get("extra") or {}),  # type: ignore[arg-type]
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise PushError(f"malformed history record: {e}") from None
+
+
+def new_record(who: str, server: str, app: str, action: str, *, from_: str | None = None,
+               to: str | None = None, note: str = "", result: str = "ok", unit: str | None = None,
+               via: str = "", now_ns: int | None = None) -> Record:
+    if action not in ACTIONS:
+        raise PushError(f"unknown history action {action!r}")
+    check_server(server)
+    check_app(app)
+    ns = now_ns if now_ns is not None else time.time_ns()
+    stamp = datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return Record(id=f"{ns:020d}-{secrets.token_hex(4)}", time=stamp, who=who, server=server,
+                  app=app, action=action, from_=from_, to=to, note=note, result=result, unit=unit,
+                  via=via)
+
+
+class History:
+    """Reads and writes history records; records are immutable, so reads are cached."""
+
+    def __init__(self, store: Store, cache_size: int = 50_000) -> None:
+        self.store = store
+        self._cache: OrderedDict[str, Record] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self.reads = 0  # record bodies fetched from the store (for tests and /metrics)
+
+    # -- writing ------------------------------------------------------------------------
+
+    def write(self, record: Record) -> Record:
+        """Store a record under its three keys (create-only: ids never collide silently)."""
+        body = (json.dumps(record.to_json(), indent=1) + "\n").encode()
+        for key in record.keys():
+            self.store.put(key, body, if_absent=True, content_type="application/json")
+        self._remember(record.id, record)
+        return record
+
+    # -- reading ------------------------------------------------------------------------
+
+    def _remember(self, rid: str, record: Record) -> None:
+        with self._lock:
+            self._cache[rid] = record
+            self._cache.move_to_end(rid)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+    def _read(self, key: str) -> Record | None:
+        stem = key.rsplit("/", 1)[1].split("~", 1)[0]
+        inv, _, rand = stem.partition("-")
+        rid = f"{_INV - int(inv):020d}-{rand}"
+        with self._lock:
+            cached = self._cache.get(rid)
+        if cached is not None:
+            return cached
+        try:
+            got = self.store.get(key)
+        except NotFound:
+            return None
+        assert got is not None
+        self.reads += 1
+        try:
+            record = Record.from_json(json.loads(got[0]))
+        except (ValueError, PushError):
+            return None
+        self._remember(rid, record)
+        return record
+
+    def _keys(self, server: str | None, app: str | None, before: str | None) -> Iterator[str]:
+        """Keys of the matching records, newest first, from the cheapest index."""
+        if server is not None:
+            prefix, suffix = f"{HISTORY_PREFIX}server/{check_server(server)}/", (f"~{check_app(app)}.json" if app else None)
+        elif app is not None:
+            prefix, suffix = f"{HISTORY_PREFIX}app/{check_app(app)}/", None
+        else:
+            prefix, suffix = f"{HISTORY_PREFIX}all/", None
+        start_after = None
+        if before is not None:
+            ns, _, rand = before.partition("-")
+            if not ns.isdigit():
+                raise PushError(f"invalid history id {before!r}")
+            # Everything older than `before` sorts after its stem.
+            start_after = f"{prefix}{_INV - int(ns):020d}-{rand}~~"
+        for info in self.store.list(prefix, start_after=start_after):
+            name = info.key[len(prefix):]
+            if "/" in name or not name.endswith(".json"):
+                continue
+            if suffix is not None and not name.endswith(suffix):
+                continue
+            yield info.key
+
+    def records(self, server: str | None = None, app: str | None = None, *,
+                limit: int | None = 100, before: str | None = None,
+                actions: tuple[str, ...] | None = None) -> list[Record]:
+        """Records newest first, for a server, an app, both, or the whole fleet.
+
+        `before` is a record id: only older records are returned (for paging).
+        """
+        out: list[Record] = []
+        for record in self.iter_records(server, app, before=before):
+            if actions is not None and record.action not in actions:
+                continue
+            out.append(record)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def iter_records(self, server: str | None = None, app: str | None = None, *,
+                     before: str | None = None) -> Iterator[Record]:
+        for key in self._keys(server, app, before):
+            record = self._read(key)
+            if record is not None:
+                yield record
+
+    def last_change(self, server: str, app: str) -> Record | None:
+        """The newest deploy/rollback/remove of `app` on `server`."""
+        for record in self.iter_records(server, app):
+            if record.action in CHANGES:
+                return record
+        return None
+
+    def previous_release(self, server: str, app: str, current: str | None) -> tuple[str | None, Record | None]:
+        """What `app` on `server` ran before `current`, by the history: (release, basis).
+
+        Rollbacks undo deploys like a stack: after A→B, B→C and a rollback to B, the
+        next rollback goes to A, not back to C. If the server file was changed outside
+        Push (no record ends at `current`), the answer is the last release the history
+        knew. NotFound when the history cannot say.
+        """
+        skip = 0
+        first = True
+        for record in self.iter_records(server, app):
+            if record.action not in CHANGES or record.result != "ok":
+                continue
+            if first:
+                first = False
+                if record.to != current:
+                    return record.to, record
+            if record.action == "rollback":
+                skip += 1
+                continue
+            if skip == 0:
+                return record.from_, record
+            skip -= 1
+        if first:
+            raise NotFound(f"no history of {app} on {server}: choose a release to deploy instead")
+        raise NotFound(f"the history of {app} on {server} has no release before {current}")
