@@ -83,9 +83,8 @@ class LocalStore(Store):
         path = self._path(key)
         try:
             f = open(path, "rb")  # noqa: SIM115 - handed to the caller
-        except FileNotFoundError:
-            raise NotFound(f"{key} not found in {self.url}") from None
-        except IsADirectoryError:
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            # NotADirectoryError: a key below an object, e.g. "a/b" when "a" is an object.
             raise NotFound(f"{key} not found in {self.url}") from None
         except OSError as e:
             raise StoreUnavailable(f"cannot read {path}: {e.strerror}") from e

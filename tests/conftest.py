@@ -1,0 +1,120 @@
+"""Shared fixtures: a sealed environment, the store emulators, and a fresh store of each kind.
+
+Nothing here reaches beyond 127.0.0.1: cloud metadata servers are pointed at a dead local
+port, credentials files at nothing, and the emulators listen on loopback only.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from emulators import Emulator, start_fake_gcs, start_moto
+
+from push.store import Store, open_store
+
+DEAD_LOCAL = "127.0.0.1:9"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sealed_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Keep every client library away from real clouds and from the developer's credentials."""
+    home = tmp_path_factory.mktemp("cloud-config")
+    with pytest.MonkeyPatch.context() as mp:
+        # google-auth probes the GCE metadata server when it finds no credentials.
+        mp.setenv("GCE_METADATA_HOST", DEAD_LOCAL)
+        mp.setenv("GCE_METADATA_IP", DEAD_LOCAL)
+        mp.setenv("NO_GCE_CHECK", "true")
+        mp.setenv("CLOUDSDK_CONFIG", str(home / "gcloud"))
+        mp.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+        mp.delenv("STORAGE_EMULATOR_HOST", raising=False)
+        # botocore probes the EC2 instance metadata service likewise.
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        mp.setenv("AWS_CONFIG_FILE", str(home / "aws-config"))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "aws-credentials"))
+        for var in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
+                    "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            mp.delenv(var, raising=False)
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        mp.setenv("no_proxy", "127.0.0.1,localhost")
+        yield
+
+
+# -- emulators, one of each per session ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(sealed_environment: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    emulator = start_fake_gcs(tmp_path_factory.mktemp("fake-gcs"))
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(sealed_environment: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    emulator = start_moto(tmp_path_factory.mktemp("moto"))
+    yield emulator
+    emulator.stop()
+
+
+def unique_bucket_name() -> str:
+    return f"push-test-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture
+def gcs_bucket(fake_gcs: Emulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket on fake-gcs-server; STORAGE_EMULATOR_HOST points at it."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs.url)
+    name = unique_bucket_name()
+    client = storage.Client(project="push-local", credentials=AnonymousCredentials())
+    client.create_bucket(name)
+    client.close()
+    return name
+
+
+@pytest.fixture
+def s3_bucket(moto_s3: Emulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket on moto's S3; AWS_ENDPOINT_URL and test credentials point at it."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    name = unique_bucket_name()
+    client = boto3.client("s3", endpoint_url=moto_s3.url)
+    client.create_bucket(Bucket=name)
+    client.close()
+    return name
+
+
+# -- one fresh store of each kind ----------------------------------------------------------
+
+STORE_KINDS = [
+    pytest.param("local", id="local"),
+    pytest.param("gcs", id="gcs", marks=pytest.mark.gcs),
+    pytest.param("s3", id="s3", marks=pytest.mark.s3),
+]
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a new, empty store: file:///..., gs://BUCKET or s3://BUCKET."""
+    if request.param == "local":
+        return f"file://{tmp_path / 'store'}"
+    if request.param == "gcs":
+        return f"gs://{request.getfixturevalue('gcs_bucket')}"
+    return f"s3://{request.getfixturevalue('s3_bucket')}"
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """A fresh Store of each kind in turn: tests using it run on local, gcs and s3."""
+    s = open_store(store_url)
+    yield s
+    s.close()
