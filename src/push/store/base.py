@@ -26,6 +26,7 @@ __all__ = [
     "Store",
     "StoreUnavailable",
     "check_key",
+    "read_full",
 ]
 
 CHUNK_SIZE = 8 * 1024 * 1024
@@ -42,6 +43,19 @@ def check_key(key: str) -> str:
     if any(part in ("", ".", "..") for part in key.split("/")):
         raise PushError(f"invalid object key {key!r}")
     return key
+
+
+def read_full(stream: BinaryIO, size: int) -> bytes:
+    """Up to `size` bytes; fewer only at the end of the stream."""
+    parts: list[bytes] = []
+    got = 0
+    while got < size:
+        piece = stream.read(size - got)
+        if not piece:
+            break
+        parts.append(piece)
+        got += len(piece)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)

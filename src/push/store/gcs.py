@@ -27,7 +27,7 @@ from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from push.errors import Conflict, NotFound, PushError, StoreUnavailable
-from push.store.base import CHUNK_SIZE, ObjectInfo, Page, Reader, Store, check_key
+from push.store.base import CHUNK_SIZE, ObjectInfo, Page, Reader, Store, check_key, read_full
 
 # Transient faults (connection refused, 429, 5xx) are retried for a few seconds only, so
 # an unreachable bucket is reported promptly; the agent's own loop retries later anyway.
@@ -128,19 +128,6 @@ class _Rewindable(io.RawIOBase):
         self._kept, self._kept_start = data, self._pos
         self._pos += len(data)
         return data
-
-
-def _read_full(stream: BinaryIO, size: int) -> bytes:
-    """Up to `size` bytes; fewer only at the end of the stream."""
-    parts: list[bytes] = []
-    got = 0
-    while got < size:
-        piece = stream.read(size - got)
-        if not piece:
-            break
-        parts.append(piece)
-        got += len(piece)
-    return b"".join(parts)
 
 
 class _GCSReader(Reader):
@@ -299,7 +286,7 @@ class GCSStore(Store):
         else:
             # A stream that fits one chunk goes up in a single request; anything longer as
             # a resumable upload, one chunk in memory at a time.
-            head = _read_full(data, CHUNK_SIZE)
+            head = read_full(data, CHUNK_SIZE)
             if len(head) < CHUNK_SIZE:
                 stream, size = io.BytesIO(head), len(head)
             else:

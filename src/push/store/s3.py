@@ -32,7 +32,7 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from push.errors import Conflict, NotFound, PushError, StoreUnavailable
-from push.store.base import CHUNK_SIZE, ObjectInfo, Page, Reader, Store, check_key
+from push.store.base import CHUNK_SIZE, ObjectInfo, Page, Reader, Store, check_key, read_full
 
 # A few quick retries and short connect timeouts: an unreachable endpoint is reported in
 # seconds, not after botocore's default minutes of backoff.
@@ -199,8 +199,8 @@ class S3Store(Store):
         if isinstance(data, (bytes, bytearray, memoryview)):
             head, second = bytes(data), b""
         else:
-            head = _read_full(data, CHUNK_SIZE)
-            second = _read_full(data, CHUNK_SIZE) if len(head) == CHUNK_SIZE else b""
+            head = read_full(data, CHUNK_SIZE)
+            second = read_full(data, CHUNK_SIZE) if len(head) == CHUNK_SIZE else b""
         try:
             if not second:
                 response = self._s3.put_object(Body=head, Metadata=s3_meta, ContentType=content_type,
@@ -279,20 +279,7 @@ class S3Store(Store):
         self._s3.close()
 
 
-def _read_full(stream: BinaryIO, size: int) -> bytes:
-    """Up to `size` bytes; fewer only at the end of the stream."""
-    parts: list[bytes] = []
-    got = 0
-    while got < size:
-        piece = stream.read(size - got)
-        if not piece:
-            break
-        parts.append(piece)
-        got += len(piece)
-    return b"".join(parts)
-
-
 def _chunks(first: tuple[bytes, bytes], rest: BinaryIO) -> Iterator[bytes]:
     yield from first
-    while chunk := _read_full(rest, CHUNK_SIZE):
+    while chunk := read_full(rest, CHUNK_SIZE):
         yield chunk
