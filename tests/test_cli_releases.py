@@ -65,3 +65,26 @@ def test_unreachable_s3_store_is_one_clear_line(tmp_path):
         "AWS_DEFAULT_REGION": "us-east-1"})
     assert r.returncode == 4, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_unknown_app_is_a_named_error_but_a_configured_one_is_empty(tmp_path):
+    r = push("releases", "nosuch", "--store", str(tmp_path / "b"), "--config", str(tmp_path / "none.conf"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    conf = tmp_path / "skiapush.conf"
+    conf.write_text('[servers.s1]\nappNames = ["web"]\n')
+    r = push("releases", "nosuch", "--store", str(tmp_path / "b"), "--config", str(conf))
+    assert r.returncode == 1 and "unknown app 'nosuch'" in r.stderr
+    r = push("releases", "web", "--json", "--store", str(tmp_path / "b"), "--config", str(conf))
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+
+
+def test_objects_with_bad_metadata_are_skipped_with_a_warning(tmp_path):
+    store = LocalStore(tmp_path / "b")
+    good = ReleaseInfo(Release("web", "ann", "box", datetime(2026, 1, 1, tzinfo=timezone.utc), H))
+    publish(store, good, b"deb")
+    bad = Release("web", "ann", "box", datetime(2026, 1, 2, tzinfo=timezone.utc), H)
+    store.put(bad.key, b"deb", {"appname": "other"})
+    r = push("releases", "web", "--json", "--store", str(tmp_path / "b"))
+    assert r.returncode == 0
+    assert [x["name"] for x in json.loads(r.stdout)] == [good.name]
+    assert "skipped 1 object" in r.stderr and "does not match" in r.stderr

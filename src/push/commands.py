@@ -9,7 +9,9 @@ import argparse
 import sys
 
 from push import catalog as catalog_mod
+from push import config as config_mod
 from push.cli import print_json
+from push.errors import NotFound
 from push.store import open_store
 
 
@@ -24,6 +26,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def cmd_releases(args: argparse.Namespace) -> int:
     catalog = catalog_mod.Catalog(open_store(args.store))
     releases = catalog.releases(args.app)
+    if catalog.skipped:
+        key, why = next(iter(catalog.skipped.items()))
+        print(f"push: warning: skipped {len(catalog.skipped)} object(s) under debs/ that are not valid releases, "
+              f"e.g. {why}", file=sys.stderr)
+    if args.app and not releases:
+        cfg = config_mod.load(args.config)
+        if not any(args.app in apps for apps in cfg.servers.values()):
+            raise NotFound(f"unknown app {args.app!r}: no releases in {catalog.store.url} and not in any server's appNames")
     if args.json:
         print_json([r.to_json() for r in releases])
         return 0
