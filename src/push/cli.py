@@ -21,6 +21,8 @@ from push.errors import PushError
 # Modules with `register(subparsers, common)`; each adds its subcommands.
 COMMAND_MODULES = [
     "push.commands",
+    "push.fleetcli",
+    "push.server.command",
 ]
 
 

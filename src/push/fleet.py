@@ -377,6 +377,7 @@ class FleetView:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._lock = threading.RLock()
+        self._refresh_lock = threading.Lock()
         self._files: dict[str, ServerFile] = {}
         self._file_errors: dict[str, tuple[str, str]] = {}  # server -> (generation, error)
         self._reports: dict[str, tuple[str, AgentStatus]] = {}
@@ -397,7 +398,19 @@ class FleetView:
 
     # -- refreshing -----------------------------------------------------------------------
 
-    def refresh(self) -> set[str]:
+    def refresh(self, include_catalog: bool = True) -> set[str]:
+        with self._refresh_lock:
+            return self._refresh(include_catalog)
+
+    def refresh_catalog(self) -> bool:
+        """The catalogue's incremental refresh; True if there are new releases."""
+        new = self.ctx.catalog.refresh()
+        if new:
+            with self._lock:
+                self.version += 1
+        return bool(new)
+
+    def _refresh(self, include_catalog: bool) -> set[str]:
         start = time.monotonic()
         store = self.ctx.store
         files = {i.key[len(SERVER_PREFIX):-5]: i.generation for i in store.list(SERVER_PREFIX)
@@ -409,7 +422,7 @@ class FleetView:
             server, _, name = info.key[len(unitrequests.REQUESTS_PREFIX):].partition("/")
             if name:
                 requests.setdefault(server, []).append(info.key)
-        new_releases = self.ctx.catalog.refresh()
+        new_releases = self.ctx.catalog.refresh() if include_catalog else []
 
         new_files: dict[str, ServerFile] = {}
         new_errors: dict[str, tuple[str, str]] = {}
@@ -498,7 +511,9 @@ class FleetView:
 
     def ensure_loaded(self) -> None:
         if not self.loaded:
-            self.refresh()
+            with self._refresh_lock:
+                if not self.loaded:
+                    self._refresh(True)
 
     def rev(self, server: str) -> str:
         with self._lock:

@@ -1,0 +1,298 @@
+"""`push status|history|deploy|rollback|unit`: read and change the fleet from the command line.
+
+Two ways, same checks, same history, same output: through a push server (`--push-url` /
+PUSH_URL, with an API token from PUSH_TOKEN), or straight to the bucket with push.fleet
+(skiapush.conf is then read locally and enforced the same way; GCE triggers are sent from
+here, and push servers notice the change at their next bucket poll).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import socket
+import sys
+from typing import Any
+
+from push.cli import print_json
+from push.errors import Conflict, NotAllowed, NotFound, PushError, StoreUnavailable, Unauthenticated
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument("--push-url", metavar="URL", default=os.environ.get("PUSH_URL"),
+                        help="go through this push server (default: $PUSH_URL; unset: straight to the bucket)")
+    remote.add_argument("--token", default=None,
+                        help="API token for --push-url (default: $PUSH_TOKEN; prefer the variable, "
+                             "arguments are visible to other users)")
+    remote.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("status", parents=[common, remote], help="what every server should run and runs",
+                       description="Show every server in skiapush.conf (or SERVER) with each app: the desired "
+                                   "release, what its agent reports installed, unit states, when it last "
+                                   "reported, and marks (out_of_date, dirty, drift, failed, ...).")
+    p.add_argument("server", nargs="?", help="only this server")
+    p.add_argument("--app", help="only apps whose name contains APP")
+    p.add_argument("--problems", action="store_true", help="only servers with problems")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("history", parents=[common, remote], help="who changed what, when",
+                       description="Every change (deploy, rollback, remove, unit requests), newest first, "
+                                   "of the fleet or of SERVER.")
+    p.add_argument("server", nargs="?", help="only this server")
+    p.add_argument("--app", help="only this app")
+    p.add_argument("--limit", type=int, default=50, help="at most this many records (default: 50)")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("deploy", parents=[common, remote], help="deploy a release of an app to a server",
+                       description="Make SERVER run RELEASE of APP (or its newest release with --latest). "
+                                   "skiapush.conf must allow APP on SERVER. The change is recorded in the "
+                                   "history and the server's agent is triggered.")
+    p.add_argument("server")
+    p.add_argument("app")
+    p.add_argument("release", nargs="?", help="release name (see `push releases APP`)")
+    p.add_argument("--latest", action="store_true", help="the newest release of APP")
+    p.add_argument("--expect", metavar="RELEASE",
+                   help="only if SERVER still runs this release ('none': nothing), else exit 3")
+    p.add_argument("--note", default="", help="why (kept in the history)")
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("rollback", parents=[common, remote], help="return an app to the release it ran before",
+                       description="Return APP on SERVER to the release it ran before the current one, as the "
+                                   "history records it (not merely the second newest release).")
+    p.add_argument("server")
+    p.add_argument("app")
+    p.add_argument("--note", default="", help="why (kept in the history)")
+    p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("unit", parents=[common, remote], help="start, stop or restart a unit on a server",
+                       description="Ask SERVER's agent to start, stop or restart UNIT (a unit of an app "
+                                   "skiapush.conf allows there). Recorded in the history.")
+    p.add_argument("server")
+    p.add_argument("unit")
+    p.add_argument("action", choices=["start", "stop", "restart"])
+    p.add_argument("--note", default="", help="why (kept in the history)")
+    p.set_defaults(func=cmd_unit)
+
+
+# -- the two ways to reach the fleet ----------------------------------------------------------
+
+
+class Direct:
+    """Straight to the bucket, with push.fleet: the same code the push server runs."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from push import config as config_mod
+        from push import fleet
+        from push.store import open_store
+
+        config = config_mod.load(args.config, required=True)
+        self.fleet = fleet
+        self.ctx = fleet.direct_context(open_store(args.store), config, via=f"cli@{socket.gethostname()}")
+        self.who = os.environ.get("PUSH_USER") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+    def status(self, app: str | None) -> dict[str, Any]:
+        return self.fleet.FleetView(self.ctx).state(None, app)
+
+    def history(self, server: str | None, app: str | None, limit: int) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.ctx.history.records(server, app, limit=limit)]
+
+    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any, note: str) -> dict[str, Any]:
+        expected = self.fleet.ANY if expect is _UNSET else expect
+        return self.fleet.deploy(self.ctx, self.who, server, app, release, latest=latest,
+                                 expected_from=expected, note=note).to_json()
+
+    def rollback(self, server: str, app: str, note: str) -> dict[str, Any]:
+        return self.fleet.rollback(self.ctx, self.who, server, app, note=note).to_json()
+
+    def unit(self, server: str, unit: str, action: str, note: str) -> dict[str, Any]:
+        return self.fleet.unit_action(self.ctx, self.who, server, unit, action, note=note).to_json()
+
+    def close(self) -> None:
+        if self.ctx.triggers is not None:
+            self.ctx.triggers.close()
+
+
+_ERRORS: dict[int, type[PushError]] = {401: Unauthenticated, 403: NotAllowed, 404: NotFound, 409: Conflict,
+                                       503: StoreUnavailable}
+
+
+class Remote:
+    """Through a push server's JSON API, with an API token."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        headers = {"Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60.0)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            r = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise StoreUnavailable(f"cannot reach the push server {self.url}: {e}") from None
+        if r.status_code >= 400:
+            try:
+                message = r.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {r.status_code}: {r.text[:200]}"
+            raise _ERRORS.get(r.status_code, PushError)(f"{message} (push server {self.url})")
+        return r.json()
+
+    def status(self, app: str | None) -> dict[str, Any]:
+        return self._call("GET", "/api/v1/fleet", params={"app": app or ""})
+
+    def history(self, server: str | None, app: str | None, limit: int) -> list[dict[str, Any]]:
+        from push.history import Record
+
+        params = {k: v for k, v in (("server", server), ("app", app)) if v}
+        records = self._call("GET", "/api/v1/history", params={**params, "limit": limit})
+        return [Record.from_json(r).to_json() for r in records]
+
+    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any, note: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"release": release, "latest": latest, "note": note}
+        if expect is not _UNSET:
+            body["expected_from"] = expect
+        return self._normal(self._call("POST", f"/api/v1/servers/{server}/apps/{app}/deploy", json=body))
+
+    def rollback(self, server: str, app: str, note: str) -> dict[str, Any]:
+        return self._normal(self._call("POST", f"/api/v1/servers/{server}/apps/{app}/rollback", json={"note": note}))
+
+    def unit(self, server: str, unit: str, action: str, note: str) -> dict[str, Any]:
+        return self._normal(self._call("POST", f"/api/v1/servers/{server}/units/{unit}/{action}", json={"note": note}))
+
+    @staticmethod
+    def _normal(change: dict[str, Any]) -> dict[str, Any]:
+        from push.history import Record
+
+        if change.get("history"):
+            change["history"] = Record.from_json(change["history"]).to_json()
+        return change
+
+    def close(self) -> None:
+        self.http.close()
+
+
+_UNSET = object()
+
+
+def _backend(args: argparse.Namespace) -> Direct | Remote:
+    if args.push_url:
+        return Remote(args.push_url, args.token or os.environ.get("PUSH_TOKEN"))
+    return Direct(args)
+
+
+def _short(name: str | None) -> str:
+    from push.fleet import short
+
+    return short(name)
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    try:
+        state = backend.status(args.app)
+    finally:
+        backend.close()
+    servers = state["servers"]
+    if args.server:
+        servers = [s for s in servers if s["server"] == args.server]
+        if not servers:
+            raise NotFound(f"server {args.server!r} is not in skiapush.conf")
+    if args.problems:
+        servers = [s for s in servers if s["problems"]]
+    if args.json:
+        print_json({**state, "count": len(servers), "servers": servers})
+        return 0
+    for s in servers:
+        seen = f"last seen {s['last_seen'][:19].replace('T', ' ')}Z" if s["last_seen"] else "no agent report"
+        flags = " STALE" if s["stale"] else ""
+        print(f"{s['server']}  ({seen}{flags})")
+        for err in (s["agent_error"], s["file_error"]):
+            if err:
+                print(f"  ! {err}")
+        for a in s["apps"]:
+            actual = "same" if a["actual"] and a["actual"] == a["desired"] else (
+                _short(a["actual"]) if a["actual"] else ("none" if s["last_seen"] else "?"))
+            marks = f"  [{', '.join(m.replace('_', ' ') for m in a['marks'])}]" if a["marks"] else ""
+            units = " ".join(f"{u}={st}" for u, st in a["units"].items())
+            print(f"  {a['app']:<16} desired {_short(a['desired']):<38} actual {actual}{marks}")
+            if units:
+                print(f"  {'':<16} units {units}")
+            if a["error"]:
+                print(f"  {'':<16} failed: {a['error']}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    try:
+        records = backend.history(args.server, args.app, args.limit)
+    finally:
+        backend.close()
+    if args.json:
+        print_json(records)
+        return 0
+    if not records:
+        print("no changes recorded", file=sys.stderr)
+    for r in records:
+        what = f"{r['unit']}" if r.get("unit") else f"{_short(r['from'])} -> {_short(r['to'])}"
+        note = f"  \u201c{r['note']}\u201d" if r["note"] else ""
+        print(f"{r['time'][:19].replace('T', ' ')}Z  {r['who']:<22} {r['server']:<12} {r['app']:<12} "
+              f"{r['action']:<12} {what}{note}")
+    return 0
+
+
+def _print_change(args: argparse.Namespace, change: dict[str, Any]) -> None:
+    if args.json:
+        print_json(change)
+    elif change.get("request"):
+        print(f"asked the agent on {change['server']} to {change['action'][5:]} {change['request']['unit']}")
+    elif not change["changed"]:
+        print(f"{change['app']} on {change['server']} already runs {_short(change['to'])}: nothing changed")
+    else:
+        verb = "rolled back" if change["action"] == "rollback" else "deployed"
+        print(f"{verb} {change['app']} on {change['server']}: {_short(change['from'])} -> {_short(change['to'])}")
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.latest == bool(args.release):
+        print("push deploy: error: give a RELEASE or --latest (one of them)", file=sys.stderr)
+        return 2
+    expect: Any = _UNSET if args.expect is None else (None if args.expect == "none" else args.expect)
+    backend = _backend(args)
+    try:
+        change = backend.deploy(args.server, args.app, args.release, args.latest, expect, args.note)
+    finally:
+        backend.close()
+    _print_change(args, change)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    try:
+        change = backend.rollback(args.server, args.app, args.note)
+    finally:
+        backend.close()
+    _print_change(args, change)
+    return 0
+
+
+def cmd_unit(args: argparse.Namespace) -> int:
+    backend = _backend(args)
+    try:
+        change = backend.unit(args.server, args.unit, args.action, args.note)
+    finally:
+        backend.close()
+    _print_change(args, change)
+    return 0

@@ -1,0 +1,140 @@
+"""The push server's ASGI app: `create_app(store, config, ...)` wires the model to the routes.
+
+State lives in the bucket; the process holds only caches (catalogue, fleet view, history
+records), so any number of push servers can serve one bucket. Errors from the model are
+mapped here, once, to HTTP statuses: JSON for /api, a page for browsers, never a 500 for
+a refusal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from push import __version__
+from push.catalog import Catalog
+from push.config import Config
+from push.errors import PushError, Unauthenticated
+from push.fleet import ChangedMeanwhile, Context, FleetView
+from push.history import History
+from push.server.auth import CSRF_COOKIE, Auth, AuthSettings
+from push.server.metrics import Metrics, MetricsMiddleware
+from push.server.watch import WatchHub
+from push.store import Store
+from push.triggers import Triggers
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).parent
+
+
+@dataclass
+class PushServer:
+    """Everything a route needs, on `request.app.state.push`."""
+
+    ctx: Context
+    view: FleetView
+    hub: WatchHub
+    auth: Auth
+    templates: Environment
+    metrics: Metrics
+
+
+def server_of(request: Request) -> PushServer:
+    return request.app.state.push
+
+
+def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None,
+               poll_interval: float = 2.0, catalog_interval: float = 10.0,
+               catalog: Catalog | None = None) -> FastAPI:
+    settings = auth or AuthSettings()
+    catalog = catalog or Catalog(store)
+    ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}")
+    view = FleetView(ctx)
+    hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval)
+    ctx.triggers = Triggers(config, on_change=hub.wake_from_thread, background=True)
+    templates = Environment(loader=FileSystemLoader(HERE / "templates"),
+                            autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+    metrics = Metrics()
+    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics)
+    metrics.watch(push)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+            if ctx.triggers is not None:
+                ctx.triggers.close()
+
+    app = FastAPI(
+        title="Push",
+        version=__version__,
+        description="See the fleet, deploy releases, roll back, with history and access control. "
+                    "Authenticate with `Authorization: Bearer TOKEN` (tokens are listed by sha256 in "
+                    "skiapush.conf). Errors are JSON `{\"error\": message, \"type\": name}`.",
+        lifespan=lifespan,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.push = push
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    from push.server import routes_api, routes_ui
+
+    app.include_router(routes_api.router)
+    app.include_router(routes_ui.router)
+    routes_ui.setup_filters(push)
+
+    @app.exception_handler(PushError)
+    async def push_error(request: Request, exc: PushError) -> Response:
+        return error_response(request, exc)
+
+    return app
+
+
+def wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "")
+
+
+def error_response(request: Request, exc: PushError) -> Response:
+    status = exc.http_status
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
+    if status >= 500:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+    if wants_json(request):
+        body: dict[str, object] = {"error": str(exc), "type": type(exc).__name__}
+        if isinstance(exc, ChangedMeanwhile):
+            body["conflict"] = exc.to_json()
+        return JSONResponse(body, status_code=status, headers=headers)
+    push = server_of(request)
+    identity = None
+    with contextlib.suppress(PushError):
+        identity = push.auth.identify(request)
+    template = "conflict.html" if isinstance(exc, ChangedMeanwhile) else "error.html"
+    html = push.templates.get_template(template).render(
+        error=exc, status=status, kind=type(exc).__name__, identity=identity,
+        roles=push.auth.roles(identity),
+        csrf_token=push.auth.csrf_token(request), request=request, retry=getattr(exc, "retry", None))
+    response = HTMLResponse(html, status_code=status, headers=headers)
+    set_csrf_cookie(request, response)
+    return response
+
+
+def set_csrf_cookie(request: Request, response: Response) -> None:
+    token = request.scope.get("push.new_csrf")
+    if token:
+        response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path="/")

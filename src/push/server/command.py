@@ -1,0 +1,68 @@
+"""`push serve`: run the push server (web pages, JSON API, agents' watch endpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = """\
+Run the push server: the fleet view, release picker, rollback and history pages, the JSON
+API under /api/v1 (OpenAPI at /openapi.json), the agents' watch endpoint, /healthz and
+/metrics. State lives in the bucket, so several push servers can serve one bucket.
+
+Sign-in: put an authenticating proxy (oauth2-proxy, Google IAP) in front and name it with
+--trusted-proxy ADDR (or set PUSH_PROXY_SECRET to a secret it sends in X-Push-Proxy-Secret);
+the user's email comes from --user-header. The CLI and scripts use API tokens
+(Authorization: Bearer TOKEN) listed by sha256 in skiapush.conf. --no-auth makes every
+visitor an admin and is refused unless binding to 127.0.0.1 or ::1.
+"""
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("serve", parents=[common], help="run the push server (web UI and JSON API)",
+                       description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    p.add_argument("--no-auth", action="store_true",
+                   help="no sign-in, everyone is 'local' with admin rights (loopback only, for demos)")
+    env_proxies = [p for p in os.environ.get("PUSH_TRUSTED_PROXIES", "").split(",") if p.strip()]
+    p.add_argument("--trusted-proxy", action="append", default=None, metavar="ADDR",
+                   help="address or network (CIDR) of the authenticating proxy whose user header is "
+                        "believed; repeatable (default: $PUSH_TRUSTED_PROXIES, comma-separated)")
+    p.add_argument("--user-header", default=os.environ.get("PUSH_USER_HEADER", "X-Forwarded-Email"),
+                   help="header carrying the signed-in user's email (default: X-Forwarded-Email; "
+                        "for IAP: X-Goog-Authenticated-User-Email)")
+    p.add_argument("--poll-interval", type=float, default=2.0,
+                   help="seconds between listings of the bucket for changes by others (default: 2)")
+    p.set_defaults(func=cmd_serve, env_proxies=env_proxies)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from push import config as config_mod
+    from push.server.app import create_app
+    from push.server.auth import AuthSettings, check_bind
+    from push.store import open_store
+
+    settings = AuthSettings(
+        no_auth=args.no_auth,
+        trusted_proxies=tuple(args.trusted_proxy if args.trusted_proxy is not None else args.env_proxies),
+        proxy_secret=os.environ.get("PUSH_PROXY_SECRET") or None,
+        user_header=args.user_header,
+    )
+    check_bind(args.host, settings)
+    settings.networks()  # a bad --trusted-proxy fails now, not at the first request
+    config = config_mod.load(args.config, required=True)
+    store = open_store(args.store)
+    app = create_app(store, config, auth=settings, poll_interval=args.poll_interval)
+    mode = "no auth (everyone is admin)" if settings.no_auth else (
+        f"proxy header {settings.user_header} from {', '.join(settings.trusted_proxies) or 'nobody'}"
+        + (" or with PUSH_PROXY_SECRET" if settings.proxy_secret else "") + "; API tokens")
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"push serve: http://{host}:{args.port}/ — store {store.url}, {len(config.servers)} servers, {mode}",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=False, log_level="warning",
+                access_log=bool(args.verbose), timeout_graceful_shutdown=3)
+    return 0

@@ -1,0 +1,346 @@
+"""The web pages: fleet, server, app, release picker, confirmations, history.
+
+Server-rendered with Jinja2; htmx (vendored) only refreshes the filtered tables in place.
+Every form posts a CSRF token and redirects back (post/redirect/get), so a reload never
+repeats a deploy. Permissions and skiapush.conf are enforced by the same calls as the API;
+the buttons shown merely mirror them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from markupsafe import Markup
+
+from push import fleet, serverfile, unitrequests
+from push.errors import NotFound, PushError
+from push.release import Release, check_app
+from push.server.app import PushServer, server_of, set_csrf_cookie
+from push.server.auth import Identity
+from push.serverfile import ServerFile, check_server
+
+router = APIRouter(include_in_schema=False)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _parse(name: str) -> Release | None:
+    try:
+        return Release.parse(name)
+    except PushError:
+        return None
+
+
+def rel_time(name: str | None) -> str:
+    r = _parse(name) if name else None
+    return r.time.strftime("%Y-%m-%d %H:%M") if r else ""
+
+
+def rel_hash(name: str | None) -> str:
+    r = _parse(name) if name else None
+    return r.short_hash if r else (name or "")
+
+
+def rel_user(name: str | None) -> str:
+    r = _parse(name) if name else None
+    return r.user if r else ""
+
+
+def iso_short(text: str | None) -> str:
+    return text[:19].replace("T", " ") + "Z" if text else ""
+
+
+def setup_filters(push: PushServer) -> None:
+    env = push.templates
+    if "rel_time" not in env.filters:
+        env.filters.update(rel_time=rel_time, rel_hash=rel_hash, rel_user=rel_user, iso=iso_short,
+                           short=fleet.short)
+
+
+def _page(request: Request, template: str, identity: Identity | None, status: int = 200, **context: Any) -> HTMLResponse:
+    push = server_of(request)
+    setup_filters(push)
+    html = push.templates.get_template(template).render(
+        request=request, identity=identity, roles=push.auth.roles(identity),
+        csrf_token=push.auth.csrf_token(request), **context)
+    response = HTMLResponse(html, status_code=status)
+    set_csrf_cookie(request, response)
+    return response
+
+
+def _viewer(request: Request) -> tuple[PushServer, Identity]:
+    push = server_of(request)
+    return push, push.auth.require(request, "view")
+
+
+def _writer(request: Request, role: str, csrf: str) -> tuple[PushServer, Identity]:
+    push = server_of(request)
+    identity = push.auth.require(request, role)
+    push.auth.check_csrf(request, identity, csrf)
+    return push, identity
+
+
+def _back(url: str, **params: str | None) -> RedirectResponse:
+    query = urlencode({k: v for k, v in params.items() if v})
+    return RedirectResponse(url + ("?" + query if query else ""), status_code=303)
+
+
+def _fleet_rows(push: PushServer, states: list[fleet.ServerState]) -> Markup:
+    template = push.templates.get_template("_fleet_server.html")
+    parts = []
+    for state in states:
+        html = state.fragments.get("fleet")
+        if html is None:
+            html = template.render(s=state.data)
+            state.fragments["fleet"] = html
+        parts.append(html)
+    return Markup("".join(parts))
+
+
+def _allowed(push: PushServer, server: str, app: str | None = None) -> None:
+    check_server(server)
+    if server not in push.ctx.config.servers:
+        raise NotFound(f"server {server!r} is not in {push.ctx.config.source}")
+    if app is not None:
+        check_app(app)
+
+
+def _flash(push: PushServer, done: str | None, server: str | None = None, app: str | None = None) -> Any:
+    if not done:
+        return None
+    for record in push.ctx.history.records(server, app, limit=50):
+        if record.id == done:
+            return record
+    return None
+
+
+def _fresh_file(push: PushServer, server: str) -> ServerFile:
+    """The server file read now (not from the cache): confirmations show the truth."""
+    return serverfile.read(push.ctx.store, server) or ServerFile(server)
+
+
+def _release_info(push: PushServer, name: str | None) -> Any:
+    if not name:
+        return None
+    try:
+        return push.ctx.catalog.get(name)
+    except PushError:
+        return None
+
+
+# -- fleet ----------------------------------------------------------------------------------
+
+
+@router.get("/", response_class=HTMLResponse)
+def fleet_page(request: Request, server: str = "", app: str = "", problems: str = "") -> Response:
+    push, identity = _viewer(request)
+    states = push.view.server_states(server or None, app or None)
+    if problems:
+        states = [s for s in states if s.data["problems"]]
+    context = dict(rows=_fleet_rows(push, states), count=len(states), server=server, app=app,
+                   problems=problems, total=len(push.ctx.config.servers),
+                   with_problems=sum(1 for s in states if s.data["problems"]))
+    if request.headers.get("hx-request") and request.headers.get("hx-target") == "fleet":
+        return _page(request, "_fleet_table.html", identity, **context)
+    return _page(request, "fleet.html", identity, **context)
+
+
+@router.get("/servers/{server}", response_class=HTMLResponse)
+def server_page(request: Request, server: str, done: str | None = None) -> Response:
+    push, identity = _viewer(request)
+    _allowed(push, server)
+    state = [s for s in push.view.server_states(server) if s.server == server][0]
+    units = fleet.units_of(push.ctx, server, push.view.report(server))
+    states = {}
+    for app_state in state.data["apps"]:
+        for unit, st in app_state["units"].items():
+            states[unit] = st
+    requests = list(reversed(unitrequests.list_requests(push.ctx.store, server)))[:20]
+    return _page(request, "server.html", identity, s=state.data, units=sorted(units.items()),
+                 unit_states=states, requests=requests, flash=_flash(push, done, server),
+                 history=push.ctx.history.records(server, limit=20))
+
+
+@router.get("/apps/{app}", response_class=HTMLResponse)
+def app_page(request: Request, app: str, done: str | None = None) -> Response:
+    push, identity = _viewer(request)
+    check_app(app)
+    servers = [s for s, apps in push.ctx.config.servers.items() if app in apps]
+    return _page(request, "app.html", identity, app=app, releases=push.view.releases(app)[:200],
+                 servers=servers, history=push.ctx.history.records(app=app, limit=30),
+                 flash=_flash(push, done, None, app))
+
+
+# -- the release picker and deploying -------------------------------------------------------
+
+
+@router.get("/servers/{server}/apps/{app}", response_class=HTMLResponse)
+def picker(request: Request, server: str, app: str, done: str | None = None) -> Response:
+    push, identity = _viewer(request)
+    _allowed(push, server, app)
+    state = [s for s in push.view.server_states(server) if s.server == server][0]
+    app_state = next((a for a in state.data["apps"] if a["app"] == app), None)
+    if app_state is None:
+        raise NotFound(f"{app} is not allowed on {server} (see {push.ctx.config.source})")
+    return _page(request, "picker.html", identity, server=server, app=app, a=app_state, s=state.data,
+                 releases=push.view.releases(app), flash=_flash(push, done, server, app),
+                 history=push.ctx.history.records(server, app, limit=10))
+
+
+@router.get("/servers/{server}/apps/{app}/confirm", response_class=HTMLResponse)
+def confirm_deploy(request: Request, server: str, app: str, release: str) -> Response:
+    push, identity = _viewer(request)
+    _allowed(push, server, app)
+    push.ctx.config.check_allowed(server, app)
+    target = push.ctx.catalog.get(release)
+    if target.app != app:
+        raise PushError(f"{release} is not a release of {app}")
+    sf = _fresh_file(push, server)
+    current = sf.release_of(app)
+    current_info = _release_info(push, current.name if current else None)
+    newest = push.ctx.catalog.latest(app)
+    where = push.view.release_servers().get(release, ([], []))
+    return _page(request, "confirm.html", identity, server=server, app=app, target=target,
+                 current=current_info, current_name=current.name if current else None,
+                 newest=newest, desired_on=where[0], running_on=where[1],
+                 report=(push.view.report(server).apps.get(app) if push.view.report(server) else None))
+
+
+@router.post("/servers/{server}/apps/{app}/deploy")
+def post_deploy(request: Request, server: str, app: str, release: str = Form(...),
+                expected_from: str = Form(""), note: str = Form(""), csrf_token: str = Form("")) -> Response:
+    push, identity = _writer(request, "deploy", csrf_token)
+    try:
+        change = fleet.deploy(push.ctx, identity.name, server, app, release,
+                              expected_from=expected_from or None, note=note)
+    except fleet.ChangedMeanwhile as e:
+        e.retry = {"action": f"/servers/{server}/apps/{app}/deploy", "release": release,  # type: ignore[attr-defined]
+                   "expected_from": e.current or "", "note": note,
+                   "review": f"/servers/{server}/apps/{app}/confirm?" + urlencode({"release": release})}
+        raise
+    if change.changed:
+        push.metrics.changes.labels("deploy").inc()
+    return _back(f"/servers/{server}/apps/{app}", done=change.record.id if change.record else None)
+
+
+@router.get("/servers/{server}/apps/{app}/rollback", response_class=HTMLResponse)
+def confirm_rollback(request: Request, server: str, app: str) -> Response:
+    push, identity = _viewer(request)
+    _allowed(push, server, app)
+    push.ctx.config.check_allowed(server, app)
+    current, target, basis = fleet.rollback_target(push.ctx, server, app)
+    return _page(request, "rollback.html", identity, server=server, app=app, current=_release_info(push, current),
+                 current_name=current, target=_release_info(push, target), target_name=target, basis=basis)
+
+
+@router.post("/servers/{server}/apps/{app}/rollback")
+def post_rollback(request: Request, server: str, app: str, expected_from: str = Form(""),
+                  expected_to: str = Form(""), note: str = Form(""), csrf_token: str = Form("")) -> Response:
+    push, identity = _writer(request, "deploy", csrf_token)
+    try:
+        change = fleet.rollback(push.ctx, identity.name, server, app, expected_from=expected_from or None,
+                                expected_to=expected_to or None, note=note)
+    except fleet.ChangedMeanwhile as e:
+        e.retry = {"review": f"/servers/{server}/apps/{app}/rollback"}  # type: ignore[attr-defined]
+        raise
+    if change.changed:
+        push.metrics.changes.labels("rollback").inc()
+    return _back(f"/servers/{server}/apps/{app}", done=change.record.id if change.record else None)
+
+
+@router.get("/servers/{server}/apps/{app}/remove", response_class=HTMLResponse)
+def confirm_remove(request: Request, server: str, app: str) -> Response:
+    push, identity = _viewer(request)
+    _allowed(push, server, app)
+    current = _fresh_file(push, server).release_of(app)
+    return _page(request, "remove.html", identity, server=server, app=app,
+                 current_name=current.name if current else None)
+
+
+@router.post("/servers/{server}/apps/{app}/remove")
+def post_remove(request: Request, server: str, app: str, expected_from: str = Form(""),
+                note: str = Form(""), csrf_token: str = Form("")) -> Response:
+    push, identity = _writer(request, "admin", csrf_token)
+    try:
+        change = fleet.remove(push.ctx, identity.name, server, app, expected_from=expected_from or None, note=note)
+    except fleet.ChangedMeanwhile as e:
+        e.retry = {"review": f"/servers/{server}/apps/{app}/remove"}  # type: ignore[attr-defined]
+        raise
+    if change.changed:
+        push.metrics.changes.labels("remove").inc()
+    return _back(f"/servers/{server}", done=change.record.id if change.record else None)
+
+
+@router.get("/apps/{app}/deploy-all", response_class=HTMLResponse)
+def confirm_deploy_all(request: Request, app: str, release: str) -> Response:
+    push, identity = _viewer(request)
+    check_app(app)
+    target = push.ctx.catalog.get(release)
+    if target.app != app:
+        raise PushError(f"{release} is not a release of {app}")
+    rows = []
+    for server in fleet.servers_running(push.ctx, app):
+        current = _fresh_file(push, server).release_of(app)
+        rows.append({"server": server, "current": current.name if current else None})
+    return _page(request, "deploy_all.html", identity, app=app, target=target, rows=rows)
+
+
+@router.post("/apps/{app}/deploy-all", response_class=HTMLResponse)
+async def post_deploy_all(request: Request, app: str) -> Response:
+    form = await request.form()
+    push = server_of(request)
+    identity = push.auth.require(request, "deploy")
+    push.auth.check_csrf(request, identity, str(form.get("csrf_token", "")))
+    expected: dict[str, str | None] = {}
+    for item in form.getlist("expected"):
+        server, _, current = str(item).partition("=")
+        expected[server] = current or None
+    release, note = str(form.get("release", "")), str(form.get("note", ""))
+    from starlette.concurrency import run_in_threadpool
+
+    outcomes = await run_in_threadpool(fleet.deploy_everywhere, push.ctx, identity.name, app, release,
+                                       expected=expected, note=note)
+    for o in outcomes:
+        if o.change is not None and o.change.changed:
+            push.metrics.changes.labels("deploy").inc()
+    failed = [o for o in outcomes if o.error is not None]
+    return _page(request, "deploy_all_done.html", identity, app=app, release=release, outcomes=outcomes,
+                 status=409 if failed and all(isinstance(o.error, fleet.ChangedMeanwhile) for o in failed) else 200)
+
+
+# -- units ------------------------------------------------------------------------------------
+
+
+@router.post("/servers/{server}/units/{unit}/{action}")
+def post_unit(request: Request, server: str, unit: str, action: str, note: str = Form(""),
+              csrf_token: str = Form("")) -> Response:
+    push, identity = _writer(request, "deploy", csrf_token)
+    change = fleet.unit_action(push.ctx, identity.name, server, unit, action, report=push.view.report(server),
+                               note=note)
+    push.metrics.changes.labels(change.action).inc()
+    return _back(f"/servers/{server}", done=change.record.id if change.record else None)
+
+
+# -- history ----------------------------------------------------------------------------------
+
+
+@router.get("/history", response_class=HTMLResponse)
+def history_page(request: Request, server: str = "", app: str = "", before: str = "") -> Response:
+    push, identity = _viewer(request)
+    if server:
+        check_server(server)
+    if app:
+        check_app(app)
+    records = push.ctx.history.records(server or None, app or None, limit=100, before=before or None)
+    older = None
+    if len(records) == 100:
+        older = "/history?" + urlencode({k: v for k, v in (("server", server), ("app", app), ("before", records[-1].id)) if v})
+    context = dict(records=records, server=server, app=app, older=older,
+                   servers=list(push.ctx.config.servers),
+                   apps=sorted({a for apps in push.ctx.config.servers.values() for a in apps}))
+    if request.headers.get("hx-request") and request.headers.get("hx-target") == "history":
+        return _page(request, "_history_table.html", identity, **context)
+    return _page(request, "history.html", identity, **context)

@@ -1,0 +1,137 @@
+"""The agents' watch long-poll, and the loops that keep the fleet view fresh.
+
+`GET /api/v1/watch/{server}?since=REV&timeout=S` waits on an asyncio future, so thousands
+of idle agents cost a few hundred bytes each and no thread. Revisions change when this
+process writes (woken at once), and when anyone else writes: the bucket is listed every
+`poll_interval` seconds (server files, agent reports, unit requests) and the catalogue
+refreshed every `catalog_interval` seconds, each in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from push.fleet import FleetView
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 55.0
+MAX_TIMEOUT = 300.0
+
+
+class WatchHub:
+    def __init__(self, view: FleetView, *, poll_interval: float = 2.0, catalog_interval: float = 10.0) -> None:
+        self.view = view
+        self.poll_interval = poll_interval
+        self.catalog_interval = catalog_interval
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loaded = asyncio.Event()
+        self.poll_errors = 0
+        self.last_poll_error: str | None = None
+        self.wakeups = 0
+
+    @property
+    def watchers(self) -> int:
+        return sum(len(w) for w in self._waiters.values())
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [asyncio.create_task(self._poll_loop(), name="push-bucket-poll"),
+                       asyncio.create_task(self._catalog_loop(), name="push-catalog-refresh")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._tasks = []
+        for waiters in self._waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.cancel()
+        self._waiters.clear()
+
+    async def ready(self) -> None:
+        """Wait for the first load of the bucket (so a rev is never answered from nothing)."""
+        if not self.view.loaded:
+            await asyncio.to_thread(self.view.ensure_loaded)
+
+    async def _poll_loop(self) -> None:
+        while True:
+            try:
+                changed = await asyncio.to_thread(self.view.refresh, include_catalog=not self.view.loaded)
+                self.last_poll_error = None
+                self._notify(changed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the store is down: keep serving what we have, retry
+                self.poll_errors += 1
+                self.last_poll_error = f"{type(e).__name__}: {e}"
+                log.warning("bucket poll failed: %s", self.last_poll_error)
+            await asyncio.sleep(self.poll_interval)
+
+    async def _catalog_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.catalog_interval)
+            try:
+                if await asyncio.to_thread(self.view.refresh_catalog):
+                    log.info("new releases in the catalogue")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.poll_errors += 1
+                self.last_poll_error = f"{type(e).__name__}: {e}"
+                log.warning("catalogue refresh failed: %s", self.last_poll_error)
+
+    def _notify(self, servers: set[str]) -> None:
+        for server in servers:
+            waiters = self._waiters.pop(server, None)
+            if not waiters:
+                continue
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+                    self.wakeups += 1
+
+    def wake_from_thread(self, server: str) -> None:
+        """After a write by this process (called from a worker thread): re-read the server
+        and wake its watchers now, without waiting for the next poll."""
+        changed = self.view.refresh_server(server)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._notify, changed | {server})
+
+    async def wait(self, server: str, since: str | None, timeout: float) -> tuple[str, bool]:
+        """(rev, changed): at once without `since` or if the rev differs, else when it
+        changes or after `timeout` seconds."""
+        await self.ready()
+        rev = self.view.rev(server)
+        if since is None:
+            return rev, False
+        deadline = time.monotonic() + max(0.0, min(timeout, MAX_TIMEOUT))
+        loop = asyncio.get_running_loop()
+        while rev == since:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return rev, False
+            fut: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(server, set()).add(fut)
+            try:
+                await asyncio.wait_for(fut, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                waiters = self._waiters.get(server)
+                if waiters is not None:
+                    waiters.discard(fut)
+                    if not waiters:
+                        del self._waiters[server]
+            rev = self.view.rev(server)
+        return rev, True
