@@ -1,0 +1,205 @@
+"""`push status|history|deploy|rollback|unit`, straight to the bucket and through a push server.
+
+Both modes run the same checks, write the same history and print the same output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fleetdata import TOKENS, conf_text, make_release, report
+from pushserver import PushServerProcess
+from push.cli import main
+from push.store.local import LocalStore
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    store_dir = tmp_path / "bucket"
+    bucket = LocalStore(store_dir)
+    rels = [make_release(bucket, "hello", n) for n in range(1, 4)]
+    make_release(bucket, "pulld", 1)
+    report(bucket, "web-1", {"hello": None})
+    conf = tmp_path / "skiapush.conf"
+    conf.write_text(conf_text())
+    monkeypatch.setenv("PUSH_STORE", str(store_dir))
+    monkeypatch.setenv("PUSH_CONFIG", str(conf))
+    monkeypatch.setenv("PUSH_USER", "carol@example.com")
+    monkeypatch.delenv("PUSH_URL", raising=False)
+    monkeypatch.delenv("PUSH_TOKEN", raising=False)
+    return bucket, rels, conf
+
+
+@pytest.fixture
+def server(setup, tmp_path):
+    bucket, _, conf = setup
+    srv = PushServerProcess(str(tmp_path / "bucket"), conf, tmp_path / "serve.log")
+    yield srv
+    srv.stop()
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def normalise(text):
+    """Ids, times and the identity differ between two runs; the rest must not."""
+    text = re.sub(r"\d{20}-[0-9a-f]{8}", "ID", text)
+    text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", "TIME", text)
+    text = re.sub(r"20\d\d-\d\d-\d\d \d\d:\d\d:\d\dZ", "TIME", text)
+    text = re.sub(r'"generated": "[^"]+"', '"generated": "T"', text)
+    text = re.sub(r'"generation": "?\d+"?', '"generation": G', text)
+    text = re.sub(r'"via": "[^"]+"', '"via": V', text)
+    return text.replace("deployer@example.com", "WHO").replace("carol@example.com", "WHO")
+
+
+def test_direct_deploy_history_rollback(setup, capsys):
+    bucket, rels, _ = setup
+    code, out, _ = run(capsys, "deploy", "web-1", "hello", rels[2].name, "--note", "first")
+    assert code == 0 and out.startswith("deployed hello on web-1: (nothing) -> hello@")
+    code, out, _ = run(capsys, "deploy", "web-1", "hello", rels[0].name)
+    assert code == 0
+    code, out, _ = run(capsys, "rollback", "web-1", "hello", "--note", "oops")
+    assert code == 0 and "rolled back hello on web-1" in out and rels[2].release.short_hash in out
+    code, out, _ = run(capsys, "history", "web-1", "--json")
+    records = json.loads(out)
+    assert [(r["action"], r["to"], r["who"]) for r in records] == [
+        ("rollback", rels[2].name, "carol@example.com"), ("deploy", rels[0].name, "carol@example.com"),
+        ("deploy", rels[2].name, "carol@example.com")]
+    assert records[0]["via"].startswith("cli@")
+    code, out, _ = run(capsys, "history")
+    assert "rollback" in out and "\u201coops\u201d" in out
+
+
+def test_direct_status(setup, capsys):
+    bucket, rels, _ = setup
+    run(capsys, "deploy", "web-1", "hello", "--latest")
+    code, out, _ = run(capsys, "status")
+    assert code == 0 and "web-1" in out and "web-2" in out and "db-1" in out
+    assert "drift" in out and "no report" in out
+    code, out, _ = run(capsys, "status", "web-1", "--json")
+    state = json.loads(out)
+    assert [s["server"] for s in state["servers"]] == ["web-1"]
+    assert state["servers"][0]["apps"][0]["desired"] == rels[2].name
+    code, _, err = run(capsys, "status", "nowhere")
+    assert code == 1 and "not in skiapush.conf" in err
+
+
+def test_direct_refusals(setup, capsys):
+    bucket, rels, _ = setup
+    code, _, err = run(capsys, "deploy", "db-1", "hello", rels[0].name)
+    assert code == 5 and "may not be deployed" in err
+    code, _, err = run(capsys, "deploy", "web-1", "hello", rels[0].name, "--expect", rels[1].name)
+    assert code == 3 and "changed meanwhile" in err
+    code, _, err = run(capsys, "rollback", "web-1", "hello")
+    assert code == 1 and "no history" in err
+    code, _, err = run(capsys, "deploy", "web-1", "hello")
+    assert code == 2 and "RELEASE or --latest" in err
+
+
+def test_direct_unit(setup, capsys):
+    bucket, rels, _ = setup
+    run(capsys, "deploy", "web-1", "hello", rels[0].name)
+    code, out, _ = run(capsys, "unit", "web-1", "hello.service", "restart")
+    assert code == 0 and out.strip() == "asked the agent on web-1 to restart hello.service"
+
+
+def test_remote_mode_same_output_as_direct(setup, server, capsys, monkeypatch, tmp_path):
+    bucket, rels, conf = setup
+    # Direct first, on one server...
+    direct = [run(capsys, "deploy", "web-1", "hello", rels[1].name, "--json")[1],
+              run(capsys, "deploy", "web-1", "hello", rels[2].name)[1],
+              run(capsys, "rollback", "web-1", "hello", "--json")[1]]
+    # ...then the same through the push server, on another.
+    monkeypatch.setenv("PUSH_TOKEN", TOKENS["ci"])
+    url = ["--push-url", server.url]
+    remote = [run(capsys, "deploy", "web-2", "hello", rels[1].name, "--json", *url)[1],
+              run(capsys, "deploy", "web-2", "hello", rels[2].name, *url)[1],
+              run(capsys, "rollback", "web-2", "hello", "--json", *url)[1]]
+    assert [normalise(t) for t in direct] == [normalise(t).replace("web-2", "web-1") for t in remote]
+    hist_direct = run(capsys, "history", "web-1", "--json")[1]
+    hist_remote = run(capsys, "history", "web-2", "--json", *url)[1]
+    assert normalise(hist_direct) == normalise(hist_remote).replace("web-2", "web-1")
+    remote_records = json.loads(hist_remote)
+    assert remote_records[0]["who"] == "deployer@example.com" and remote_records[0]["via"].startswith("push-server@")
+    # Status: the push server notices the direct writes through its bucket poll.
+    time.sleep(0.6)
+    s_direct = json.loads(run(capsys, "status", "--json")[1])
+    s_remote = json.loads(run(capsys, "status", "--json", *url)[1])
+    assert normalise(json.dumps(s_direct)) == normalise(json.dumps(s_remote))
+    assert normalise(run(capsys, "status")[1]) == normalise(run(capsys, "status", *url)[1])
+
+
+def test_remote_refusals_exit_codes(setup, server, capsys, monkeypatch):
+    bucket, rels, _ = setup
+    url = ["--push-url", server.url]
+    code, _, err = run(capsys, "status", *url)
+    assert code == 5 and "not signed in" in err
+    monkeypatch.setenv("PUSH_TOKEN", "wrong")
+    code, _, err = run(capsys, "status", *url)
+    assert code == 5 and "unknown API token" in err
+    monkeypatch.setenv("PUSH_TOKEN", TOKENS["dash"])
+    code, _, err = run(capsys, "deploy", "web-1", "hello", rels[0].name, *url)
+    assert code == 5 and "may not deploy" in err
+    monkeypatch.setenv("PUSH_TOKEN", TOKENS["ci"])
+    code, _, err = run(capsys, "deploy", "db-1", "hello", rels[0].name, *url)
+    assert code == 5 and "may not be deployed" in err
+    code, _, err = run(capsys, "deploy", "web-1", "hello", rels[0].name, "--expect", rels[1].name, *url)
+    assert code == 3 and "changed meanwhile" in err
+    code, _, err = run(capsys, "deploy", "web-9", "hello", rels[0].name, *url)
+    assert code == 1 and "not in" in err
+    code, _, err = run(capsys, "status", "--push-url", "http://127.0.0.1:9")
+    assert code == 4 and "cannot reach the push server" in err
+
+
+def test_serve_refuses_no_auth_off_loopback(setup, tmp_path):
+    _, _, conf = setup
+    r = subprocess.run([sys.executable, "-m", "push.cli", "serve", "--no-auth", "--host", "0.0.0.0",
+                        "--config", str(conf), "--store", str(tmp_path / "bucket")],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 5 and "only when binding to 127.0.0.1" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_thousand_idle_watchers_on_a_real_server(setup, server, capsys):
+    """Idle agents cost no thread: 1,000 long-polls are all woken by one deploy."""
+    bucket, rels, _ = setup
+    pid = server.process.pid
+
+    def threads():
+        status = Path(f"/proc/{pid}/status").read_text()
+        return int(re.search(r"Threads:\s+(\d+)", status).group(1))
+
+    async def scenario():
+        limits = httpx.Limits(max_connections=1100, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60, trust_env=False) as c:
+            rev = (await c.get("/api/v1/watch/web-1")).json()["rev"]
+            tasks = [asyncio.create_task(c.get(f"/api/v1/watch/web-1?since={rev}&timeout=30")) for _ in range(1000)]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                metrics = (await c.get("/metrics")).text
+                if "push_watchers 1000.0" in metrics:
+                    break
+                await asyncio.sleep(0.2)
+            assert "push_watchers 1000.0" in metrics
+            waiting_threads = threads()
+            start = time.monotonic()
+            await asyncio.to_thread(main, ["deploy", "web-1", "hello", rels[0].name, "--push-url", server.url,
+                                           "--token", TOKENS["ci"]])
+            answers = await asyncio.gather(*tasks)
+            return waiting_threads, time.monotonic() - start, answers
+
+    waiting_threads, seconds, answers = asyncio.run(scenario())
+    assert all(a.status_code == 200 and a.json()["changed"] for a in answers)
+    assert seconds < 15
+    assert waiting_threads < 60  # a thread per watcher would be over 1,000
