@@ -1,0 +1,9 @@
+"""pulld, the agent on every server: makes the server match its `server/{server}.json`.
+
+`Agent.step()` is one converge step; `main()` is the `pulld` command (triggers, metrics,
+the loop). See docs/pulld.md.
+"""
+
+from push.agent.agent import Agent, AgentOptions
+
+__all__ = ["Agent", "AgentOptions"]

@@ -1,0 +1,278 @@
+"""`pulld`: the agent's command line, its loop, and its structured logs.
+
+Parses the flags, opens the store, picks the service manager (systemd on `/`, the sandbox
+supervisor with `--root`), starts the triggers and /metrics, then runs converge steps when
+triggered, when a retry is due, or when the poll interval passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from push import __version__
+from push.agent.agent import SELF_APP, Agent, AgentOptions
+from push.agent.backoff import Backoff
+from push.agent.dpkg import Dpkg
+from push.agent.metrics import Metrics
+from push.agent.state import StateLock
+from push.agent.supervisor import SandboxSupervisor
+from push.agent.triggers import GceMetadataTrigger, WatchTrigger, Wakeup, gce_instance_name
+from push.agent.units import ServiceManager, SystemdManager
+from push.errors import PushError
+from push.serverfile import check_server
+from push.store import open_store
+
+log = logging.getLogger("push.agent")
+
+DEFAULT_METRICS_PORT = 9478
+POLL_WITH_TRIGGER = 300.0
+POLL_WITHOUT_TRIGGER = 15.0
+# After a wake-up, wait this long so that a burst of triggers runs one step.
+DEBOUNCE = 0.02
+
+_STANDARD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, msg, and every `extra=` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k, v in record.__dict__.items():
+            if k not in _STANDARD_ATTRS and not k.startswith("_"):
+                out[k] = v
+        if record.exc_info:
+            out["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
+                          if k not in _STANDARD_ATTRS and not k.startswith("_"))
+        line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} {record.getMessage()}"
+        line = f"{line}  {extras}" if extras else line
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _size(text: str) -> float:
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3}
+    t = text.strip().lower().removesuffix("b").removesuffix("/s")
+    try:
+        if t and t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500k, 10M)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pulld",
+        description="The Push agent: makes this server (or a sandbox root) match its server/{server}.json "
+                    "in the bucket, and reports what is actually installed and running to status/{server}.json.",
+        epilog="Triggers: the push server's watch endpoint (--push-url), GCE metadata 'pushrev' "
+               "(when GCE_METADATA_HOST is set, or --gce-metadata on), and the poll (--interval). See docs/pulld.md.")
+    p.add_argument("--server", help="this server's name (default: the GCE instance name on GCE, else the hostname)")
+    p.add_argument("--store", default=os.environ.get("PUSH_STORE"),
+                   help="the bucket: gs://BUCKET, s3://BUCKET, file:///PATH (default: $PUSH_STORE, else the local store)")
+    p.add_argument("--root", type=Path, help="install into this sandbox root (dpkg --root) instead of /; "
+                                             "units run under the sandbox supervisor")
+    p.add_argument("--state-dir", type=Path, help="downloads and the agent's record (default /var/lib/pulld, "
+                                                  "or ROOT/var/lib/pulld with --root)")
+    p.add_argument("--once", action="store_true",
+                   help="run one step and exit: 0 if the server then matches its file, else 1")
+    p.add_argument("--interval", type=float,
+                   help=f"failsafe poll, seconds (default {POLL_WITH_TRIGGER:g} with a trigger, "
+                        f"{POLL_WITHOUT_TRIGGER:g} without)")
+    p.add_argument("--push-url", default=os.environ.get("PUSH_URL"),
+                   help="the push server, for its watch (long-poll) trigger (default: $PUSH_URL)")
+    p.add_argument("--watch-timeout", type=float, default=55.0, help="long-poll timeout, seconds (default 55)")
+    p.add_argument("--gce-metadata", choices=("auto", "on", "off"), default="auto",
+                   help="wait on GCE metadata 'pushrev' (auto: only when GCE_METADATA_HOST is set)")
+    p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                   help=f"serve Prometheus /metrics on 127.0.0.1:PORT (default {DEFAULT_METRICS_PORT}; 0 = off)")
+    p.add_argument("--metrics-addr", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)")
+    p.add_argument("--download-rate-limit", type=_size, metavar="BYTES_PER_S",
+                   help="limit download speed, e.g. 10M (default: unlimited)")
+    p.add_argument("--backoff", type=float, default=15.0,
+                   help="first retry delay after a failure, seconds; doubles each time (default 15)")
+    p.add_argument("--backoff-max", type=float, default=900.0, help="longest retry delay, seconds (default 900)")
+    p.add_argument("--report-interval", type=float, default=60.0,
+                   help="publish the status report at least this often, seconds (default 60); "
+                        "it is published at once whenever it changes")
+    p.add_argument("--service-manager", choices=("auto", "systemd", "sandbox"), default="auto",
+                   help="auto: systemd on /, the sandbox supervisor with --root")
+    p.add_argument("--log-format", choices=("json", "text"), default="json", help="log lines (default json)")
+    p.add_argument("--stop-units", action="store_true",
+                   help="with --root: stop every unit the sandbox supervisor runs there, and exit")
+    p.add_argument("--version", action="version", version=f"pulld {__version__}")
+    return p
+
+
+def setup_logging(fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for noisy in ("httpx", "httpcore", "urllib3", "botocore", "google", "boto3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _gce_host(mode: str) -> str | None:
+    host = os.environ.get("GCE_METADATA_HOST")
+    if mode == "off":
+        return None
+    if mode == "on" and not host:
+        raise PushError("--gce-metadata on needs GCE_METADATA_HOST (pulld never guesses the metadata server)")
+    return host or None
+
+
+def _server_name(args: argparse.Namespace, gce_host: str | None) -> str:
+    if args.server:
+        return check_server(args.server)
+    if gce_host:
+        try:
+            return check_server(gce_instance_name(gce_host))
+        except Exception as e:
+            raise PushError(f"cannot read the GCE instance name from {gce_host}: {e} (use --server)") from None
+    return check_server(socket.gethostname().split(".")[0])
+
+
+def _reexec() -> None:
+    """Replace this process with a fresh pulld (the newly installed one), same arguments."""
+    log.info("restarting after self-update", extra={"event": "self-update.exec"})
+    for h in logging.getLogger().handlers:
+        h.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+def run(args: argparse.Namespace) -> int:
+    sandbox = args.root is not None and args.root.absolute() != Path("/")
+    if args.stop_units:
+        if not sandbox:
+            raise PushError("--stop-units needs --root (on / the units belong to systemd)")
+        supervisor = SandboxSupervisor(args.root)
+        supervisor.close(stop_units=True)
+        return 0
+    gce_host = _gce_host(args.gce_metadata)
+    server = _server_name(args, gce_host)
+    store = open_store(args.store)
+    options = AgentOptions(server=server, root=args.root.absolute() if sandbox else None, state_dir=args.state_dir,
+                           backoff=Backoff(base=args.backoff, cap=args.backoff_max),
+                           download_rate_limit=args.download_rate_limit, report_interval=args.report_interval,
+                           self_app=SELF_APP)
+    lock = StateLock(options.resolved_state_dir())
+    manager = args.service_manager
+    if manager == "auto":
+        manager = "sandbox" if sandbox else "systemd"
+    if manager == "sandbox":
+        if not sandbox:
+            raise PushError("--service-manager sandbox needs --root")
+        services: ServiceManager = SandboxSupervisor(options.root)  # type: ignore[arg-type]
+    else:
+        services = SystemdManager()
+    metrics = Metrics()
+    agent = Agent(store, options, services, dpkg=Dpkg(options.sandbox_root), metrics=metrics)
+    log.info("pulld starting", extra={"event": "start", "server": server, "store": store.url,
+                                      "root": str(options.root or "/"), "version": __version__, "once": args.once})
+    if args.once:
+        try:
+            ok = agent.step()
+        finally:
+            if isinstance(services, SandboxSupervisor):
+                services.detach()  # the units keep running; the next pulld adopts them
+            lock.release()
+            store.close()
+        log.info("step done", extra={"event": "once.done", "in_sync": ok})
+        return 0 if ok else 1
+
+    wakeup = Wakeup()
+    stopping = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        wakeup.set("signal")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if args.metrics_port:
+        port = metrics.serve(args.metrics_port, args.metrics_addr)
+        if port:
+            log.info("metrics listening", extra={"event": "metrics", "addr": args.metrics_addr, "port": port})
+    triggers = []
+    if args.push_url:
+        triggers.append(WatchTrigger(args.push_url, server, wakeup, timeout=args.watch_timeout,
+                                     on_fire=lambda s: metrics.triggers.labels(s).inc()))
+    if gce_host:
+        triggers.append(GceMetadataTrigger(gce_host, wakeup, on_fire=lambda s: metrics.triggers.labels(s).inc()))
+    for t in triggers:
+        t.start()
+    interval = args.interval or (POLL_WITH_TRIGGER if triggers else POLL_WITHOUT_TRIGGER)
+    restart = False
+    try:
+        while not stopping:
+            agent.step()
+            if agent.restart_requested:
+                restart = True
+                break
+            timeout = interval
+            retry = agent.next_retry_in()
+            if retry is not None:
+                timeout = min(timeout, retry)
+            reasons = wakeup.wait(timeout)
+            if not reasons:
+                metrics.triggers.labels("poll").inc()
+            else:
+                time.sleep(DEBOUNCE)
+                reasons += wakeup.drain()
+    finally:
+        for t in triggers:
+            t.stop()
+        metrics.close()
+        if isinstance(services, SandboxSupervisor):
+            if restart:
+                services.detach()
+            else:
+                services.close(stop_units=True)
+        services.close() if not isinstance(services, SandboxSupervisor) else None
+        lock.release()
+        store.close()
+    if restart:
+        _reexec()
+    log.info("pulld stopped", extra={"event": "stop"})
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_format)
+    try:
+        return run(args)
+    except PushError as e:
+        print(f"pulld: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
