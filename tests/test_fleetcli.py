@@ -67,7 +67,7 @@ def normalise(text):
 def test_direct_deploy_history_rollback(setup, capsys):
     bucket, rels, _ = setup
     code, out, _ = run(capsys, "deploy", "web-1", "hello", rels[2].name, "--note", "first")
-    assert code == 0 and out.startswith("deployed hello on web-1: (nothing) -> hello@")
+    assert code == 0 and out.startswith("deployed hello on web-1: (nothing) -> hello 2026-01-01 03:00 ")
     code, out, _ = run(capsys, "deploy", "web-1", "hello", rels[0].name)
     assert code == 0
     code, out, _ = run(capsys, "rollback", "web-1", "hello", "--note", "oops")

@@ -50,7 +50,7 @@ def short(name: str | None) -> str:
         r = Release.parse(name)
     except PushError:
         return name
-    return f"{r.app}@{r.timestamp} {r.short_hash}"
+    return f"{r.app} {r.time:%Y-%m-%d %H:%M} {r.short_hash}"
 
 
 class ChangedMeanwhile(Conflict):
