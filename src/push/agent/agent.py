@@ -108,6 +108,8 @@ class Agent:
         self._last_report: dict[str, object] | None = None
         self._last_report_at = 0.0
         self._recovered = False
+        # Apps whose install a killed agent started and dpkg finished: their units restart.
+        self._restart_units_of: set[str] = set()
 
     # -- start-up and crash recovery ----------------------------------------------------------
 
@@ -128,6 +130,7 @@ class Agent:
                 if row is not None and row.ok and row.version == p.get("version"):
                     # dpkg finished the install the killed agent had started.
                     self._record_installed(rec, p["release"], p["package"], p["version"])
+                    self._restart_units_of.add(app)
                 rec.pending = None
                 changed = True
         if changed:
@@ -336,6 +339,12 @@ class Agent:
             self._remove_app(app)
         for app, rel, info in installs:
             self._install(app, rel, info)
+        for app in sorted(self._restart_units_of):
+            rec = self.state.apps.get(app)
+            row = self.installed().get(rec.package or "") if rec else None
+            if rec and row is not None and row.ok and app != self.options.self_app:
+                self._start_units(app, row.package, row.version)
+        self._restart_units_of.clear()
 
     # -- installing -----------------------------------------------------------------------------
 
