@@ -384,6 +384,7 @@ class FleetView:
         self._requests: dict[str, tuple[str, ...]] = {}
         self._revs: dict[str, str] = {}
         self._states: dict[str, ServerState] = {}
+        self._latest_memo: tuple[tuple[int, int], dict[str, str]] | None = None
         self._release_map: tuple[int, dict[str, tuple[list[str], list[str]]]] | None = None
         self.version = 0
         self.loaded = False
@@ -539,11 +540,16 @@ class FleetView:
 
     def _latest_by_app(self) -> dict[str, str]:
         catalog = self.ctx.catalog
+        key = (self.version, len(catalog))
+        memo = self._latest_memo
+        if memo is not None and memo[0] == key:
+            return memo[1]
         out = {}
         for app in catalog.apps():
             releases = catalog.releases(app)
             if releases:
                 out[app] = releases[0].name
+        self._latest_memo = (key, out)
         return out
 
     def _server_state(self, server: str, now: datetime, newest_of: dict[str, str]) -> ServerState:
@@ -599,9 +605,6 @@ class FleetView:
                 "app": app,
                 "allowed": app in allowed,
                 "desired": desired,
-                "desired_time": release.timestamp if release else None,
-                "desired_hash": release.short_hash if release else None,
-                "desired_user": release.user if release else None,
                 "desired_note": info.note if info else None,
                 "actual": actual,
                 "state": app_report.state if app_report is not None else None,

@@ -29,9 +29,6 @@ class AppState(BaseModel):
     app: str
     allowed: bool = Field(description="skiapush.conf allows this app on this server")
     desired: str | None = Field(description="release named by server/{server}.json")
-    desired_time: str | None = None
-    desired_hash: str | None = None
-    desired_user: str | None = None
     desired_note: str | None = None
     actual: str | None = Field(description="release the agent reports installed")
     state: str | None = Field(description="agent's state for the app: ok, pending, installing, failed, removing")

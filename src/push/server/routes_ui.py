@@ -134,15 +134,32 @@ def _release_info(push: PushServer, name: str | None) -> Any:
 # -- fleet ----------------------------------------------------------------------------------
 
 
+PER_PAGE = 100
+
+
 @router.get("/", response_class=HTMLResponse)
-def fleet_page(request: Request, server: str = "", app: str = "", problems: str = "") -> Response:
+def fleet_page(request: Request, server: str = "", app: str = "", problems: str = "", page: int = 1,
+               all: str = "") -> Response:
     push, identity = _viewer(request)
     states = push.view.server_states(server or None, app or None)
     if problems:
         states = [s for s in states if s.data["problems"]]
-    context = dict(rows=_fleet_rows(push, states), count=len(states), server=server, app=app,
+    pages = max(1, -(-len(states) // PER_PAGE))
+    page = min(max(1, page), pages)
+    shown = states if all else states[(page - 1) * PER_PAGE: page * PER_PAGE]
+    params = {k: v for k, v in (("server", server), ("app", app), ("problems", problems)) if v}
+
+    def link(n: int) -> str:
+        return "/?" + urlencode({**params, "page": str(n)})
+
+    context = dict(rows=_fleet_rows(push, shown), count=len(states), server=server, app=app,
                    problems=problems, total=len(push.ctx.config.servers),
-                   with_problems=sum(1 for s in states if s.data["problems"]))
+                   with_problems=sum(1 for s in states if s.data["problems"]),
+                   first=(page - 1) * PER_PAGE + 1 if not all else 1, last=(page - 1) * PER_PAGE + len(shown) if not all else len(states),
+                   pages=1 if all else pages, page=page,
+                   prev_link=link(page - 1) if page > 1 and not all else None,
+                   next_link=link(page + 1) if page < pages and not all else None,
+                   all_link="/?" + urlencode({**params, "all": "1"}) if pages > 1 and not all else None)
     if request.headers.get("hx-request") and request.headers.get("hx-target") == "fleet":
         return _page(request, "_fleet_table.html", identity, **context)
     return _page(request, "fleet.html", identity, **context)
