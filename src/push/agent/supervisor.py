@@ -288,6 +288,11 @@ class SandboxSupervisor(ServiceManager):
                 self._signal(svc.pid, signal.SIGKILL)
                 while self._alive(svc)[0]:
                     time.sleep(0.02)
+            # Like systemd with a cgroup, a unit is stopped when all of its processes are.
+            pid, deadline = svc.pid, time.monotonic() + self.stop_timeout
+            while time.monotonic() < deadline and self._group_alive(pid):
+                self._signal(pid, signal.SIGKILL)
+                time.sleep(0.02)
             log.info("unit stopped", extra={"event": "unit.stop", "unit": svc.unit, "pid": svc.pid})
         svc.state = "inactive"
         svc.popen = None
@@ -295,16 +300,35 @@ class SandboxSupervisor(ServiceManager):
         self._pid_file(svc.unit).unlink(missing_ok=True)
 
     @staticmethod
+    def _group_alive(pgid: int) -> bool:
+        """Whether any live (non-zombie) process is left in the process group."""
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+        return False
+
+    @staticmethod
     def _signal(pid: int, sig: int) -> None:
         # The unit runs in its own session: signal its whole process group, as systemd
         # signals a whole cgroup, so a shell script's children go too.
         try:
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, sig)
-            else:
-                os.kill(pid, sig)
+            os.killpg(pid, sig)
         except ProcessLookupError:
-            pass
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def _watch(self, interval: float) -> None:
         while not self._closed.wait(interval):
