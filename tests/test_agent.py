@@ -39,8 +39,8 @@ class Sandbox:
         self.agent = Agent(store, AgentOptions(server=SERVER, root=root, **opts), self.supervisor)  # type: ignore[arg-type]
         self.dpkg = Dpkg(root)
 
-    def step(self) -> bool:
-        return self.agent.step()
+    def step(self, reasons: list[str] | None = None) -> bool:
+        return self.agent.step(reasons or ["start"])
 
     def installed(self) -> dict[str, str]:
         return {p.package: p.version for p in self.dpkg.installed().values() if p.ok}
@@ -502,3 +502,28 @@ def test_metrics_count_steps_and_installs(sandbox: Sandbox, tmp_path: Path) -> N
     assert "pulld_in_sync 1.0" in text
     assert 'pulld_unit_active{unit="hello.service"} 1.0' in text
     assert os.path.getsize(sandbox.root / "var/lib/pulld/state.json") > 0
+
+
+def test_unit_requests_are_carried_out_and_answered(sandbox: Sandbox, tmp_path: Path) -> None:
+    from push import unitrequests
+
+    h1 = make_release(sandbox.store, tmp_path, "hello", 1)
+    set_server_file(sandbox.store, SERVER, [h1.name])
+    assert sandbox.step()
+    pid = sandbox.pid("hello.service")
+    restart = unitrequests.create(sandbox.store, SERVER, "hello", "hello.service", "restart", "alice@example.com")
+    foreign = unitrequests.create(sandbox.store, SERVER, "hello", "sshd.service", "stop", "mallory@example.com")
+    expired = unitrequests.create(sandbox.store, SERVER, "hello", "hello.service", "stop", "bob@example.com", ttl=-1)
+    sandbox.step(["poll"])  # a plain poll soon after the last look does not list requests/
+    assert unitrequests.pending(sandbox.store, SERVER)
+    sandbox.step(["watch"])  # a trigger does
+    done = {r.id: r for r in unitrequests.list_requests(sandbox.store, SERVER)}
+    assert done[restart.id].state == "done" and done[restart.id].done_by
+    assert done[foreign.id].state == "refused" and "not a unit" in (done[foreign.id].result or "")
+    assert done[expired.id].state == "expired"
+    assert sandbox.pid("hello.service") not in (None, pid)
+    stop = unitrequests.create(sandbox.store, SERVER, "hello", "hello.service", "stop", "alice@example.com")
+    sandbox.step(["watch"])
+    assert {r.id: r for r in unitrequests.list_requests(sandbox.store, SERVER)}[stop.id].state == "done"
+    assert sandbox.supervisor.states(["hello.service"]) == {"hello.service": "inactive"}
+    assert sandbox.report().apps["hello"].units == {"hello.service": "inactive"}

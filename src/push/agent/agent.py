@@ -13,6 +13,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,6 +26,7 @@ from push.agent.dpkg import Dpkg, InstalledPackage
 from push.agent.errors import AgentError, DpkgError, DpkgLocked, UnitError, VerificationFailed
 from push.agent.metrics import Metrics
 from push.agent.state import AgentState, AppRecord
+from push.agent.unitactions import act_on_requests
 from push.agent.units import ServiceManager, units_in
 from push.errors import InvalidRelease, InvalidServerFile, NotFound, PushError
 from push.release import Release, ReleaseInfo
@@ -45,6 +47,7 @@ class AgentOptions:
     backoff: Backoff = field(default_factory=Backoff)
     download_rate_limit: float | None = None   # bytes per second; None = unlimited
     report_interval: float = 60.0              # publish at least this often even when nothing changes
+    requests_interval: float = 60.0            # look for unit requests at least this often when polling
     self_app: str = SELF_APP
     hostname: str = field(default_factory=socket.gethostname)
 
@@ -108,6 +111,7 @@ class Agent:
         self._last_report: dict[str, object] | None = None
         self._last_report_at = 0.0
         self._recovered = False
+        self._requests_checked = float("-inf")
         # Apps whose install a killed agent started and dpkg finished: their units restart.
         self._restart_units_of: set[str] = set()
 
@@ -238,8 +242,12 @@ class Agent:
 
     # -- the step -------------------------------------------------------------------------------
 
-    def step(self) -> bool:
-        """One converge step; True when the server then matches its file."""
+    def step(self, reasons: Sequence[str] = ("start",)) -> bool:
+        """One converge step; True when the server then matches its file.
+
+        `reasons` are what woke the agent: after a trigger (not a mere poll) it also looks
+        for unit requests, which otherwise it does every `requests_interval`.
+        """
         started = time.monotonic()
         self.step_count += 1
         if not self._recovered:
@@ -262,6 +270,8 @@ class Agent:
         assert self._server_file is not None
         try:
             self._converge(self._server_file)
+            if set(reasons) - {"poll"} or started - self._requests_checked >= self.options.requests_interval:
+                self._unit_requests()
             report = self._report(None)
         except Exception as e:  # dpkg-query itself failing, the state dir unwritable, ...
             log.exception("step failed")
@@ -481,6 +491,19 @@ class Agent:
         except UnitError as e:
             self._unit_errors[app] = str(e)
             log.warning("units failed", extra={"event": "units.error", "app": app, "error": str(e)})
+
+    def units_of_app(self, app: str) -> list[str]:
+        """The units of the package Push installed for `app` (none if it is not installed)."""
+        rec = self.state.apps.get(app)
+        row = self.installed().get(rec.package or "") if rec is not None else None
+        return self.units_of(row.package, row.version) if row is not None and row.ok else []
+
+    def _unit_requests(self) -> None:
+        self._requests_checked = time.monotonic()
+        try:
+            act_on_requests(self.store, self.server, self.services, self.units_of_app, self.options.hostname)
+        except PushError as e:
+            log.warning("cannot read unit requests", extra={"event": "unit.request-error", "error": str(e)})
 
     # -- removing -------------------------------------------------------------------------------
 

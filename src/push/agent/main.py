@@ -228,9 +228,10 @@ def run(args: argparse.Namespace) -> int:
         t.start()
     interval = args.interval or (POLL_WITH_TRIGGER if triggers else POLL_WITHOUT_TRIGGER)
     restart = False
+    reasons = ["start"]
     try:
         while not stopping:
-            agent.step()
+            agent.step(reasons)
             if agent.restart_requested:
                 restart = True
                 break
@@ -240,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
                 timeout = min(timeout, retry)
             reasons = wakeup.wait(timeout)
             if not reasons:
+                reasons = ["poll"]
                 metrics.triggers.labels("poll").inc()
             else:
                 time.sleep(DEBOUNCE)
