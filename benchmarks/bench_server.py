@@ -180,6 +180,7 @@ def main() -> int:
     args = ap.parse_args()
 
     root = args.dir or Path(tempfile.mkdtemp(prefix="push-bench-server-"))
+    root.mkdir(parents=True, exist_ok=True)
     store = LocalStore(root / "bucket")
     conf = root / "skiapush.conf"
     conf.write_text(config_text(args))
