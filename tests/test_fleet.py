@@ -314,3 +314,24 @@ def test_deploy_rollback_and_view_on_every_store(store, tmp_path):
     assert view.refresh() == {"web-1"}
     w1 = view.state(server="web-1")["servers"][0]["apps"][0]
     assert w1["desired"] == rels[2].name and w1["marks"] == ["no_report"]
+
+
+def test_poll_racing_a_local_write_never_goes_back(ctx, bucket, rels, monkeypatch):
+    """A bucket poll that read a server file before this process wrote it must not undo
+    what refresh_server saw after the write."""
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
+    view = fleet.FleetView(ctx)
+    view.refresh()
+    report(bucket, "web-1", {"hello": rels[0].name})  # so the poll reads a report after the files
+    real_get = bucket.get
+
+    def get_then_write(key, *a, **k):
+        if key.startswith("status/"):
+            fleet.deploy(ctx, "a", "web-1", "hello", rels[1].name)
+            view.refresh_server("web-1")
+        return real_get(key, *a, **k)
+
+    monkeypatch.setattr(bucket, "get", get_then_write)
+    view.refresh(include_catalog=False)
+    monkeypatch.setattr(bucket, "get", real_get)
+    assert view.server_file("web-1").release_of("hello").name == rels[1].name

@@ -378,6 +378,8 @@ class FleetView:
         self.ctx = ctx
         self._lock = threading.RLock()
         self._refresh_lock = threading.Lock()
+        self._write_seq = 0
+        self._touched: dict[str, int] = {}
         self._files: dict[str, ServerFile] = {}
         self._file_errors: dict[str, tuple[str, str]] = {}  # server -> (generation, error)
         self._reports: dict[str, tuple[str, AgentStatus]] = {}
@@ -413,6 +415,8 @@ class FleetView:
 
     def _refresh(self, include_catalog: bool) -> set[str]:
         start = time.monotonic()
+        with self._lock:
+            started_at = self._write_seq
         store = self.ctx.store
         files = {i.key[len(SERVER_PREFIX):-5]: i.generation for i in store.list(SERVER_PREFIX)
                  if i.key.endswith(".json") and "/" not in i.key[len(SERVER_PREFIX):]}
@@ -463,6 +467,18 @@ class FleetView:
                 continue
 
         with self._lock:
+            # A server re-read by refresh_server while we listed is newer than our listing.
+            for server, seq in self._touched.items():
+                if seq > started_at:
+                    if server in self._files:
+                        new_files[server] = self._files[server]
+                    else:
+                        new_files.pop(server, None)
+                    if server in self._requests:
+                        requests[server] = list(self._requests[server])
+                    else:
+                        requests.pop(server, None)
+            self._touched = {s: q for s, q in self._touched.items() if q > started_at}
             changed_data = (new_files.keys() != self._files.keys()
                             or any(self._files[s] is not f for s, f in new_files.items())
                             or new_reports.keys() != self._reports.keys()
@@ -487,6 +503,8 @@ class FleetView:
         sf = serverfile.read(store, server, if_generation_not_match=old.generation if old else None)
         keys = tuple(sorted(i.key for i in store.list(unitrequests.server_prefix(server))))
         with self._lock:
+            self._write_seq += 1
+            self._touched[server] = self._write_seq
             if sf is not None:
                 if sf.generation is None:
                     self._files.pop(server, None)
