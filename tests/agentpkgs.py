@@ -113,19 +113,25 @@ def publish_deb(store: Store, app: str, n: int, deb: Path, *, version: str | Non
     `legacy`: only the original's metadata (no sha256/size/package/version).
     `tamper`: the uploaded bytes differ from what the metadata's sha256 says.
     """
-    data = deb.read_bytes()
+    digest = hashlib.sha256()
+    with open(deb, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+    size = deb.stat().st_size
     rel = release_for(app, n)
     if legacy:
         info = ReleaseInfo(release=rel, note=note, services=(f"{app}.service",))
     else:
         info = ReleaseInfo(release=rel, note=note, services=(f"{app}.service",),
-                           sha256=hashlib.sha256(data).hexdigest(), size=len(data),
+                           sha256=digest.hexdigest(), size=size,
                            extra={"package": package or f"push-{app}", "version": version or f"1.{n}"})
     if tamper:
-        data = bytearray(data)
+        data = bytearray(deb.read_bytes())
         data[len(data) // 2] ^= 0xFF
-        data = bytes(data)
-    publish(store, info, io.BytesIO(data))
+        publish(store, info, io.BytesIO(bytes(data)))
+    else:
+        with open(deb, "rb") as f:
+            publish(store, info, f)
     return info
 
 

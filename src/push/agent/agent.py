@@ -250,10 +250,10 @@ class Agent:
         """
         started = time.monotonic()
         self.step_count += 1
-        if not self._recovered:
-            self.recover()
         global_error: str | None = None
         try:
+            if not self._recovered:
+                self.recover()
             self._read_server_file()
         except PushError as e:
             global_error = f"cannot read {server_key(self.server)}: {e}"
@@ -298,9 +298,9 @@ class Agent:
 
     def next_retry_in(self) -> float | None:
         """Seconds until a failed release (or the whole step) is due for a retry, if any."""
+        if self._global_failure is not None:  # no release is retried before the step itself works
+            return max(0.0, self._global_failure.retry_at - time.monotonic())
         times = [f.retry_at for f in self._failures.values()]
-        if self._global_failure is not None:
-            times.append(self._global_failure.retry_at)
         if not times:
             return None
         return max(0.0, min(times) - time.monotonic())
@@ -545,7 +545,11 @@ class Agent:
     def _report(self, error: str | None, working: set[str] = frozenset(),  # type: ignore[assignment]
                 removing: set[str] = frozenset()) -> AgentStatus:  # type: ignore[assignment]
         sf = self._server_file
-        installed = self.installed()
+        try:
+            installed = self.installed()
+        except PushError as e:  # dpkg-query itself failed: report that, with nothing installed known
+            installed = {}
+            error = error or str(e)
         apps: dict[str, AppStatus] = {}
         desired = sf.releases if sf is not None else {}
         names = list(sf.apps) if sf is not None else []
@@ -559,7 +563,10 @@ class Agent:
             st = AppStatus(desired=rel.name if rel else None, installed=current,
                            package=row.package if row else None, version=row.version if row else None)
             if row is not None and row.ok:
-                st.units = dict(sorted(self.services.states(self.units_of(row.package, row.version)).items()))
+                try:
+                    st.units = dict(sorted(self.services.states(self.units_of(row.package, row.version)).items()))
+                except PushError as e:
+                    st.units = {"?": f"unknown: {e}"}
                 unit_list += list(st.units)
                 for unit, state in st.units.items():
                     self.metrics.units.labels(unit).set(1 if state == "active" else 0)

@@ -231,14 +231,17 @@ def run(args: argparse.Namespace) -> int:
     reasons = ["start"]
     try:
         while not stopping:
-            agent.step(reasons)
+            try:
+                agent.step(reasons)
+            except Exception:  # a bug must not end the agent: log it, and try again later
+                log.exception("step crashed", extra={"event": "step.crash"})
             if agent.restart_requested:
                 restart = True
                 break
             timeout = interval
             retry = agent.next_retry_in()
             if retry is not None:
-                timeout = min(timeout, retry)
+                timeout = max(0.1, min(timeout, retry))
             reasons = wakeup.wait(timeout)
             if not reasons:
                 reasons = ["poll"]

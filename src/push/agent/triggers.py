@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-
-import httpx
+from typing import TYPE_CHECKING
 
 from push.agent.backoff import Backoff
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class _Trigger(threading.Thread):
                 pass
 
     def run(self) -> None:
+        import httpx  # here, not at the top: `pulld --once` starts faster without it
+
         failures = 0
         # Never a proxy: triggers talk to exactly the host they were given.
         with httpx.Client(trust_env=False, timeout=httpx.Timeout(10.0, read=self.read_timeout())) as client:
@@ -163,6 +167,8 @@ class GceMetadataTrigger(_Trigger):
 
 def gce_instance_name(host: str, timeout: float = 5.0) -> str:
     """The instance name from the metadata server at `host` (GCE_METADATA_HOST)."""
+    import httpx
+
     with httpx.Client(trust_env=False, timeout=timeout) as client:
         resp = client.get(f"http://{host}/computeMetadata/v1/instance/name", headers=METADATA_HEADERS)
         resp.raise_for_status()
