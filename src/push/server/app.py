@@ -84,7 +84,7 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
                     "Authenticate with `Authorization: Bearer TOKEN` (tokens are listed by sha256 in "
                     "skiapush.conf). Errors are JSON `{\"error\": message, \"type\": name}`.",
         lifespan=lifespan,
-        docs_url="/api/docs",
+        docs_url=None,  # Swagger UI would load its JavaScript from a CDN
         redoc_url=None,
         openapi_url="/openapi.json",
     )
