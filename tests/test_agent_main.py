@@ -465,3 +465,33 @@ def _get(url: str) -> str | None:
         return httpx.get(url, trust_env=False, timeout=2).text
     except httpx.HTTPError:
         return None
+
+
+def test_a_release_built_by_push_release_deploys(tmp_path: Path, root: Path) -> None:
+    """The builder's package (push-APP, build-time version, its own maintainer scripts)."""
+    stage = tmp_path / "stage"
+    (stage / "usr/local/bin").mkdir(parents=True)
+    (stage / "etc/systemd/system").mkdir(parents=True)
+    exe = stage / "usr/local/bin/demo"
+    exe.write_text("#!/bin/sh\nexec sleep 3600\n")
+    exe.chmod(0o755)
+    (stage / "etc/systemd/system/demo.service").write_text(
+        "[Unit]\nDescription=demo\n\n[Service]\nExecStart=/usr/local/bin/demo\n\n[Install]\nWantedBy=multi-user.target\n")
+    url = f"file://{tmp_path / 'store'}"
+    env = {k: v for k, v in os.environ.items() if k != "GCE_METADATA_HOST"}
+    built = subprocess.run([sys.executable, "-m", "push.cli", "release", "demo", "--root", str(stage), "--note", "t",
+                            "--hash", "0123456789abcdef0123456789abcdef01234567", "--no-lintian", "--store", url],
+                           capture_output=True, text=True, env=env, cwd=tmp_path)
+    if built.returncode != 0:
+        pytest.skip(f"push release is not usable here: {built.stderr.strip()[-300:]}")
+    name = built.stdout.strip().splitlines()[-1]
+    store = open_store(url)
+    set_server_file(store, SERVER, [name])
+    p = Pulld(url, root, "--once")
+    assert p.wait() == 0, p.log()
+    pkgs = installed(root)
+    assert list(pkgs) == ["push-demo"]
+    rep = report(store)
+    assert rep is not None and rep.in_sync and rep.apps["demo"].installed == name
+    assert rep.apps["demo"].version == pkgs["push-demo"]
+    assert rep.apps["demo"].units == {"demo.service": "active"}

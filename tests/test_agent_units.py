@@ -20,7 +20,7 @@ from push.agent.dpkg import DebFields, Dpkg, parse_depends
 from push.agent.errors import DependencyMissing, UnitError
 from push.agent.supervisor import SandboxSupervisor, parse_environment_file, parse_unit
 from push.agent.triggers import Wakeup
-from push.agent.units import SystemdManager, units_in
+from push.agent.units import SystemdManager, units_in, units_to_start
 
 # -- Depends and apt-get ---------------------------------------------------------------------
 
@@ -94,8 +94,11 @@ def test_parse_environment_file() -> None:
 
 def test_units_in_package_files() -> None:
     files = ["/etc/systemd/system/a.service", "/lib/systemd/system/b.service", "/etc/systemd/system/t@.service",
-             "/usr/lib/systemd/system/c.service", "/etc/systemd/system/x.d/override.conf", "/usr/bin/a"]
-    assert units_in(files) == ["a.service", "b.service", "c.service"]
+             "/usr/lib/systemd/system/c.service", "/etc/systemd/system/x.d/override.conf", "/usr/bin/a",
+             "/etc/systemd/system/c.timer"]
+    assert units_in(files) == ["a.service", "b.service", "c.service", "c.timer"]
+    # A timer-activated service is started by its timer, not directly.
+    assert units_to_start(units_in(files)) == ["a.service", "b.service", "c.timer"]
 
 
 def _write_unit(root: Path, name: str, body: str, script: str | None = None) -> None:
@@ -269,3 +272,19 @@ def test_dpkg_sandbox_prepare_is_enough_for_dpkg(tmp_path: Path) -> None:
     assert d.installed() == {} and d.audit() == ""
     proc = subprocess.run(["dpkg", f"--root={tmp_path / 'fresh'}", "--audit"], capture_output=True)
     assert proc.returncode == 0
+
+
+def test_systemd_manager_does_not_restart_what_the_postinst_just_restarted(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    now_us = int(time.monotonic() * 1e6)
+    systemctl = _fake_tool(tmp_path / "systemctl", textwrap.dedent(f"""\
+        echo "$@" >> {calls}
+        if [ "$1" = show ]; then
+          printf 'Id=fresh.service\\nActiveState=active\\nActiveEnterTimestampMonotonic={now_us + 1000}\\n\\n'
+          printf 'Id=old.service\\nActiveState=active\\nActiveEnterTimestampMonotonic={now_us - 10**9}\\n'
+        fi
+        exit 0
+        """))
+    SystemdManager(systemctl=systemctl).restart(["fresh.service", "old.service"],
+                                                unless_started_since=now_us / 1e6)
+    assert calls.read_text().splitlines()[-1] == "restart old.service"

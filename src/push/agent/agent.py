@@ -27,7 +27,7 @@ from push.agent.errors import AgentError, DpkgError, DpkgLocked, UnitError, Veri
 from push.agent.metrics import Metrics
 from push.agent.state import AgentState, AppRecord
 from push.agent.unitactions import act_on_requests
-from push.agent.units import ServiceManager, units_in
+from push.agent.units import ServiceManager, units_in, units_to_start
 from push.errors import InvalidRelease, InvalidServerFile, NotFound, PushError
 from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile, server_key
@@ -387,6 +387,7 @@ class Agent:
             if fields.package not in rec.packages:
                 rec.packages.append(fields.package)
             self.state.save()
+            installed_at = time.monotonic()
             try:
                 # An app whose Debian package was renamed: the old one goes first (both
                 # usually ship the same files); a failure below puts its release back.
@@ -427,7 +428,7 @@ class Agent:
             # pulld itself: restarting our own unit would kill this step; re-exec instead.
             self.restart_requested = True
             return
-        self._start_units(app, fields.package, fields.version)
+        self._start_units(app, fields.package, fields.version, installed_at=installed_at)
 
     def _record_installed(self, rec: AppRecord, release: str, package: str, version: str) -> None:
         rec.release, rec.package, rec.version = release, package, version
@@ -477,8 +478,9 @@ class Agent:
             self._units_cache[key] = units
         return units
 
-    def _start_units(self, app: str, package: str, version: str, only_inactive: bool = False) -> None:
-        units = self.units_of(package, version)
+    def _start_units(self, app: str, package: str, version: str, only_inactive: bool = False,
+                     installed_at: float | None = None) -> None:
+        units = units_to_start(self.units_of(package, version))
         self._unit_errors.pop(app, None)
         if not units:
             return
@@ -487,7 +489,7 @@ class Agent:
             if only_inactive:
                 self.services.start(units)
             else:
-                self.services.restart(units)
+                self.services.restart(units, unless_started_since=installed_at)
         except UnitError as e:
             self._unit_errors[app] = str(e)
             log.warning("units failed", extra={"event": "units.error", "app": app, "error": str(e)})

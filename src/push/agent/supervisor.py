@@ -380,10 +380,16 @@ class SandboxSupervisor(ServiceManager):
     def reload(self) -> None:
         pass  # unit files are read afresh at every start
 
-    def restart(self, units: Sequence[str]) -> None:
+    def restart(self, units: Sequence[str], *, unless_started_since: float | None = None) -> None:
+        # Maintainer scripts never start units in a sandbox root (DPKG_ROOT is set), so
+        # `unless_started_since` never applies here.
         errors = []
         with self._lock:
             for unit in units:
+                if not unit.endswith(".service"):
+                    log.info("unit type not supported in a sandbox root", extra={"event": "unit.unsupported",
+                                                                                  "unit": unit})
+                    continue
                 svc = self._services.get(unit)
                 if svc is not None:
                     self._stop(svc)
@@ -415,6 +421,8 @@ class SandboxSupervisor(ServiceManager):
                 svc = self._services.get(unit)
                 if svc is not None:
                     out[unit] = svc.state
+                elif not unit.endswith(".service"):
+                    out[unit] = "unsupported"
                 else:
                     out[unit] = "inactive" if self.unit_path(unit) is not None else "not-found"
             return out

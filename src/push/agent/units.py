@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 # Where packages put unit files, relative to the root.
 UNIT_DIRS = ("/etc/systemd/system/", "/lib/systemd/system/", "/usr/lib/systemd/system/")
-UNIT_SUFFIXES = (".service",)
+UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path")
+# A service with one of these beside it is started by it, not directly (as push release does).
+ACTIVATORS = (".socket", ".timer", ".path")
 ACTIONS = ("start", "stop", "restart")
 
 
@@ -35,6 +37,12 @@ def units_in(paths: Iterable[str]) -> list[str]:
     return units
 
 
+def units_to_start(units: Sequence[str]) -> list[str]:
+    """The units to (re)start after an install: activators, and services nothing activates."""
+    activated = {u.rsplit(".", 1)[0] + ".service" for u in units if u.endswith(ACTIVATORS)}
+    return [u for u in units if u not in activated]
+
+
 class ServiceManager(abc.ABC):
     """What the agent needs from a service manager."""
 
@@ -43,8 +51,12 @@ class ServiceManager(abc.ABC):
         """Re-read unit files (after a package added, changed or removed some)."""
 
     @abc.abstractmethod
-    def restart(self, units: Sequence[str]) -> None:
-        """Enable and (re)start `units`: after an install. UnitError names the ones that failed."""
+    def restart(self, units: Sequence[str], *, unless_started_since: float | None = None) -> None:
+        """Enable and (re)start `units`: after an install. UnitError names the ones that failed.
+
+        With `unless_started_since` (a time.monotonic() value), units that became active
+        after it (the package's postinst restarted them already) are left alone.
+        """
 
     @abc.abstractmethod
     def stop(self, units: Sequence[str]) -> None:
@@ -101,12 +113,28 @@ class SystemdManager(ServiceManager):
     def reload(self) -> None:
         self._run("daemon-reload")
 
-    def restart(self, units: Sequence[str]) -> None:
+    def restart(self, units: Sequence[str], *, unless_started_since: float | None = None) -> None:
         if not units:
             return
         # Units without an [Install] section cannot be enabled; that is not an error.
         self._run("enable", "--quiet", *units, check=False)
-        self._run("restart", *units)
+        if unless_started_since is not None:
+            fresh = self._started_since(units, unless_started_since)
+            units = [u for u in units if u not in fresh]
+        if units:
+            self._run("restart", *units)
+
+    def _started_since(self, units: Sequence[str], since: float) -> set[str]:
+        """Units active since `since` (monotonic seconds; systemd's monotonic clock is the same)."""
+        proc = self._run("show", "--property=Id,ActiveState,ActiveEnterTimestampMonotonic", "--", *units,
+                         check=False)
+        fresh = set()
+        for block, unit in zip(proc.stdout.strip().split("\n\n"), units):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            stamp = props.get("ActiveEnterTimestampMonotonic", "0")
+            if props.get("ActiveState") == "active" and stamp.isdigit() and int(stamp) / 1e6 >= since:
+                fresh.add(unit)
+        return fresh
 
     def stop(self, units: Sequence[str]) -> None:
         if units:
