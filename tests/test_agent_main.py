@@ -495,3 +495,19 @@ def test_a_release_built_by_push_release_deploys(tmp_path: Path, root: Path) -> 
     assert rep is not None and rep.in_sync and rep.apps["demo"].installed == name
     assert rep.apps["demo"].version == pkgs["push-demo"]
     assert rep.apps["demo"].units == {"demo.service": "active"}
+
+
+@pytest.mark.parametrize("store_url", ["s3"], indirect=True)
+def test_unreachable_store_leaves_the_server_as_it_was(store_url: str, tmp_path: Path, root: Path) -> None:
+    store = open_store(store_url)
+    h1 = make_release(store, tmp_path, "hello", 1)
+    set_server_file(store, SERVER, [h1.name])
+    assert Pulld(store_url, root, "--once").wait() == 0
+    pid = json.loads((root / "run/push-units/hello.service.pid").read_text())["pid"]
+    p = Pulld(store_url, root, "--once", env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})  # nothing listens there
+    assert p.wait() == 1
+    errors = [e for e in p.events() if e.get("event") == "step.error"]
+    assert errors and "cannot reach" in str(errors[0]["error"])
+    assert installed(root) == {"push-hello": "1.1"}
+    assert json.loads((root / "run/push-units/hello.service.pid").read_text())["pid"] == pid
+    assert Path(f"/proc/{pid}").exists()
