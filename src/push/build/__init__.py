@@ -1,0 +1,15 @@
+"""The release builder (`push release`): an app's files in, a checked Debian package out, uploaded.
+
+    from push.build import BuildRequest, build, upload
+    built = build(BuildRequest(app="hello", root=Path("stage"), note="first"), workdir, store)
+    upload(store, built)
+
+Modules: staging (the tree dpkg-deb builds from), manifest (push.toml), control (DEBIAN/),
+dpkgdeb, git, python (pip) and checks (systemd-analyze, lintian), each running its one tool;
+builder puts them in order; command is the CLI front.
+"""
+
+from push.build.builder import BuildRequest, BuiltRelease, build, upload
+from push.build.errors import BuildError
+
+__all__ = ["BuildError", "BuildRequest", "BuiltRelease", "build", "upload"]

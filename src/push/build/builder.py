@@ -1,0 +1,266 @@
+"""Build one release, check it, name it, and upload it: the steps of `push release`, in order.
+
+Cheap checks come first (app name, source state, the store answers and the name is free),
+then staging, the unit check, dpkg-deb and lintian. Only a package that passed everything
+is uploaded, create-only, streamed from disk, and journalled through `catalog.publish`.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import re
+import socket
+import textwrap
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+from push import catalog
+from push.build import checks, control, dpkgdeb, git, manifest, python, staging
+from push.build.errors import BuildError
+from push.errors import Conflict, NotFound
+from push.release import Release, ReleaseInfo, check_app
+from push.store import ObjectInfo, Store
+
+_HASH_RE = re.compile(r"[0-9a-f]{40}")
+_HOST_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass
+class BuildRequest:
+    """What to build: an app and exactly one of a staged root, a manifest, or a prebuilt .deb."""
+
+    app: str
+    root: Path | None = None
+    manifest: Path | None = None
+    deb: Path | None = None
+    note: str | None = None
+    note_from_git: bool = False
+    depends: Sequence[str] = ()
+    package_prefix: str | None = None
+    architecture: str | None = None
+    maintainer: str | None = None
+    description: str | None = None
+    compression: str | None = None
+    compression_level: int | None = None
+    repo: Path | None = None
+    git_hash: str | None = None
+    require_clean: bool = False
+    lintian: bool = True
+    # Who and when; taken from the environment and the clock when not given.
+    user: str | None = None
+    host: str | None = None
+    now: datetime | None = None
+
+
+@dataclass
+class BuiltRelease:
+    """A checked package on disk and the release it will be."""
+
+    info: ReleaseInfo
+    path: Path
+    source: git.SourceState | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+
+def current_user() -> str:
+    return os.environ.get("USER") or getpass.getuser()
+
+
+def current_host() -> str:
+    """This machine's name (fully qualified when it can be), kept to the characters a release name may hold."""
+    name = socket.getfqdn()
+    if name.split(".")[0] in ("localhost", "") or name.endswith(".localdomain"):
+        name = socket.gethostname()  # /etc/hosts names only loopback: the plain hostname says more
+    return _HOST_CHARS.sub("", name) or "localhost"
+
+
+def default_maintainer(user: str, host: str) -> str:
+    """`USER <USER@HOST>`; a host that is no mail domain gets the reserved .invalid suffix, honestly."""
+    domain = host
+    if "." not in host or host.endswith((".local", ".localdomain")) or host.startswith("localhost"):
+        domain = f"{host}.invalid"
+    return f"{user} <{user}@{domain}>"
+
+
+def _source_state(req: BuildRequest, loaded: manifest.Manifest | None) -> git.SourceState | None:
+    if req.git_hash is not None:
+        if not _HASH_RE.fullmatch(req.git_hash):
+            raise BuildError(f"--hash {req.git_hash!r} is not a 40-hex git commit hash (lowercase)")
+        return None
+    if req.repo is not None:
+        repo = git.find_repo([req.repo])
+        if repo is None:
+            raise BuildError(f"{req.repo} is not in a git repository")
+    else:
+        candidates = [p for p in (loaded.directory if loaded else None, req.root, req.deb) if p is not None]
+        candidates.append(Path.cwd())
+        repo = git.find_repo(candidates)
+        if repo is None:
+            looked = ", ".join(dict.fromkeys(str(p) for p in candidates))
+            raise BuildError(f"not in a git repository (looked at {looked}): build from the app's repository, "
+                             "or name it with --repo DIR, or give the commit with --hash")
+    return git.source_state(repo)
+
+
+def _note(req: BuildRequest, source: git.SourceState | None) -> str:
+    if req.note_from_git:
+        if source is None:
+            raise BuildError("--note-from-git needs a git repository, and --hash was given instead")
+        note = git.last_subject(source.repo)
+    else:
+        note = req.note or ""
+    note = control.one_line(note, "the note")
+    if not note:
+        raise BuildError("the note is empty: say what this release is with --note TEXT")
+    return note
+
+
+def _check_name_free(store: Store, release: Release) -> None:
+    """Fail now, not after the build, when the store is unreachable or the name is taken."""
+    try:
+        store.stat(release.key)
+    except NotFound:
+        return
+    raise Conflict(f"release {release.name} already exists in {store.url}: two builds in the same second? "
+                   "Build again")
+
+
+def build(req: BuildRequest, workdir: Path, store: Store | None = None) -> BuiltRelease:
+    """Build and check the release `req` describes, in `workdir` (which the caller removes).
+
+    With `store`, first make sure it answers and the release's name is free there.
+    """
+    check_app(req.app)
+    given = [p for p in (req.root, req.manifest, req.deb) if p is not None]
+    if len(given) != 1:
+        raise BuildError("give exactly one of --root DIR, --manifest FILE or --deb FILE")
+    loaded = manifest.load(req.manifest) if req.manifest is not None else None
+    if loaded is not None and loaded.app is not None and loaded.app != req.app:
+        raise BuildError(f"{loaded.path} is the manifest of app {loaded.app!r}, not {req.app!r}")
+
+    def setting(name: str):  # the command line wins over the manifest
+        value = getattr(req, name)
+        return value if value is not None or loaded is None else getattr(loaded, name)
+
+    compression = setting("compression") or dpkgdeb.DEFAULT_COMPRESSION
+    level = setting("compression_level")
+    dpkgdeb.check_compression(compression, level)
+    prefix = setting("package_prefix")
+    package = None
+    if req.deb is None:
+        package = control.package_name(req.app, control.DEFAULT_PREFIX if prefix is None else prefix)
+    depends = control.parse_depends([*(loaded.depends if loaded else ()), *req.depends])
+    architecture = setting("architecture")
+    if architecture is not None:
+        control.check_architecture(architecture)
+
+    warnings: list[str] = []
+    source = _source_state(req, loaded)
+    if source is not None and source.dirty:
+        if req.require_clean:
+            raise BuildError(f"{source.repo} is dirty ({', '.join(source.reasons)}) and --require-clean was given")
+        warnings.append(f"{source.repo} is dirty ({', '.join(source.reasons)}): the release is marked dirty")
+    note = _note(req, source)
+    now = (req.now or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    user, host = req.user or current_user(), req.host or current_host()
+    release = Release(app=req.app, user=user, host=host, time=now,
+                      hash=source.hash if source is not None else str(req.git_hash))
+    if store is not None:
+        _check_name_free(store, release)
+
+    if req.deb is not None:
+        path, extra, services = _use_prebuilt(req.deb, workdir, warnings)
+    else:
+        assert package is not None
+        tree_dir = workdir / "tree"
+        if loaded is not None:
+            tree = staging.stage_manifest(loaded, tree_dir)
+        else:
+            assert req.root is not None
+            tree = staging.stage_root(req.root, tree_dir)
+        units = control.Units(
+            shipped=tuple(tree.units),
+            declared=tuple(u for u in (loaded.units if loaded else ()) if u not in tree.units),
+            installable=tuple(tree.installable),
+            restart=loaded.restart_units if loaded is not None else True,
+        )
+        warnings += checks.verify_units(tree.units, tree.ships_executable)
+        if loaded is not None and loaded.python is not None:
+            depends = control.parse_depends([*python.depends(), *depends])
+        if tree.has_machine_code:
+            # Machine code needs the C library; libc6 is on every Debian system, so saying so
+            # costs nothing, and a static binary loses nothing by it.
+            depends = control.parse_depends([*depends, "libc6"])
+        if architecture is None:
+            architecture = dpkgdeb.native_architecture() if tree.has_machine_code else "all"
+        version = control.version_for(now, release.hash)
+        dirty = " (dirty)" if source is not None and source.dirty else ""
+        fields = control.Control(
+            package=package,
+            version=version,
+            architecture=architecture,
+            maintainer=control.one_line(setting("maintainer") or default_maintainer(user, host), "the maintainer"),
+            synopsis=control.one_line(setting("description") or f"{req.app}, released with Push", "the description"),
+            description=[f"Released with Push by {user}@{host} at {release.timestamp}",
+                         f"from commit {release.hash}{dirty}.", "", *textwrap.wrap(note, 78)],
+            depends=depends,
+            installed_size_kib=tree.installed_kib,
+        )
+        python_dirs = [loaded.python.target] if loaded is not None and loaded.python is not None else []
+        control.write_debian_dir(tree.path, fields, units, list(tree.conffiles), python_dirs)
+        path = workdir / f"{package}_{version}_{architecture}.deb"
+        dpkgdeb.build(tree.path, path, compression, level)
+        extra = {"package": package, "version": version, "architecture": architecture}
+        services = units.names
+
+    if req.lintian:
+        checks.lintian(path)
+    with open(path, "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+        size = os.fstat(f.fileno()).st_size
+    info = ReleaseInfo(release=release, dirty=bool(source and source.dirty), note=note, services=tuple(services),
+                       sha256=sha256, size=size, extra=extra)
+    return BuiltRelease(info=info, path=path, source=source, warnings=warnings)
+
+
+def _use_prebuilt(deb: Path, workdir: Path, warnings: list[str]) -> tuple[Path, dict[str, str], tuple[str, ...]]:
+    prebuilt = staging.inspect_deb(deb, workdir)
+    warnings += checks.verify_units(prebuilt.units, prebuilt.ships_executable)
+    extra = {"package": prebuilt.package, "version": prebuilt.version, "architecture": prebuilt.architecture}
+    return deb, extra, tuple(prebuilt.units)
+
+
+class _CountingReader:
+    """A file that reports how many bytes have been read from it, for a progress bar."""
+
+    def __init__(self, f: BinaryIO, on_bytes: Callable[[int], None]) -> None:
+        self._f = f
+        self._on_bytes = on_bytes
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        self._on_bytes(len(data))
+        return data
+
+    def __getattr__(self, name: str):  # seek, tell, fileno... for clients that use them
+        return getattr(self._f, name)
+
+
+def upload(store: Store, built: BuiltRelease, on_bytes: Callable[[int], None] | None = None) -> ObjectInfo:
+    """Upload `built` create-only, streaming it from disk; `on_bytes(n)` after each chunk read."""
+    with open(built.path, "rb") as f:
+        stream: BinaryIO = _CountingReader(f, on_bytes) if on_bytes else f  # type: ignore[assignment]
+        try:
+            return catalog.publish(store, built.info, stream)
+        except Conflict:
+            raise Conflict(f"release {built.name} already exists in {store.url}: two builds in the same "
+                           "second? Build again") from None

@@ -1,0 +1,145 @@
+"""Checks a package passes before it is uploaded: `systemd-analyze verify` on its units, lintian.
+
+lintian judges packages by what the Debian archive wants. A handful of its errors do not fit
+packages that a fleet installs from its own bucket; LINTIAN_EXCUSED lists them, each with
+the reason, and matched as narrowly as the tag allows. Every other error fails the build.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from push.build.errors import BuildError, stderr_summary
+
+log = logging.getLogger(__name__)
+
+VERIFY_TIMEOUT = 120.0
+LINTIAN_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class Excuse:
+    tag: str
+    # The tag's context (what follows the tag on lintian's line) must match this.
+    context: re.Pattern[str]
+    reason: str
+
+
+LINTIAN_EXCUSED = (
+    Excuse("malformed-deb-archive", re.compile(r".*\.tar\.zst\b.*"),
+           "zstd members: Push's default compression; Debian 12's dpkg reads them (the archive does not take them)"),
+    Excuse("file-in-usr-local", re.compile(r"\[usr/local/.*\]"),
+           "apps are the admin's local software: /usr/local is where the original Push put them"),
+    Excuse("dir-in-usr-local", re.compile(r"\[usr/local/.*\]"),
+           "as file-in-usr-local"),
+    Excuse("systemd-service-in-odd-location", re.compile(r"\[etc/systemd/system/[^/]+\]"),
+           "admin units live in /etc/systemd/system, as the original Push's did"),
+    Excuse("no-copyright-file", re.compile(r".*"),
+           "a release is not distributed beyond its own fleet"),
+    Excuse("no-changelog", re.compile(r".*"),
+           "a release's history is its metadata (note, commit, dirty) in the bucket"),
+    Excuse("unstripped-binary-or-object", re.compile(r".*"),
+           "symbols in deployed binaries help debugging; stripping is the app's own choice"),
+    Excuse("root-in-contact", re.compile(r".*"),
+           "the Maintainer is whoever built the release, which on a build machine may be root"),
+)
+
+_LINTIAN_LINE = re.compile(r"(?P<severity>[EWIPXOCN]): (?P<package>[^:\s]+)(?: \([^)]*\))?: (?P<tag>\S+)(?: (?P<context>.*))?")
+_NOT_EXECUTABLE = re.compile(r"^(?P<unit>\S+): Command (?P<path>/\S+) is not executable: No such file or directory$")
+
+
+@dataclass(frozen=True)
+class LintianReport:
+    errors: list[str]
+    excused: list[str]
+    warnings: list[str]
+
+
+def verify_units(units: Mapping[str, Path], ships_executable: Callable[[str], bool]) -> list[str]:
+    """`systemd-analyze verify` every unit; BuildError if one is bad. Returns warnings.
+
+    The units' commands are not installed on this machine yet: "not executable" for a
+    command the package itself ships is expected and passes. A command that is neither in
+    the package nor here is a warning, since a dependency may bring it.
+    """
+    if not units:
+        return []
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        return ["systemd-analyze is not installed: unit files were not verified"]
+    args = [tool, "verify", "--man=no", "--generators=no", "--recursive-errors=no",
+            *(str(path) for path in units.values())]
+    env = {**os.environ, "SYSTEMD_LOG_COLOR": "0", "SYSTEMD_PAGER": "", "LC_ALL": "C"}
+    try:
+        proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=VERIFY_TIMEOUT, env=env)
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"systemd-analyze verify took longer than {VERIFY_TIMEOUT:.0f} s: gave up") from None
+    problems, warnings, expected = [], [], 0
+    for line in (proc.stdout + proc.stderr).splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        m = _NOT_EXECUTABLE.match(line)
+        if m and ships_executable(m["path"]):
+            expected += 1
+            continue
+        if m:
+            warnings.append(f"{m['unit']}: {m['path']} is neither in the package nor on this machine")
+            continue
+        problems.append(_unit_relative(line, units))
+    if problems:
+        raise BuildError(f"unit file check failed (systemd-analyze verify): {' / '.join(problems)}")
+    if proc.returncode != 0 and not (warnings or expected):
+        raise BuildError(f"systemd-analyze verify failed: {stderr_summary(proc.stderr)}")
+    return warnings
+
+
+def _unit_relative(line: str, units: Mapping[str, Path]) -> str:
+    """systemd names the staged copy of a unit by its full path; name it by the unit instead."""
+    for name, path in units.items():
+        line = line.replace(str(path), name)
+    return line
+
+
+def lintian(deb: Path) -> LintianReport:
+    """Run lintian on `deb`; BuildError listing the errors that are not excused. Returns the report."""
+    tool = shutil.which("lintian")
+    if tool is None:
+        raise BuildError("lintian is not installed: apt-get install lintian (or skip the check with --no-lintian)")
+    # --fail-on none: the verdict is ours (errors minus excuses), lintian's exit status only
+    # says whether it managed to run.
+    args = [tool, "--fail-on", "none", "--no-tag-display-limit", str(deb)]
+    try:
+        proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=LINTIAN_TIMEOUT, env={**os.environ, "LC_ALL": "C.UTF-8"})
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"lintian took longer than {LINTIAN_TIMEOUT:.0f} s: gave up") from None
+    if proc.returncode != 0:
+        raise BuildError(f"lintian could not check {deb.name}: {stderr_summary(proc.stderr)}")
+    report = LintianReport(errors=[], excused=[], warnings=[])
+    for line in proc.stdout.splitlines():
+        m = _LINTIAN_LINE.fullmatch(line.strip())
+        if m is None:
+            continue
+        context = m["context"] or ""
+        shown = f"{m['tag']} {context}".strip()
+        if m["severity"] == "E":
+            if any(e.tag == m["tag"] and e.context.fullmatch(context) for e in LINTIAN_EXCUSED):
+                report.excused.append(shown)
+            else:
+                report.errors.append(shown)
+        elif m["severity"] == "W":
+            report.warnings.append(shown)
+    if report.errors:
+        shown = "; ".join(report.errors[:5]) + (f"; and {len(report.errors) - 5} more" if len(report.errors) > 5 else "")
+        raise BuildError(f"lintian found {len(report.errors)} error(s) in {deb.name}: {shown}")
+    log.info("lintian: %d warning(s), %d excused error(s)", len(report.warnings), len(report.excused))
+    return report
