@@ -238,10 +238,11 @@ def test_kill_9_mid_dpkg_then_restart_finishes_the_work(store_url: str, tmp_path
 class WatchServer:
     """The push server's watch endpoint, as the protocol says, on 127.0.0.1."""
 
-    def __init__(self) -> None:
-        self.rev = 0
+    def __init__(self, port: int = 0, rev: int = 0) -> None:
+        self.rev = rev
         self.cond = threading.Condition()
         self.requests = 0
+        self.closing = False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -259,8 +260,11 @@ class WatchServer:
                 timeout = float(q.get("timeout", ["55"])[0])
                 with outer.cond:
                     if since is not None:
-                        outer.cond.wait_for(lambda: str(outer.rev) != since, timeout)
+                        outer.cond.wait_for(lambda: str(outer.rev) != since or outer.closing, timeout)
                     rev = str(outer.rev)
+                if outer.closing:  # going down: drop the connection, as a dying server does
+                    self.close_connection = True
+                    return
                 body = json.dumps({"rev": rev, "changed": since is not None and rev != since}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -268,9 +272,10 @@ class WatchServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -280,6 +285,9 @@ class WatchServer:
             self.cond.notify_all()
 
     def close(self) -> None:
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -511,3 +519,27 @@ def test_unreachable_store_leaves_the_server_as_it_was(store_url: str, tmp_path:
     assert installed(root) == {"push-hello": "1.1"}
     assert json.loads((root / "run/push-units/hello.service.pid").read_text())["pid"] == pid
     assert Path(f"/proc/{pid}").exists()
+
+
+def test_watch_trigger_reconnects_and_catches_up(tmp_path: Path, root: Path, procs: list[Pulld]) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    store = open_store(url)
+    h1 = make_release(store, tmp_path, "hello", 1)
+    h2 = make_release(store, tmp_path, "hello", 2)
+    set_server_file(store, SERVER, [h1.name])
+    first = WatchServer()
+    p = Pulld(url, root, "--push-url", first.url, "--interval", "600")
+    procs.append(p)
+    wait_for(lambda: installed(root) == {"push-hello": "1.1"}, what="the first step")
+    wait_for(lambda: first.requests >= 2, what="the long-poll")
+    first.close()  # the push server goes away ...
+    wait_for(lambda: p.has_event("trigger.error"), what="the agent to notice")
+    set_server_file(store, SERVER, [h2.name])  # ... a change happens meanwhile ...
+    second = WatchServer(port=first.port, rev=7)  # ... and it comes back with a new rev
+    try:
+        wait_for(lambda: installed(root) == {"push-hello": "1.2"}, timeout=20, what="the catch-up step")
+    finally:
+        p.stop()
+        second.close()
+    delays = [e["retry_in"] for e in p.events() if e.get("event") == "trigger.error"]
+    assert delays and all(0 < float(d) <= 30 for d in delays)  # type: ignore[arg-type]
