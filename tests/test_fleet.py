@@ -335,3 +335,14 @@ def test_poll_racing_a_local_write_never_goes_back(ctx, bucket, rels, monkeypatc
     view.refresh(include_catalog=False)
     monkeypatch.setattr(bucket, "get", real_get)
     assert view.server_file("web-1").release_of("hello").name == rels[1].name
+
+
+def test_new_release_marks_servers_out_of_date(ctx, bucket, rels):
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[-1].name)
+    view = fleet.FleetView(ctx)
+    assert view.state(server="web-1")["servers"][0]["apps"][0]["marks"] == ["no_report"]
+    newer = make_release(bucket, "hello", 9)
+    assert view.refresh_catalog() is True
+    hello = view.state(server="web-1")["servers"][0]["apps"][0]
+    assert hello["latest"] == newer.name and "out_of_date" in hello["marks"]
+    assert [r["name"] for r in view.releases("hello")][0] == newer.name

@@ -9,6 +9,7 @@ reports and unit requests, refreshed from cheap listings, that computes the flee
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -117,7 +118,8 @@ class Context:
     @classmethod
     def open(cls, store: Store, config: Config, *, catalog: Catalog | None = None,
              triggers: Triggers | None = None, via: str = "") -> Context:
-        return cls(store, config, catalog or Catalog(store), History(store), triggers, via)
+        # `catalog or ...` would load it: a Catalog's len() reads the whole bucket.
+        return cls(store, config, catalog if catalog is not None else Catalog(store), History(store), triggers, via)
 
 
 class _Mismatch(Exception):
@@ -386,7 +388,8 @@ class FleetView:
         self._requests: dict[str, tuple[str, ...]] = {}
         self._revs: dict[str, str] = {}
         self._states: dict[str, ServerState] = {}
-        self._latest_memo: tuple[tuple[int, int], dict[str, str]] | None = None
+        self._latest: dict[str, str] = {}
+        self._latest_size = -1
         self._release_map: tuple[int, dict[str, tuple[list[str], list[str]]]] | None = None
         self.version = 0
         self.loaded = False
@@ -407,11 +410,20 @@ class FleetView:
 
     def refresh_catalog(self) -> bool:
         """The catalogue's incremental refresh; True if there are new releases."""
-        new = self.ctx.catalog.refresh()
-        if new:
-            with self._lock:
-                self.version += 1
+        new = self._catalog_refresh()
+        self._note_new_releases(new)
         return bool(new)
+
+    def _catalog_refresh(self) -> list[ReleaseInfo]:
+        catalog = self.ctx.catalog
+        start = time.monotonic()
+        new = catalog.refresh()
+        elapsed = time.monotonic() - start
+        if elapsed > 5:
+            # A catalogue that takes long to list is fully re-listed less often (new
+            # releases still come at once through its journal).
+            catalog.full_interval = max(catalog.full_interval, 20 * elapsed)
+        return new
 
     def _refresh(self, include_catalog: bool) -> set[str]:
         start = time.monotonic()
@@ -427,7 +439,7 @@ class FleetView:
             server, _, name = info.key[len(unitrequests.REQUESTS_PREFIX):].partition("/")
             if name:
                 requests.setdefault(server, []).append(info.key)
-        new_releases = self.ctx.catalog.refresh() if include_catalog else []
+        new_releases = self._catalog_refresh() if include_catalog else []
 
         new_files: dict[str, ServerFile] = {}
         new_errors: dict[str, tuple[str, str]] = {}
@@ -483,13 +495,15 @@ class FleetView:
                             or any(self._files[s] is not f for s, f in new_files.items())
                             or new_reports.keys() != self._reports.keys()
                             or any(self._reports[s] is not r for s, r in new_reports.items())
-                            or new_errors != self._file_errors or bool(new_releases))
+                            or new_errors != self._file_errors)
             self._files, self._reports, self._file_errors = new_files, new_reports, new_errors
             self._requests = {s: tuple(sorted(k)) for s, k in requests.items()}
             changed_revs = self._recompute_revs()
             if changed_data or changed_revs:
                 self.version += 1
             self.loaded = True
+        self._note_new_releases(new_releases)
+        with self._lock:
             self.refreshes += 1
         self.last_refresh = time.time()
         self.last_refresh_seconds = time.monotonic() - start
@@ -557,18 +571,36 @@ class FleetView:
             return self._requests.get(server, ())
 
     def _latest_by_app(self) -> dict[str, str]:
+        """app -> its newest release name; recomputed only when the catalogue changed in a
+        way the refreshes did not report (a release gone, one found by Catalog.get)."""
         catalog = self.ctx.catalog
-        key = (self.version, len(catalog))
-        memo = self._latest_memo
-        if memo is not None and memo[0] == key:
-            return memo[1]
+        size = len(catalog)
+        with self._lock:
+            if self._latest_size == size:
+                return self._latest
         out = {}
         for app in catalog.apps():
             releases = catalog.releases(app)
             if releases:
                 out[app] = releases[0].name
-        self._latest_memo = (key, out)
+        with self._lock:
+            self._latest, self._latest_size = out, size
         return out
+
+    def _note_new_releases(self, new: list[ReleaseInfo]) -> None:
+        """Fold newly found releases into the newest-per-app map, instead of recomputing it."""
+        if not new:
+            return
+        with self._lock:
+            if self._latest_size < 0:
+                return
+            latest = dict(self._latest)
+            for info in new:
+                current = latest.get(info.app)
+                if current is None or (info.release.time, info.name) > (_parse_release(current).time, current):
+                    latest[info.app] = info.name
+            self._latest, self._latest_size = latest, self._latest_size + len(new)
+            self.version += 1
 
     def _server_state(self, server: str, now: datetime, newest_of: dict[str, str]) -> ServerState:
         config = self.config
@@ -707,6 +739,11 @@ class FleetView:
             out.append({**info.to_json(), "short_hash": info.release.short_hash,
                         "desired_on": sorted(desired_on), "running_on": sorted(running_on)})
         return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_release(name: str) -> Release:
+    return Release.parse(name)
 
 
 def _iso_now() -> str:
