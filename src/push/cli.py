@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "push.build.command",
     "push.fleetcli",
     "push.server.command",
+    "push.demo.command",
 ]
 
 
