@@ -286,34 +286,46 @@ def main() -> int:
             results.append(("push serve memory (RSS)", f"{rss_mb(proc.pid):,.0f} MB"))
 
             # Deploys: each a compare-and-swap of one server file plus three history objects.
+            # Every job deploys a release other than the one there now (read first), so each
+            # is a real change.
             jobs = []
             for i in range(args.deploys):
                 s = (i * 37) % args.servers
-                a = app_names(args, s)[i % args.apps]
-                jobs.append((f"srv{s:04d}", a, release_info(a, (i // args.servers) % args.releases).name))
+                a = app_names(args, s)[(i // args.servers) % args.apps]
+                current = serverfile.read(store, f"srv{s:04d}").release_of(a)
+                n = (i * 7) % args.releases
+                if current is not None and current.name == release_info(a, n).name:
+                    n = (n + 1) % args.releases
+                jobs.append((f"srv{s:04d}", a, release_info(a, n).name))
+            half = args.deploys // 2
+            changed = 0
             t = time.perf_counter()
-            for server, app, name in jobs[: args.deploys // 2]:
+            for server, app, name in jobs[:half]:
                 r = client.post(f"/api/v1/servers/{server}/apps/{app}/deploy", json={"release": name}, headers=headers)
                 r.raise_for_status()
-            seq = args.deploys // 2 / (time.perf_counter() - t)
-            results.append(("deploys per second, one client, sequential", f"{seq:.0f}/s"))
+                changed += r.json()["changed"]
+            seq = half / (time.perf_counter() - t)
+            results.append((f"deploys per second, one client, sequential ({changed} of {half} changed)", f"{seq:.0f}/s"))
 
-            async def parallel(batch: list[tuple[str, str, str]]) -> float:
+            async def parallel(batch: list[tuple[str, str, str]]) -> tuple[float, int]:
                 async with httpx.AsyncClient(base_url=url, timeout=600, trust_env=False) as ac:
                     sem = asyncio.Semaphore(8)
+                    done = []
 
                     async def one(server: str, app: str, name: str) -> None:
                         async with sem:
                             r = await ac.post(f"/api/v1/servers/{server}/apps/{app}/deploy",
-                                              json={"release": release_info(app, 2).name}, headers=headers)
+                                              json={"release": name}, headers=headers)
                             r.raise_for_status()
+                            done.append(r.json()["changed"])
 
                     t0 = time.perf_counter()
                     await asyncio.gather(*(one(*job) for job in batch))
-                    return len(batch) / (time.perf_counter() - t0)
+                    return len(batch) / (time.perf_counter() - t0), sum(done)
 
-            par = asyncio.run(parallel(jobs[args.deploys // 2:]))
-            results.append(("deploys per second, 8 concurrent clients", f"{par:.0f}/s"))
+            par, changed = asyncio.run(parallel(jobs[half:]))
+            results.append((f"deploys per second, 8 concurrent clients ({changed} of {len(jobs) - half} changed)",
+                            f"{par:.0f}/s"))
             t = time.perf_counter()
             client.get("/api/v1/fleet", headers=headers)
             results.append(("GET /api/v1/fleet right after those deploys", f"{(time.perf_counter() - t) * 1000:.0f} ms"))
