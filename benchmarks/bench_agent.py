@@ -53,7 +53,7 @@ def _publish(store: Store, work: Path, app: str, n: int, size: int, *, unit: boo
         deb.unlink()
 
 
-def bench_deploy(work: Path, size: int = 50 * MB, rounds: int = 3) -> dict[str, float]:
+def bench_deploy(work: Path, size: int = 50 * MB, rounds: int = 5) -> dict[str, float]:
     store = LocalStore(work / "store")
     name = _publish(store, work, "big", 1, size)
     key = "debs/" + name
