@@ -262,3 +262,24 @@ def test_two_builds_in_the_same_second_never_overwrite_each_other(tmp_path: Path
     assert not (tmp_path / "w3" / "tree").exists()
     releases = Catalog(store).releases("hello")
     assert [(r.name, r.note, r.sha256) for r in releases] == [(first.name, "first", first.info.sha256)]
+
+
+def test_manifest_entries_overlay_a_staged_tree_without_touching_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "override.conf").write_text("version = overridden\n")
+    (repo / "push.toml").write_text(textwrap.dedent("""\
+        [files]
+        "/" = "stage/"
+        "/etc/hello/hello.conf" = "override.conf"
+    """))
+    commit(repo, "overlay")
+    deb = tmp_path / "hello.deb"
+    result = push("release", "hello", "--note", "overlay", "--no-upload", "-o", deb, "--no-lintian", cwd=repo)
+    assert result.code == 0, result.err
+    root = tmp_path / "root"
+    root.mkdir()
+    dpkg(root, "-i", deb)
+    assert (root / "etc/hello/hello.conf").read_text() == "version = overridden\n"
+    assert (root / "usr/local/bin/hello").read_text() == "#!/bin/sh\necho 'hello 1'\n"
+    # The staged tree was hard-linked, never written through.
+    assert (repo / "stage/etc/hello/hello.conf").read_text() == "version = 1\n"

@@ -177,6 +177,7 @@ def test_require_clean_refuses_a_dirty_tree(repo: Path) -> None:
     (["--note", "t"], "nothing to build", 2),
     (["--deb", "missing.deb", "--note", "t"], "does not exist", 1),
     (["--deb", "stage/etc/hello/hello.conf", "--note", "t"], "dpkg-deb --field", 1),
+    (["--deb", "x.deb", "--note", "t", "--depends", "python3"], "--depends: a prebuilt package", 1),
 ])
 def test_bad_arguments(repo: Path, args: list[str], fragment: str, code: int) -> None:
     result = push("release", "hello", "--store", repo.parent / "store", *args, cwd=repo)

@@ -124,14 +124,61 @@ def _note(req: BuildRequest, source: git.SourceState | None) -> str:
     return note
 
 
+def _name_taken(release: Release, store: Store) -> Conflict:
+    return Conflict(f"release {release.name} already exists in {store.url}: two builds in the same second? "
+                    "Build again")
+
+
 def _check_name_free(store: Store, release: Release) -> None:
     """Fail now, not after the build, when the store is unreachable or the name is taken."""
     try:
         store.stat(release.key)
     except NotFound:
         return
-    raise Conflict(f"release {release.name} already exists in {store.url}: two builds in the same second? "
-                   "Build again")
+    raise _name_taken(release, store)
+
+
+@dataclass(frozen=True)
+class _PackageSettings:
+    """How to build the package: the request's options over the manifest's, checked before any work."""
+
+    package: str
+    compression: str
+    level: int | None
+    depends: list[str]
+    architecture: str | None
+    maintainer: str | None
+    synopsis: str
+    declared_units: tuple[str, ...]
+    restart_units: bool
+    python_target: str | None
+
+    @classmethod
+    def resolve(cls, req: BuildRequest, loaded: manifest.Manifest | None) -> _PackageSettings:
+        def setting(name: str):  # the command line wins over the manifest
+            value = getattr(req, name)
+            return value if value is not None or loaded is None else getattr(loaded, name)
+
+        compression = setting("compression") or dpkgdeb.DEFAULT_COMPRESSION
+        level = setting("compression_level")
+        dpkgdeb.check_compression(compression, level)
+        prefix = setting("package_prefix")
+        architecture = setting("architecture")
+        if architecture is not None:
+            control.check_architecture(architecture)
+        maintainer = setting("maintainer")
+        return cls(
+            package=control.package_name(req.app, control.DEFAULT_PREFIX if prefix is None else prefix),
+            compression=compression,
+            level=level,
+            depends=control.parse_depends([*(loaded.depends if loaded else ()), *req.depends]),
+            architecture=architecture,
+            maintainer=control.one_line(maintainer, "the maintainer") if maintainer else None,
+            synopsis=control.one_line(setting("description") or f"{req.app}, released with Push", "the description"),
+            declared_units=loaded.units if loaded else (),
+            restart_units=loaded.restart_units if loaded else True,
+            python_target=loaded.python.target if loaded and loaded.python else None,
+        )
 
 
 def build(req: BuildRequest, workdir: Path, store: Store | None = None) -> BuiltRelease:
@@ -140,28 +187,20 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None) -> Built
     With `store`, first make sure it answers and the release's name is free there.
     """
     check_app(req.app)
-    given = [p for p in (req.root, req.manifest, req.deb) if p is not None]
-    if len(given) != 1:
+    if len([p for p in (req.root, req.manifest, req.deb) if p is not None]) != 1:
         raise BuildError("give exactly one of --root DIR, --manifest FILE or --deb FILE")
     loaded = manifest.load(req.manifest) if req.manifest is not None else None
     if loaded is not None and loaded.app is not None and loaded.app != req.app:
         raise BuildError(f"{loaded.path} is the manifest of app {loaded.app!r}, not {req.app!r}")
-
-    def setting(name: str):  # the command line wins over the manifest
-        value = getattr(req, name)
-        return value if value is not None or loaded is None else getattr(loaded, name)
-
-    compression = setting("compression") or dpkgdeb.DEFAULT_COMPRESSION
-    level = setting("compression_level")
-    dpkgdeb.check_compression(compression, level)
-    prefix = setting("package_prefix")
-    package = None
-    if req.deb is None:
-        package = control.package_name(req.app, control.DEFAULT_PREFIX if prefix is None else prefix)
-    depends = control.parse_depends([*(loaded.depends if loaded else ()), *req.depends])
-    architecture = setting("architecture")
-    if architecture is not None:
-        control.check_architecture(architecture)
+    if req.deb is not None:
+        shaping = [name for name in ("package_prefix", "architecture", "maintainer", "description", "compression",
+                                     "compression_level") if getattr(req, name) is not None]
+        if req.depends:
+            shaping.insert(0, "depends")
+        if shaping:
+            options = ", ".join("--" + name.replace("_", "-") for name in shaping)
+            raise BuildError(f"{options}: a prebuilt package (--deb) is uploaded as it is, and cannot be changed")
+    settings = _PackageSettings.resolve(req, loaded) if req.deb is None else None
 
     warnings: list[str] = []
     source = _source_state(req, loaded)
@@ -171,65 +210,69 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None) -> Built
         warnings.append(f"{source.repo} is dirty ({', '.join(source.reasons)}): the release is marked dirty")
     note = _note(req, source)
     now = (req.now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    user, host = req.user or current_user(), req.host or current_host()
-    release = Release(app=req.app, user=user, host=host, time=now,
+    release = Release(app=req.app, user=req.user or current_user(), host=req.host or current_host(), time=now,
                       hash=source.hash if source is not None else str(req.git_hash))
     if store is not None:
         _check_name_free(store, release)
 
-    if req.deb is not None:
+    if settings is None:
+        assert req.deb is not None
         path, extra, services = _use_prebuilt(req.deb, workdir, warnings)
     else:
-        assert package is not None
-        tree_dir = workdir / "tree"
         if loaded is not None:
-            tree = staging.stage_manifest(loaded, tree_dir)
+            tree = staging.stage_manifest(loaded, workdir / "tree")
         else:
             assert req.root is not None
-            tree = staging.stage_root(req.root, tree_dir)
-        units = control.Units(
-            shipped=tuple(tree.units),
-            declared=tuple(u for u in (loaded.units if loaded else ()) if u not in tree.units),
-            installable=tuple(tree.installable),
-            restart=loaded.restart_units if loaded is not None else True,
-        )
-        warnings += checks.verify_units(tree.units, tree.ships_executable)
-        if loaded is not None and loaded.python is not None:
-            depends = control.parse_depends([*python.depends(), *depends])
-        if tree.has_machine_code:
-            # Machine code needs the C library; libc6 is on every Debian system, so saying so
-            # costs nothing, and a static binary loses nothing by it.
-            depends = control.parse_depends([*depends, "libc6"])
-        if architecture is None:
-            architecture = dpkgdeb.native_architecture() if tree.has_machine_code else "all"
-        version = control.version_for(now, release.hash)
-        dirty = " (dirty)" if source is not None and source.dirty else ""
-        fields = control.Control(
-            package=package,
-            version=version,
-            architecture=architecture,
-            maintainer=control.one_line(setting("maintainer") or default_maintainer(user, host), "the maintainer"),
-            synopsis=control.one_line(setting("description") or f"{req.app}, released with Push", "the description"),
-            description=[f"Released with Push by {user}@{host} at {release.timestamp}",
-                         f"from commit {release.hash}{dirty}.", "", *textwrap.wrap(note, 78)],
-            depends=depends,
-            installed_size_kib=tree.installed_kib,
-        )
-        python_dirs = [loaded.python.target] if loaded is not None and loaded.python is not None else []
-        control.write_debian_dir(tree.path, fields, units, list(tree.conffiles), python_dirs)
-        path = workdir / f"{package}_{version}_{architecture}.deb"
-        dpkgdeb.build(tree.path, path, compression, level)
-        extra = {"package": package, "version": version, "architecture": architecture}
-        services = units.names
+            tree = staging.stage_root(req.root, workdir / "tree")
+        dirty = source is not None and source.dirty
+        path, extra, services = _build_package(settings, tree, release, now, dirty, note, workdir, warnings)
 
     if req.lintian:
         checks.lintian(path)
     with open(path, "rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
         size = os.fstat(f.fileno()).st_size
-    info = ReleaseInfo(release=release, dirty=bool(source and source.dirty), note=note, services=tuple(services),
+    info = ReleaseInfo(release=release, dirty=bool(source and source.dirty), note=note, services=services,
                        sha256=sha256, size=size, extra=extra)
     return BuiltRelease(info=info, path=path, source=source, warnings=warnings)
+
+
+def _build_package(settings: _PackageSettings, tree: staging.StagedTree, release: Release, now: datetime,
+                   dirty: bool, note: str, workdir: Path,
+                   warnings: list[str]) -> tuple[Path, dict[str, str], tuple[str, ...]]:
+    """Check the staged tree's units, write its DEBIAN/ and run dpkg-deb: (package file, metadata, units)."""
+    units = control.Units(
+        shipped=tuple(tree.units),
+        declared=tuple(u for u in settings.declared_units if u not in tree.units),
+        installable=tuple(tree.installable),
+        restart=settings.restart_units,
+    )
+    warnings += checks.verify_units(tree.units, tree.ships_executable)
+    depends = settings.depends
+    if settings.python_target is not None:
+        depends = control.parse_depends([*python.depends(), *depends])
+    if tree.has_machine_code:
+        # Machine code needs the C library; libc6 is on every Debian system, so saying so
+        # costs nothing, and a static binary loses nothing by it.
+        depends = control.parse_depends([*depends, "libc6"])
+    architecture = settings.architecture or (dpkgdeb.native_architecture() if tree.has_machine_code else "all")
+    version = control.version_for(now, release.hash)
+    fields = control.Control(
+        package=settings.package,
+        version=version,
+        architecture=architecture,
+        maintainer=settings.maintainer or default_maintainer(release.user, release.host),
+        synopsis=settings.synopsis,
+        description=[f"Released with Push by {release.user}@{release.host} at {release.timestamp}",
+                     f"from commit {release.hash}{' (dirty)' if dirty else ''}.", "", *textwrap.wrap(note, 78)],
+        depends=depends,
+        installed_size_kib=tree.installed_kib,
+    )
+    python_dirs = [settings.python_target] if settings.python_target else []
+    control.write_debian_dir(tree.path, fields, units, list(tree.conffiles), python_dirs)
+    path = workdir / f"{settings.package}_{version}_{architecture}.deb"
+    dpkgdeb.build(tree.path, path, settings.compression, settings.level)
+    return path, {"package": settings.package, "version": version, "architecture": architecture}, units.names
 
 
 def _use_prebuilt(deb: Path, workdir: Path, warnings: list[str]) -> tuple[Path, dict[str, str], tuple[str, ...]]:
@@ -262,5 +305,4 @@ def upload(store: Store, built: BuiltRelease, on_bytes: Callable[[int], None] | 
         try:
             return catalog.publish(store, built.info, stream)
         except Conflict:
-            raise Conflict(f"release {built.name} already exists in {store.url}: two builds in the same "
-                           "second? Build again") from None
+            raise _name_taken(built.info.release, store) from None

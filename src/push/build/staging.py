@@ -129,39 +129,61 @@ class StagedTree:
                 self._copy_entry(path, target / entry.name, st, None)
 
     def _copy_entry(self, src: Path, target: Path, st: os.stat_result, mode: int | None) -> None:
-        if target.is_dir() and not target.is_symlink():
-            raise BuildError(f"cannot put {src} at {self._rel(target)}: a directory is there")
-        target.unlink(missing_ok=True)
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(src), target)
-            self.installed_kib += 1
-            return
-        if not stat.S_ISREG(st.st_mode):
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
             raise BuildError(f"cannot package {src}: not a regular file, directory or symlink")
+        head = b""
+        if stat.S_ISREG(st.st_mode):
+            try:
+                with open(src, "rb") as f:
+                    head = f.read(4)
+            except OSError as e:
+                raise BuildError(f"cannot read {src}: {e.strerror}") from None
         try:
-            with open(src, "rb") as f:
-                head = f.read(4)
-        except OSError as e:
-            raise BuildError(f"cannot read {src}: {e.strerror}") from None
-        if mode is None:
-            self._link_or_copy(src, target)
+            self._place(src, target, st, mode)
+        except FileExistsError:
+            # A manifest entry over an earlier one: the later wins, as in a copy.
+            if target.is_dir() and not target.is_symlink():
+                raise BuildError(f"cannot put {src} at /{self._rel(target)}: a directory is there") from None
+            target.unlink()
+            self._forget(target)
+            self._place(src, target, st, mode)
+        if stat.S_ISREG(st.st_mode):
+            self._note_file(target, head, st.st_size)
         else:
-            shutil.copy2(src, target)
-            target.chmod(mode)
-        self._note_file(target, head, st.st_size)
+            self.installed_kib += 1
 
     @staticmethod
-    def _link_or_copy(src: Path, target: Path) -> None:
-        try:
-            os.link(src, target)
-        except OSError as e:
-            # Another filesystem, or a link git or the kernel refuses: a copy does as well.
-            if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
-                raise BuildError(f"cannot stage {src}: {e.strerror}") from None
+    def _place(src: Path, target: Path, st: os.stat_result, mode: int | None) -> None:
+        """Symlink, hard link or copy `src` to `target` (which must not exist)."""
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(src), target)
+            return
+        if mode is None:
             try:
-                shutil.copy2(src, target)
-            except OSError as e2:
-                raise BuildError(f"cannot copy {src}: {e2.strerror}") from None
+                os.link(src, target)
+                return
+            except FileExistsError:
+                raise
+            except OSError as e:
+                # Another filesystem, or a link the kernel refuses: a copy does as well.
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES):
+                    raise BuildError(f"cannot stage {src}: {e.strerror}") from None
+        if target.exists() or target.is_symlink():
+            raise FileExistsError(target)
+        try:
+            shutil.copy2(src, target)
+        except OSError as e:
+            raise BuildError(f"cannot copy {src}: {e.strerror}") from None
+        if mode is not None:
+            target.chmod(mode)  # a copy, never the user's own file
+
+    def _forget(self, path: Path) -> None:
+        rel = self._rel(path)
+        self.conffiles.pop("/" + rel, None)
+        name = rel.rpartition("/")[2]
+        if self.units.get(name) == path:
+            del self.units[name]
+            self.installable.pop(name, None)
 
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.path).as_posix()
