@@ -288,3 +288,15 @@ def test_systemd_manager_does_not_restart_what_the_postinst_just_restarted(tmp_p
     SystemdManager(systemctl=systemctl).restart(["fresh.service", "old.service"],
                                                 unless_started_since=now_us / 1e6)
     assert calls.read_text().splitlines()[-1] == "restart old.service"
+
+
+def test_gce_metadata_is_used_only_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    from push.agent.main import _gce_host, build_parser
+
+    monkeypatch.delenv("GCE_METADATA_HOST", raising=False)
+    assert _gce_host("auto") is None  # no probing of 169.254.169.254 or metadata.google.internal
+    assert _gce_host("on") == "metadata.google.internal"
+    assert build_parser().parse_args(["--gce"]).gce_metadata == "on"
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:1234")
+    assert _gce_host("auto") == "127.0.0.1:1234" and _gce_host("on") == "127.0.0.1:1234"
+    assert _gce_host("off") is None

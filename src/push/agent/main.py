@@ -34,6 +34,8 @@ from push.store import open_store
 log = logging.getLogger("push.agent")
 
 DEFAULT_METRICS_PORT = 9478
+# Only ever used when asked for with --gce / --gce-metadata on: never probed by default.
+GCE_DEFAULT_HOST = "metadata.google.internal"
 POLL_WITH_TRIGGER = 300.0
 POLL_WITHOUT_TRIGGER = 15.0
 # After a wake-up, wait this long so that a burst of triggers runs one step.
@@ -105,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the push server, for its watch (long-poll) trigger (default: $PUSH_URL)")
     p.add_argument("--watch-timeout", type=float, default=55.0, help="long-poll timeout, seconds (default 55)")
     p.add_argument("--gce-metadata", choices=("auto", "on", "off"), default="auto",
-                   help="wait on GCE metadata 'pushrev' (auto: only when GCE_METADATA_HOST is set)")
+                   help="wait on GCE metadata 'pushrev' and take the instance name from it (auto: only when "
+                        f"GCE_METADATA_HOST is set; on: GCE_METADATA_HOST, else {GCE_DEFAULT_HOST})")
+    p.add_argument("--gce", dest="gce_metadata", action="store_const", const="on", help="same as --gce-metadata on")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
                    help=f"serve Prometheus /metrics on 127.0.0.1:PORT (default {DEFAULT_METRICS_PORT}; 0 = off)")
     p.add_argument("--metrics-addr", default="127.0.0.1", help="address for /metrics (default 127.0.0.1)")
@@ -141,7 +145,7 @@ def _gce_host(mode: str) -> str | None:
     if mode == "off":
         return None
     if mode == "on" and not host:
-        raise PushError("--gce-metadata on needs GCE_METADATA_HOST (pulld never guesses the metadata server)")
+        return GCE_DEFAULT_HOST  # asked for explicitly: this is a GCE instance
     return host or None
 
 
