@@ -531,3 +531,17 @@ def test_unit_requests_are_carried_out_and_answered(sandbox: Sandbox, tmp_path: 
     assert {r.id: r for r in unitrequests.list_requests(sandbox.store, SERVER)}[stop.id].state == "done"
     assert sandbox.supervisor.states(["hello.service"]) == {"hello.service": "inactive"}
     assert sandbox.report().apps["hello"].units == {"hello.service": "inactive"}
+
+
+def test_a_damaged_record_does_not_stop_the_agent(local_store: Store, tmp_path: Path,
+                                                  sandboxes: list[Sandbox]) -> None:
+    h1 = make_release(local_store, tmp_path, "hello", 1)
+    set_server_file(local_store, SERVER, [h1.name])
+    state = tmp_path / "root/var/lib/pulld"
+    state.mkdir(parents=True)
+    (state / "state.json").write_text('{"apps": {"hello": ')
+    sb = Sandbox(local_store, tmp_path / "root")
+    sandboxes.append(sb)
+    assert sb.step() is True
+    assert (state / "state.json.broken").exists()
+    assert json.loads((state / "state.json").read_text())["apps"]["hello"]["release"] == h1.name

@@ -94,7 +94,7 @@ class Agent:
         self.metrics = metrics or Metrics()
         self.state_dir = options.resolved_state_dir()
         self.downloads = self.state_dir / "downloads"
-        self.state = AgentState.load(self.state_dir) if self.state_dir.is_dir() else AgentState(self.state_dir / "state.json")
+        self.state = self._load_state()
         self.step_count = 0
         self.restart_requested = False
         # The server file as last read, and its generation (for conditional reads).
@@ -114,6 +114,17 @@ class Agent:
         self._requests_checked = float("-inf")
         # Apps whose install a killed agent started and dpkg finished: their units restart.
         self._restart_units_of: set[str] = set()
+
+    def _load_state(self) -> AgentState:
+        try:
+            return AgentState.load(self.state_dir)
+        except PushError as e:
+            # Never let a damaged record stop the agent: installs carry on; only the removal
+            # of apps installed before is lost (their packages are then left alone).
+            broken = self.state_dir / "state.json"
+            broken.rename(broken.with_suffix(".json.broken"))
+            log.error("agent state unreadable; starting a new one", extra={"event": "state.broken", "error": str(e)})
+            return AgentState(broken)
 
     # -- start-up and crash recovery ----------------------------------------------------------
 
