@@ -297,6 +297,15 @@ def main() -> int:
                 if current is not None and current.name == release_info(a, n).name:
                     n = (n + 1) % args.releases
                 jobs.append((f"srv{s:04d}", a, release_info(a, n).name))
+            # What one durable write costs on this disk right now (a deploy makes four:
+            # the server file and three history objects, each fsync'd with its directory).
+            put_times = []
+            for i in range(20):
+                t = time.perf_counter()
+                store.put(f"bench/fsync-probe-{i}", b"x")
+                put_times.append((time.perf_counter() - t) * 1000)
+            results.append(("one Store.put of a small object on this disk (file + directory fsync)",
+                            summary(put_times)))
             half = args.deploys // 2
             changed = 0
             t = time.perf_counter()
