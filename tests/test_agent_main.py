@@ -543,3 +543,35 @@ def test_watch_trigger_reconnects_and_catches_up(tmp_path: Path, root: Path, pro
         second.close()
     delays = [e["retry_in"] for e in p.events() if e.get("event") == "trigger.error"]
     assert delays and all(0 < float(d) <= 30 for d in delays)  # type: ignore[arg-type]
+
+
+def test_kill_9_at_random_moments_always_converges(tmp_path: Path, root: Path) -> None:
+    """Kill the agent's whole process group at spread-out moments of an upgrade; every
+    restart must converge with dpkg's database clean and the unit running the new version."""
+    import random
+
+    url = f"file://{tmp_path / 'store'}"
+    store = open_store(url)
+    slow = 'sleep 0.2'
+    releases = [make_release(store, tmp_path, "hello", n, postinst_extra=slow, payload_size=512 * 1024,
+                             compression="none") for n in (1, 2)]
+    set_server_file(store, SERVER, [releases[0].name])
+    assert Pulld(url, root, "--once").wait() == 0
+    rng = random.Random(4)
+    for i in range(6):
+        want = releases[(i + 1) % 2]
+        set_server_file(store, SERVER, [want.name])
+        p = Pulld(url, root, "--once", "--download-rate-limit", "2M")
+        time.sleep(0.15 + rng.random() * 0.6)  # start-up, download (~0.25 s), dpkg and postinst
+        if p.proc.poll() is None:
+            p.kill9()
+        else:
+            p.wait()
+        again = Pulld(url, root, "--once")
+        assert again.wait() == 0, again.log()
+        assert Dpkg(root).audit() == ""
+        assert installed(root) == {"push-hello": f"1.{(i + 1) % 2 + 1}"}
+        rep = report(store)
+        assert rep is not None and rep.in_sync and rep.apps["hello"].installed == want.name
+        assert rep.apps["hello"].units == {"hello.service": "active"}
+        assert not list((root / "var/lib/pulld/downloads").iterdir())

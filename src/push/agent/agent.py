@@ -145,9 +145,11 @@ class Agent:
                 if row is not None and row.ok and row.version == p.get("version"):
                     # dpkg finished the install the killed agent had started.
                     self._record_installed(rec, p["release"], p["package"], p["version"])
-                    self._restart_units_of.add(app)
+                    rec.units_pending = True
                 rec.pending = None
                 changed = True
+            if rec.units_pending:
+                self._restart_units_of.add(app)
         if changed:
             self.state.save()
         self._recovered = True
@@ -365,6 +367,9 @@ class Agent:
             row = self.installed().get(rec.package or "") if rec else None
             if rec and row is not None and row.ok and app != self.options.self_app:
                 self._start_units(app, row.package, row.version)
+            if rec is not None and rec.units_pending:
+                rec.units_pending = False
+                self.state.save()
         self._restart_units_of.clear()
 
     # -- installing -----------------------------------------------------------------------------
@@ -413,6 +418,8 @@ class Agent:
             self._record_installed(rec, rel.name, fields.package, fields.version)
             rec.pending = None
             rec.packages[:] = [fields.package]
+            # Until its units are restarted: a crash in between restarts them at the next start.
+            rec.units_pending = app != self.options.self_app
             self.state.save()
         except AgentError as e:
             self._fail(app, rel.name, str(e))
@@ -440,6 +447,8 @@ class Agent:
             self.restart_requested = True
             return
         self._start_units(app, fields.package, fields.version, installed_at=installed_at)
+        rec.units_pending = False
+        self.state.save()
 
     def _record_installed(self, rec: AppRecord, release: str, package: str, version: str) -> None:
         rec.release, rec.package, rec.version = release, package, version

@@ -30,6 +30,7 @@ class AppRecord:
     package: str | None = None      # ... its Debian package and version
     version: str | None = None
     pending: dict[str, str] | None = None   # the release being installed (written before dpkg -i)
+    units_pending: bool = False     # installed, its units not (re)started yet (cleared once they are)
 
 
 @dataclass
