@@ -385,8 +385,10 @@ def test_watch_trigger_runs_one_step_per_burst(store_url: str, tmp_path: Path, r
     assert p.has_event("trigger")
 
 
-def test_gce_metadata_trigger_and_instance_name(tmp_path: Path, root: Path, procs: list[Pulld]) -> None:
-    url = f"file://{tmp_path / 'store'}"
+@pytest.mark.parametrize("store_url", ["local", "gcs"], indirect=True)
+def test_gce_metadata_trigger_and_instance_name(store_url: str, tmp_path: Path, root: Path,
+                                                procs: list[Pulld]) -> None:
+    url = store_url
     store = open_store(url)
     metadata = MetadataServer("gce-vm-1")
     try:
@@ -408,8 +410,10 @@ def test_gce_metadata_trigger_and_instance_name(tmp_path: Path, root: Path, proc
         metadata.close()
 
 
-def test_poll_trigger_and_sigterm_stops_units(tmp_path: Path, root: Path, procs: list[Pulld]) -> None:
-    url = f"file://{tmp_path / 'store'}"
+@pytest.mark.parametrize("store_url", ["local", "s3"], indirect=True)
+def test_poll_trigger_and_sigterm_stops_units(store_url: str, tmp_path: Path, root: Path,
+                                              procs: list[Pulld]) -> None:
+    url = store_url
     store = open_store(url)
     h1 = make_release(store, tmp_path, "hello", 1)
     set_server_file(store, SERVER, [])
