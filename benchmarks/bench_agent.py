@@ -5,11 +5,13 @@
 2. rss: peak RSS of the pulld process while it installs a 100 MB and a 1 GB package.
 3. idle: a 1 s poll for --idle-seconds (default 600): object bytes downloaded (beyond the
    conditional reads of the server file), store calls, CPU seconds.
-4. latency: server-file change (with the watch trigger) to the start of the install.
+4. latency: server-file change (with the watch trigger) to the start of the install;
+   `latency-push-server` does it through a real `push serve` (deploy API -> its watch).
 
 All against a local store in a temp directory, into sandbox roots (dpkg --root).
 
-    .venv/bin/python benchmarks/bench_agent.py [deploy rss idle latency] [--idle-seconds 600]
+    .venv/bin/python benchmarks/bench_agent.py [deploy rss idle latency latency-push-server]
+        [--idle-seconds 600]
 """
 
 from __future__ import annotations
@@ -195,7 +197,10 @@ def bench_idle(work: Path, seconds: float, interval: float = 1.0) -> dict[str, f
             "cpu_s": cpu, "child_cpu_s": child_cpu}
 
 
-def bench_latency(work: Path, rounds: int = 10) -> dict[str, float]:
+def bench_latency(work: Path, rounds: int = 10, via_push_server: bool = False) -> dict[str, float]:
+    """With `via_push_server`: a real `push serve --no-auth`, and each change is a deploy
+    through its API (which wakes its watchers); else a minimal watch endpoint and a direct
+    write of the server file."""
     from test_agent_main import WatchServer
 
     store = LocalStore(work / "lat-store")
@@ -204,7 +209,26 @@ def bench_latency(work: Path, rounds: int = 10) -> dict[str, float]:
         deb = build_deb(work, "lat", f"1.{n}", with_unit=False)
         names.append(publish_deb(store, "lat", n, deb).name)
     set_server_file(store, "lat", [names[0]])
-    watch = WatchServer()
+    if via_push_server:
+        from pushserver import PushServerProcess
+
+        config = work / "skiapush.conf"
+        config.write_text('[servers.lat]\nappNames = ["lat"]\n')
+        watch = PushServerProcess(store.url, config, work / "serve.log", "--no-auth")
+        watch.close = watch.stop  # type: ignore[attr-defined]
+        import httpx
+
+        client = httpx.Client(trust_env=False, timeout=30)
+
+        def change(name: str) -> None:
+            r = client.post(f"{watch.url}/api/v1/servers/lat/apps/lat/deploy", json={"release": name})
+            r.raise_for_status()
+    else:
+        watch = WatchServer()
+
+        def change(name: str) -> None:
+            set_server_file(store, "lat", [name])
+            watch.bump()
     log_path = work / "lat.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "push.agent.main", "--server", "lat", "--root",
@@ -231,14 +255,13 @@ def bench_latency(work: Path, rounds: int = 10) -> dict[str, float]:
             raise RuntimeError("timed out")
 
         wait(lambda: any(e.get("event") == "install.done" for e in events()))
-        wait(lambda: watch.requests >= 2)
+        time.sleep(0.5)  # the long-poll is waiting
         latencies = []
         for i in range(rounds):
             time.sleep(0.3)  # the agent is idle, waiting on the long-poll
             seen = len([e for e in events() if e.get("event") == "install.start"])
             t0 = time.time()
-            set_server_file(store, "lat", [names[(i + 1) % 2]])
-            watch.bump()
+            change(names[(i + 1) % 2])
             starts = wait(lambda: [e for e in events() if e.get("event") == "install.start"][seen:])
             latencies.append(float(starts[0]["t"]) - t0)
             wait(lambda: len([e for e in events() if e.get("event") == "install.done"]) >= seen + 1)
@@ -252,7 +275,7 @@ def bench_latency(work: Path, rounds: int = 10) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("which", nargs="*", default=["deploy", "rss", "idle", "latency"])
+    p.add_argument("which", nargs="*", default=["deploy", "rss", "idle", "latency", "latency-push-server"])
     p.add_argument("--idle-seconds", type=float, default=600.0)
     p.add_argument("--rss-sizes", default="100,1024", help="package sizes in MB for the RSS run")
     args = p.parse_args()
@@ -270,6 +293,8 @@ def main() -> None:
                 results[which] = bench_idle(sub, args.idle_seconds)
             elif which == "latency":
                 results[which] = bench_latency(sub)
+            elif which == "latency-push-server":
+                results[which] = bench_latency(sub, via_push_server=True)
             print(which, json.dumps({k: round(v, 4) if isinstance(v, float) else v
                                      for k, v in results[which].items()}), flush=True)
 
