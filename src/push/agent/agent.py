@@ -14,6 +14,7 @@ import logging
 import socket
 import time
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,13 @@ from push import status as status_mod
 from push.agent import download
 from push.agent.backoff import Backoff
 from push.agent.dpkg import Dpkg, InstalledPackage
-from push.agent.errors import AgentError, DpkgError, DpkgLocked, UnitError, VerificationFailed
+from push.agent.errors import (
+    AgentError,
+    DpkgError,
+    DpkgLocked,
+    UnitError,
+    VerificationFailed,
+)
 from push.agent.metrics import Metrics
 from push.agent.state import AgentState, AppRecord
 from push.agent.unitactions import act_on_requests
@@ -224,7 +231,8 @@ class Agent:
         known = self.state.debs.get(info.name)
         return (known[0], known[1]) if known else None
 
-    def installed_release(self, app: str, info: ReleaseInfo | None, installed: dict[str, InstalledPackage]) -> tuple[str | None, InstalledPackage | None]:
+    def installed_release(self, app: str, info: ReleaseInfo | None, installed: dict[str, InstalledPackage]
+                          ) -> tuple[str | None, InstalledPackage | None]:
         """(release name, dpkg row) of what is installed for `app`, as dpkg says.
 
         The release name comes from the record of what Push installed when dpkg still
@@ -564,8 +572,8 @@ class Agent:
 
     # -- reporting ------------------------------------------------------------------------------
 
-    def _report(self, error: str | None, working: set[str] = frozenset(),  # type: ignore[assignment]
-                removing: set[str] = frozenset()) -> AgentStatus:  # type: ignore[assignment]
+    def _report(self, error: str | None, working: AbstractSet[str] = frozenset(),
+                removing: AbstractSet[str] = frozenset()) -> AgentStatus:
         sf = self._server_file
         try:
             installed = self.installed()

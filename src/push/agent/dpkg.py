@@ -210,7 +210,8 @@ class Dpkg:
             parts = line.split("\t")
             if len(parts) < 3 or not parts[0]:
                 continue
-            provides = tuple(p.split("(")[0].strip() for p in parts[3].split(",") if p.strip()) if len(parts) > 3 else ()
+            provides = tuple(p.split("(")[0].strip() for p in parts[3].split(",") if p.strip()) if len(parts) > 3 \
+                else ()
             packages[parts[0]] = InstalledPackage(parts[0], parts[1], parts[2], provides)
         return packages
 

@@ -25,7 +25,7 @@ from push.agent.dpkg import Dpkg
 from push.agent.metrics import Metrics
 from push.agent.state import StateLock
 from push.agent.supervisor import SandboxSupervisor
-from push.agent.triggers import GceMetadataTrigger, WatchTrigger, Wakeup, gce_instance_name
+from push.agent.triggers import GceMetadataTrigger, Wakeup, WatchTrigger, gce_instance_name
 from push.agent.units import ServiceManager, SystemdManager
 from push.errors import PushError
 from push.serverfile import check_server
@@ -66,7 +66,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extras = " ".join(f"{k}={v}" for k, v in record.__dict__.items()
                           if k not in _STANDARD_ATTRS and not k.startswith("_"))
-        line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname:<7} {record.getMessage()}"
+        when = time.strftime("%H:%M:%S", time.localtime(record.created))
+        line = f"{when} {record.levelname:<7} {record.getMessage()}"
         line = f"{line}  {extras}" if extras else line
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
                "(when GCE_METADATA_HOST is set, or --gce-metadata on), and the poll (--interval). See docs/pulld.md.")
     p.add_argument("--server", help="this server's name (default: the GCE instance name on GCE, else the hostname)")
     p.add_argument("--store", default=os.environ.get("PUSH_STORE"),
-                   help="the bucket: gs://BUCKET, s3://BUCKET, file:///PATH (default: $PUSH_STORE, else the local store)")
+                   help="the bucket: gs://BUCKET, s3://BUCKET, file:///PATH "
+                        "(default: $PUSH_STORE, else the local store)")
     p.add_argument("--root", type=Path, help="install into this sandbox root (dpkg --root) instead of /; "
                                              "units run under the sandbox supervisor")
     p.add_argument("--state-dir", type=Path, help="downloads and the agent's record (default /var/lib/pulld, "

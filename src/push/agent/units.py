@@ -129,7 +129,7 @@ class SystemdManager(ServiceManager):
         proc = self._run("show", "--property=Id,ActiveState,ActiveEnterTimestampMonotonic", "--", *units,
                          check=False)
         fresh = set()
-        for block, unit in zip(proc.stdout.strip().split("\n\n"), units):
+        for block, unit in zip(proc.stdout.strip().split("\n\n"), units, strict=False):
             props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
             stamp = props.get("ActiveEnterTimestampMonotonic", "0")
             if props.get("ActiveState") == "active" and stamp.isdigit() and int(stamp) / 1e6 >= since:
@@ -149,7 +149,7 @@ class SystemdManager(ServiceManager):
             return {}
         proc = self._run("show", "--property=Id,ActiveState,LoadState", "--", *units, check=False)
         states: dict[str, str] = {}
-        for block, unit in zip(proc.stdout.strip().split("\n\n"), units):
+        for block, unit in zip(proc.stdout.strip().split("\n\n"), units, strict=False):
             props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
             if props.get("LoadState") == "not-found":
                 states[unit] = "not-found"
