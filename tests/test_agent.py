@@ -400,8 +400,6 @@ def test_full_disk_is_reported(local_store: Store, tmp_path: Path, sandboxes: li
         finally:
             download_mod.FREE_MARGIN = margin
     finally:
-        for s in sandboxes:
-            s.agent.state_dir = tmp_path  # nothing more is written there
         subprocess.run(["umount", "-l", str(state)], check=False)
 
 
