@@ -465,3 +465,33 @@ def test_healthz_reports_a_broken_bucket(bucket, tmp_path, monkeypatch):
         assert h.status_code == 503 and "bucket unreachable" in h.json()["last_poll_error"]
         # Pages still answer from the cache.
         assert c.get("/api/v1/fleet", headers=token("dash")).status_code == 200
+
+
+def test_pages_deploy_everywhere_remove_and_units_by_form(client, bucket, rels):
+    deploy(client, rels[0].name)
+    client.post("/api/v1/servers/web-2/apps/hello/deploy", json={"release": rels[0].name}, headers=token("ci"))
+    html = {"accept": "text/html"}
+    r = client.get(f"/apps/hello/deploy-all?release={rels[3].name}", headers={**user("deployer@example.com"), **html})
+    assert r.status_code == 200 and r.text.count('name="expected"') == 2
+    csrf = client.cookies.get("push_csrf")
+    form = {"release": rels[3].name, "csrf_token": csrf, "note": "all",
+            "expected": [f"web-1={rels[0].name}", f"web-2={rels[0].name}"]}
+    r = client.post("/apps/hello/deploy-all", data=form, headers={**user("deployer@example.com"), **html})
+    assert r.status_code == 200 and r.text.count("class=\"ok\"") == 2
+    assert {serverfile.read(bucket, s).release_of("hello").name for s in ("web-1", "web-2")} == {rels[3].name}
+    # Removing needs admin, from a page with the CSRF token.
+    r = client.post("/servers/web-1/apps/hello/remove", data={"csrf_token": csrf, "expected_from": rels[3].name},
+                    headers={**user("deployer@example.com"), **html})
+    assert r.status_code == 403 and "may not admin" in r.text
+    r = client.post("/servers/web-1/apps/hello/remove", data={"csrf_token": csrf, "expected_from": rels[3].name},
+                    headers={**user("admin@example.com"), **html}, follow_redirects=False)
+    assert r.status_code == 303 and serverfile.read(bucket, "web-1").release_of("hello") is None
+    # A unit action by form lands as a pending request.
+    r = client.post("/servers/web-2/units/hello.service/stop", data={"csrf_token": csrf},
+                    headers={**user("deployer@example.com"), **html}, follow_redirects=False)
+    assert r.status_code == 303 and [q.action for q in unitrequests.pending(bucket, "web-2")] == ["stop"]
+    # Every page renders for a viewer.
+    for path in ["/", "/?problems=1&page=2", "/servers/web-1", "/servers/web-2/apps/hello", "/apps/hello",
+                 "/history?server=web-1", "/history?app=hello"]:
+        assert client.get(path, headers={**user("viewer@example.com"), **html}).status_code == 200, path
+    assert client.get("/servers/nowhere", headers={**user("viewer@example.com"), **html}).status_code == 404
