@@ -63,6 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"push serve: http://{host}:{args.port}/ — store {store.url}, {len(config.servers)} servers, {mode}",
           file=sys.stderr, flush=True)
+    if not settings.no_auth and not settings.trusted_proxies and not settings.proxy_secret:
+        print("push serve: note: no --trusted-proxy and no PUSH_PROXY_SECRET: browsers cannot sign in, "
+              "only API tokens work", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, proxy_headers=False, log_level="warning",
                 access_log=bool(args.verbose), timeout_graceful_shutdown=3)
     return 0
