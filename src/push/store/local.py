@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,6 +47,8 @@ class LocalStore(Store):
         self._objects = self.root / "objects"
         self._locks = self.root / ".locks"
         self._tmp = self.root / ".tmp"
+        self._cursors: dict[tuple[str, str], Iterator[str]] = {}
+        self._cursors_lock = threading.Lock()
         if self.root.exists() and not self.root.is_dir():
             raise StoreUnavailable(f"local store {self.root} is not a directory")
 
@@ -173,13 +176,22 @@ class LocalStore(Store):
     def list_page(self, prefix: str, token: str | None = None, page_size: int = 1000,
                   start_after: str | None = None) -> Page:
         after = max(filter(None, (token, start_after)), default=None)
+        # A listing that goes on from the page this process just served continues the same
+        # walk, instead of re-reading and re-sorting every directory up to where it was.
+        keys = self._cursors.pop((prefix, after), None) if token else None
+        if keys is None:
+            keys = self._walk_keys(prefix, after)
         items: list[ObjectInfo] = []
-        for key in self._walk_keys(prefix, after):
+        for key in keys:
             try:
                 items.append(self.stat(key))
             except NotFound:  # deleted while we listed
                 continue
             if len(items) == page_size:
+                with self._cursors_lock:
+                    self._cursors[(prefix, key)] = keys
+                    while len(self._cursors) > 32:
+                        self._cursors.pop(next(iter(self._cursors)))
                 return Page(items, key)
         return Page(items, None)
 
