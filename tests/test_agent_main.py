@@ -579,3 +579,15 @@ def test_kill_9_at_random_moments_always_converges(tmp_path: Path, root: Path) -
         assert rep is not None and rep.in_sync and rep.apps["hello"].installed == want.name
         assert rep.apps["hello"].units == {"hello.service": "active"}
         assert not list((root / "var/lib/pulld/downloads").iterdir())
+
+
+def test_heartbeat_reports_between_steps(tmp_path: Path, root: Path, procs: list[Pulld]) -> None:
+    url = f"file://{tmp_path / 'store'}"
+    store = open_store(url)
+    set_server_file(store, SERVER, [])
+    p = Pulld(url, root, "--interval", "600", "--report-interval", "0.3")
+    procs.append(p)
+    first = wait_for(lambda: report(store), what="the first report")
+    assert isinstance(first, status.AgentStatus)
+    later = wait_for(lambda: (r := report(store)) is not None and r.time != first.time and r, what="a heartbeat")
+    assert isinstance(later, status.AgentStatus) and later.step == first.step == 1  # no step ran

@@ -119,6 +119,8 @@ class Agent:
         self._last_report_at = 0.0
         self._recovered = False
         self._requests_checked = float("-inf")
+        self._last_error: str | None = None
+        self._last_publish_try = 0.0
         # Apps whose install a killed agent started and dpkg finished: their units restart.
         self._restart_units_of: set[str] = set()
 
@@ -302,6 +304,7 @@ class Agent:
         return report.in_sync
 
     def _finish(self, report: AgentStatus, started: float) -> None:
+        self._last_error = report.error
         self._publish(report)
         self.metrics.steps.labels("in_sync" if report.in_sync else "not_in_sync").inc()
         self.metrics.step_seconds.observe(time.monotonic() - started)
@@ -634,6 +637,7 @@ class Agent:
         due = time.monotonic() - self._last_report_at >= self.options.report_interval
         if not force and not due and comparable == self._last_report:
             return
+        self._last_publish_try = time.monotonic()
         try:
             status_mod.write(self.store, report)
         except Exception as e:  # the report is retried next step; the step's work stands
@@ -647,3 +651,13 @@ class Agent:
 
     def last_report(self) -> dict[str, object] | None:
         return self._last_report
+
+    def heartbeat_in(self) -> float:
+        """Seconds until the report is due again (so the push server sees the agent alive)."""
+        # Counted from the last try, so a store that refuses reports is not hammered.
+        return max(0.0, self._last_publish_try + self.options.report_interval - time.monotonic())
+
+    def heartbeat(self) -> None:
+        """Publish the report (fresh unit states, same step) without running a step: a long
+        poll interval never makes an agent look gone quiet."""
+        self._publish(self._report(self._last_error))

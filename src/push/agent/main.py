@@ -234,27 +234,33 @@ def run(args: argparse.Namespace) -> int:
         t.start()
     interval = args.interval or (POLL_WITH_TRIGGER if triggers else POLL_WITHOUT_TRIGGER)
     restart = False
-    reasons = ["start"]
+    reasons: list[str] = ["start"]
+    last_step = time.monotonic()
     try:
         while not stopping:
-            try:
-                agent.step(reasons)
-            except Exception:  # a bug must not end the agent: log it, and try again later
-                log.exception("step crashed", extra={"event": "step.crash"})
-            if agent.restart_requested:
-                restart = True
-                break
-            timeout = interval
+            if reasons:
+                try:
+                    agent.step(reasons)
+                except Exception:  # a bug must not end the agent: log it, and try again later
+                    log.exception("step crashed", extra={"event": "step.crash"})
+                last_step = time.monotonic()
+                if agent.restart_requested:
+                    restart = True
+                    break
+            next_step = interval - (time.monotonic() - last_step)
             retry = agent.next_retry_in()
             if retry is not None:
-                timeout = max(0.1, min(timeout, retry))
+                next_step = min(next_step, retry)
+            timeout = max(0.1, min(next_step, agent.heartbeat_in()))
             reasons = wakeup.wait(timeout)
-            if not reasons:
+            if reasons:
+                time.sleep(DEBOUNCE)
+                reasons += wakeup.drain()
+            elif timeout >= next_step - 0.001:
                 reasons = ["poll"]
                 metrics.triggers.labels("poll").inc()
             else:
-                time.sleep(DEBOUNCE)
-                reasons += wakeup.drain()
+                agent.heartbeat()  # nothing to do but say that we are alive
     finally:
         for t in triggers:
             t.stop()
