@@ -45,14 +45,29 @@ def push(*args: str) -> str:
     return r.stdout
 
 
+LIGHT_SERVICE = """#!/bin/sh
+# A service that costs next to nothing to start, so the figures measure Push, not the app.
+echo "hello {version} on ${{PUSH_SERVER_NAME:-?}}"
+exec sleep infinity
+"""
+
+# Which app the fleet deploys: "light" (a shell service) or "python" (the demo's Python
+# HTTP service, whose interpreter start-up alone costs ~0.09 CPU-seconds per restart).
+APP_KIND = "light"
+
+
 def build(work: Path, store: str) -> list[str]:
     names = []
     for version in ("1", "2"):
         time.sleep(1.05 - time.time() % 1)
         tree = stage("hello", version, work / "src" / f"hello-{version}")
+        depends = ["--depends", "python3"]
+        if APP_KIND == "light":
+            (tree / "usr/local/bin/hello").write_text(LIGHT_SERVICE.format(version=version))
+            depends = []
         h = hashlib.sha1(version.encode()).hexdigest()
         out = push("release", "hello", "--root", str(tree), "--note", f"v{version}", "--hash", h,
-                   "--depends", "python3", "--store", store)
+                   *depends, "--store", store)
         names.append(out.strip().splitlines()[-1])
     return names
 
@@ -226,8 +241,13 @@ def main() -> None:
     ap.add_argument("--deploys", type=int, default=4)
     ap.add_argument("--watchers", type=int, default=2000)
     ap.add_argument("--watch-servers", type=int, default=1, help="servers the watchers are spread over (default 1)")
+    ap.add_argument("--app", choices=("light", "python"), default="light",
+                    help="light: a shell service (measures Push); python: the demo's HTTP service")
     ap.add_argument("--plot", type=Path, default=REPO / "docs" / "benchmarks-fleet.png")
     args = ap.parse_args()
+    global APP_KIND
+    APP_KIND = args.app
+    print(f"app: {APP_KIND}")
     work = Path(tempfile.mkdtemp(prefix="push-bench-fleet-"))
     results: dict[str, dict[int, dict[str, float]]] = {}
     for mode in filter(None, args.modes.split(",")):
