@@ -162,3 +162,18 @@ def test_unit_restart_and_viewer_sees_no_buttons(browser, world):
     assert response.status == 403 and "may not view" in stranger.inner_text("#error")
     viewer.context.close()
     stranger.context.close()
+
+
+def test_fleet_view_updates_live_when_an_agent_reports(browser, world):
+    bucket, rels, conf, server = world
+    page = page_as(browser, "viewer@example.com")
+    page.goto(server.url + "/?server=web-1")
+    row = "tbody[data-server=web-1] tr[data-app=hello]"
+    assert page.locator(f"{row} .marks").inner_text().strip() == ""
+    # The agent on web-1 reports a failure; the open page shows it without a reload.
+    report(bucket, "web-1", {"hello": None, "pulld": None}, failed={"hello": "dpkg: error: postinst failed"})
+    page.wait_for_function(
+        "document.querySelector(\"tbody[data-server=web-1] tr[data-app=hello] .marks\").innerText.includes('failed')",
+        timeout=15_000)
+    assert "postinst failed" in page.locator(f"{row} .marks").inner_text()
+    assert page.url.endswith("/?server=web-1")  # still the same page, filter kept

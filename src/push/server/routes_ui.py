@@ -9,6 +9,7 @@ the buttons shown merely mirror them.
 from __future__ import annotations
 
 import functools
+import hashlib
 from typing import Any
 from urllib.parse import urlencode
 
@@ -139,7 +140,7 @@ PER_PAGE = 100
 
 @router.get("/", response_class=HTMLResponse)
 def fleet_page(request: Request, server: str = "", app: str = "", problems: str = "", page: int = 1,
-               all: str = "") -> Response:
+               all: str = "", since: str = "") -> Response:
     push, identity = _viewer(request)
     states = push.view.server_states(server or None, app or None)
     if problems:
@@ -152,7 +153,15 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
     def link(n: int) -> str:
         return "/?" + urlencode({**params, "page": str(n)})
 
-    context = dict(rows=_fleet_rows(push, shown), count=len(states), server=server, app=app,
+    rows = _fleet_rows(push, shown)
+    # The page refreshes itself: the table polls every two seconds with the digest of what
+    # it shows, and gets 204 (htmx then swaps nothing) until something changed.
+    digest = hashlib.sha1(f"{len(states)}|{page}|{rows}".encode()).hexdigest()[:16]
+    if since and since == digest and request.headers.get("hx-request"):
+        return Response(status_code=204)
+    live_params = {**params, **({"page": str(page)} if page > 1 else {}), **({"all": "1"} if all else {})}
+    context = dict(rows=rows, count=len(states), server=server, app=app,
+                   live_link="/?" + urlencode({**live_params, "since": digest}),
                    problems=problems, total=len(push.ctx.config.servers),
                    with_problems=sum(1 for s in states if s.data["problems"]),
                    first=(page - 1) * PER_PAGE + 1 if not all else 1, last=(page - 1) * PER_PAGE + len(shown) if not all else len(states),
