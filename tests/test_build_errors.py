@@ -173,6 +173,7 @@ def test_require_clean_refuses_a_dirty_tree(repo: Path) -> None:
     (["--root", "stage", "--note", "t", "--depends", "python3 (>> )"], "bad dependency", 1),
     (["--root", "stage", "--note", "t", "--depends", "Python3"], "bad dependency", 1),
     (["--root", "stage", "--note", "t", "--no-upload"], "--no-upload needs -o FILE", 2),
+    (["--root", "stage", "--note", "t", "-o", "no-dir/x.deb"], "does not exist", 2),
     (["--root", "stage", "--note", "t", "--compression-level", "30"], "out of range", 1),
     (["--note", "t"], "nothing to build", 2),
     (["--deb", "missing.deb", "--note", "t"], "does not exist", 1),

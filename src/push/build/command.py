@@ -12,6 +12,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from push.build import BuiltRelease
 
 DESCRIPTION = """\
 Build a Debian package of APP, check it, and upload it to the store as a new release.
@@ -93,12 +97,25 @@ class _ProgressBar:
         sys.stderr.write("\n")
 
 
+def _keep(built: BuiltRelease, output: Path, copy: bool) -> None:
+    """Put the package at `output`: moved out of the work directory, or copied (the user's own --deb)."""
+    if copy:
+        if output.resolve() != built.path.resolve():
+            shutil.copyfile(built.path, output)
+    else:
+        shutil.move(built.path, output)
+    built.path = output
+    print(f"push: wrote {output}", file=sys.stderr)
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     from push.build import BuildRequest, build, upload
     from push.store import open_store
 
     if args.no_upload and args.output is None:
         args.parser.error("--no-upload needs -o FILE, where the package is written")
+    if args.output is not None and not args.output.absolute().parent.is_dir():
+        args.parser.error(f"-o {args.output}: directory {args.output.absolute().parent} does not exist")
     if args.root is None and args.manifest is None and args.deb is None:
         if not Path("push.toml").is_file():
             args.parser.error("nothing to build: give --root DIR, --manifest FILE or --deb FILE "
@@ -112,24 +129,22 @@ def cmd_release(args: argparse.Namespace) -> int:
         git_hash=args.git_hash, require_clean=args.require_clean, lintian=args.lintian,
     )
     store = None if args.no_upload else open_store(args.store)
-    with tempfile.TemporaryDirectory(prefix="push-release-") as tmp:
-        built = build(request, Path(tmp), store)
-        for warning in built.warnings:
-            print(f"push: warning: {warning}", file=sys.stderr)
-        if args.output is not None:
-            if args.deb is not None:  # the user's file: copied, never moved
-                if args.output.resolve() != built.path.resolve():
-                    shutil.copyfile(built.path, args.output)
-            else:
-                shutil.move(built.path, args.output)
-            built.path = args.output
-            print(f"push: wrote {args.output}", file=sys.stderr)
+    try:
+        with tempfile.TemporaryDirectory(prefix="push-release-") as tmp:
+            built = build(request, Path(tmp), store)
+            for warning in built.warnings:
+                print(f"push: warning: {warning}", file=sys.stderr)
+            if args.output is not None:
+                _keep(built, args.output, copy=args.deb is not None)
+            if store is not None:
+                bar = _ProgressBar(built.info.size or 0, "uploading") if sys.stderr.isatty() else None
+                try:
+                    upload(store, built, bar)
+                finally:
+                    if bar is not None:
+                        bar.close()
+    finally:
         if store is not None:
-            bar = _ProgressBar(built.info.size or 0, "uploading") if sys.stderr.isatty() else None
-            try:
-                upload(store, built, bar)
-            finally:
-                if bar is not None:
-                    bar.close()
+            store.close()
     print(built.name)
     return 0
