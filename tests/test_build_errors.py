@@ -225,3 +225,14 @@ def test_note_from_git_takes_the_last_commit_subject(repo: Path) -> None:
     info = Catalog(open_store(str(repo.parent / "store"))).get(result.last_line)
     assert info.note == "hello 1"
     assert info.release.hash == commit_hash
+
+
+def test_unit_command_from_elsewhere_is_a_warning_not_an_error(repo: Path) -> None:
+    """A command neither in the package nor on this machine may come from a dependency."""
+    unit = repo / "stage/etc/systemd/system/hello.service"
+    unit.write_text(unit.read_text().replace("ExecStart=/usr/local/bin/hello", "ExecStart=/usr/sbin/not-here-at-all"))
+    commit(repo, "command from a dependency")
+    result = release(repo, "--root", "stage", "--no-lintian")
+    assert result.code == 0, result.err
+    assert "push: warning: hello.service: /usr/sbin/not-here-at-all is neither in the package nor on this machine" \
+        in result.err
