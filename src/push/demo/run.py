@@ -124,6 +124,17 @@ def main(workdir: Path | None, server_port: int, app_port_base: int, open_browse
             return True
 
         fleet.wait_until(all_running, timeout=90, what="the agents to install version 1")
+
+        def all_answering() -> bool:
+            for server in SERVERS:
+                for app in ALLOWED[server]:
+                    try:
+                        http_get(f"http://{HOST}:{ports[(server, app)]}/", timeout=1)
+                    except OSError:
+                        return False
+            return True
+
+        fleet.wait_until(all_answering, timeout=30, what="the sample apps to answer")
         url = fleet.url
         say()
         say(f"Push demo is running: {url}")

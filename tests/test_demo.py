@@ -1,0 +1,74 @@
+"""`push demo`, the README's first command: it comes up, a deploy goes live, Ctrl-C leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from push.demo.fleet import free_port, http_get
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_demo_runs_deploys_rolls_back_and_stops_cleanly(tmp_path: Path) -> None:
+    push_bin = str(Path(sys.executable).with_name("push"))
+    port = free_port()
+    proc = subprocess.Popen([push_bin, "demo", "--dir", str(tmp_path / "demo"), "--port", str(port), "--no-browser",
+                             "--app-port-base", str(20000 + port % 20000)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Press Ctrl-C" in line:
+                break
+        out = "".join(lines)
+        assert "Push demo is running" in out, out
+        url = f"http://127.0.0.1:{port}"
+        hello = int(re.search(r"demo-1\s+hello\s+http://127\.0\.0\.1:(\d+)/", out).group(1))
+        assert json.loads(http_get(f"http://127.0.0.1:{hello}/"))["version"] == "1"
+
+        # The push server reads the agents' reports from the bucket every two seconds.
+        deadline = time.monotonic() + 20
+        while True:
+            status = subprocess.run([push_bin, "status", "--json", "--push-url", url], capture_output=True,
+                                    text=True, timeout=30)
+            servers = {s["server"]: s for s in json.loads(status.stdout)["servers"]}
+            assert sorted(servers) == ["demo-1", "demo-2", "demo-3"]
+            if all(a["actual"] and a["actual"] == a["desired"] for s in servers.values() for a in s["apps"]):
+                break
+            assert time.monotonic() < deadline, status.stdout
+            time.sleep(0.5)
+
+        subprocess.run([push_bin, "deploy", "demo-1", "hello", "--latest", "--push-url", url], check=True,
+                       capture_output=True, timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if json.loads(http_get(f"http://127.0.0.1:{hello}/", timeout=1))["version"] == "2":
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("hello did not answer with version 2 after the deploy")
+        assert "Push" in http_get(url + "/").decode()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert "no process of the demo is left running" in rest
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo")], capture_output=True, text=True)
+    assert leftovers.stdout.strip() == "", leftovers.stdout
