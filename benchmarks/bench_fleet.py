@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -143,7 +144,9 @@ def deploy_latencies(work: Path, n: int, mode: str, deploys: int) -> tuple[list[
                 per_agent += got.values()
                 all_done.append(max(got.values()))
                 print(f"  {mode:5} N={n:3} deploy {d + 1}: all installed in {max(got.values()):.2f} s", flush=True)
-                time.sleep(1)
+                # With polling, deploy at a random phase of the agents' 15 s poll; otherwise
+                # every deploy would land just after a poll and measure the worst case.
+                time.sleep(1 + (random.uniform(0, 15) if mode == "poll" else 0))
     finally:
         fleet.stop()
     return per_agent, all_done
