@@ -63,7 +63,6 @@ class BuiltRelease:
 
     info: ReleaseInfo
     path: Path
-    source: git.SourceState | None
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -234,7 +233,7 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None) -> Built
         size = os.fstat(f.fileno()).st_size
     info = ReleaseInfo(release=release, dirty=bool(source and source.dirty), note=note, services=services,
                        sha256=sha256, size=size, extra=extra)
-    return BuiltRelease(info=info, path=path, source=source, warnings=warnings)
+    return BuiltRelease(info=info, path=path, warnings=warnings)
 
 
 def _build_package(settings: _PackageSettings, tree: staging.StagedTree, release: Release, now: datetime,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -138,7 +138,6 @@ class Control:
     description: Sequence[str] = ()
     depends: Sequence[str] = ()
     installed_size_kib: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
     def text(self) -> str:
         lines = [
@@ -152,7 +151,6 @@ class Control:
         if self.depends:
             lines.append(f"Depends: {', '.join(self.depends)}")
         lines += ["Section: misc", "Priority: optional"]
-        lines += [f"{k}: {v}" for k, v in self.extra.items()]
         lines.append(f"Description: {self.synopsis}")
         # Extended description: one space before each line, " ." for an empty one.
         lines += [f" {line}" if line.strip() else " ." for line in self.description]
