@@ -27,7 +27,8 @@ from push.agent.units import SystemdManager, units_in, units_to_start
 
 def test_parse_depends_handles_versions_alternatives_and_qualifiers() -> None:
     clauses = parse_depends("libc6 (>= 2.36), python3:any (>> 3.9) | pypy3,\n foo [amd64] <!nocheck>, bar (< 2)")
-    assert [str(c) for c in clauses] == ["libc6 (>= 2.36)", "python3 (>> 3.9) | pypy3", "foo", "bar (<= 2)"]
+    assert [str(c) for c in clauses] == ["libc6 (>= 2.36)", "python3:any (>> 3.9) | pypy3", "foo", "bar (<= 2)"]
+    assert clauses[1].alternatives[0].name == "python3"  # what dpkg-query knows it by
     assert parse_depends("") == []
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from push.agent.errors import DependencyMissing, DpkgError, DpkgLocked
+from push.debian import InvalidRelation, Relation, parse_relations
 
 log = logging.getLogger(__name__)
 
@@ -57,51 +57,12 @@ class DebFields:
     pre_depends: str = ""
 
 
-@dataclass(frozen=True)
-class Dependency:
-    name: str
-    op: str | None = None
-    version: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.op} {self.version})" if self.op else self.name
-
-
-@dataclass(frozen=True)
-class Clause:
-    """One comma-separated item of Depends: alternatives, any one of which satisfies it."""
-
-    alternatives: tuple[Dependency, ...] = field(default_factory=tuple)
-
-    def __str__(self) -> str:
-        return " | ".join(str(a) for a in self.alternatives)
-
-
-_DEP_RE = re.compile(
-    r"^\s*(?P<name>[A-Za-z0-9][A-Za-z0-9+.\-]*)(?::[A-Za-z0-9\-]+)?\s*"
-    r"(?:\(\s*(?P<op><<|<=|>=|>>|=|<|>)\s*(?P<version>[^)\s]+)\s*\))?\s*"
-    r"(?:\[[^\]]*\]\s*)?(?:<[^>]*>\s*)*$"
-)
-
-
-def parse_depends(text: str) -> list[Clause]:
-    """Parse a Depends / Pre-Depends value: commas, alternatives, version constraints,
-    architecture qualifiers and restrictions (which the original's split on ',' broke on)."""
-    clauses = []
-    for item in " ".join(text.split()).split(","):
-        if not item.strip():
-            continue
-        alts = []
-        for alt in item.split("|"):
-            m = _DEP_RE.match(alt)
-            if m is None:
-                raise DpkgError(f"cannot parse dependency {alt.strip()!r} in {text!r}")
-            op = m["op"]
-            # '<' and '>' are the deprecated spellings of '<=' and '>='.
-            op = {"<": "<=", ">": ">="}.get(op, op) if op else None
-            alts.append(Dependency(m["name"], op, m["version"]))
-        clauses.append(Clause(tuple(alts)))
-    return clauses
+def parse_depends(text: str) -> list[Relation]:
+    """The relations of a .deb's Depends / Pre-Depends (see push.debian)."""
+    try:
+        return parse_relations(text)
+    except InvalidRelation as e:
+        raise DpkgError(str(e)) from None
 
 
 def _trim(text: str) -> str:
@@ -282,7 +243,7 @@ class Dpkg:
 
     # -- dependencies ----------------------------------------------------------------------
 
-    def _satisfied(self, clause: Clause, packages: Mapping[str, InstalledPackage]) -> bool:
+    def _satisfied(self, clause: Relation, packages: Mapping[str, InstalledPackage]) -> bool:
         for dep in clause.alternatives:
             pkg = packages.get(dep.name)
             if pkg is not None and pkg.ok:

@@ -15,16 +15,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from push.build.errors import BuildError
+from push.debian import InvalidRelation, parse_relations
 
 DEFAULT_PREFIX = "push-"
 
 _PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
-_VERSION_RE = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~-]*")
-_RELATION_RE = re.compile(
-    r"(?P<name>[a-z0-9][a-z0-9+.-]+)(?::(?P<arch>[a-z0-9-]+))?"
-    r"\s*(?:\(\s*(?P<op><<|<=|=|>=|>>)\s*(?P<version>[^\s()]+)\s*\))?"
-)
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 # Units whose name ends so can be enabled and started; templates (name@.service) cannot
@@ -69,24 +65,11 @@ def parse_depends(specs: Iterable[str]) -> list[str]:
     """
     relations: list[str] = []
     for spec in specs:
-        for clause in spec.split(","):
-            clause = clause.strip()
-            if not clause:
-                continue
-            alternatives = []
-            for alt in clause.split("|"):
-                alt = alt.strip()
-                m = _RELATION_RE.fullmatch(alt)
-                if m is None or (m["version"] and not _VERSION_RE.fullmatch(m["version"])):
-                    raise BuildError(
-                        f"bad dependency {alt!r} in {spec!r}: expected NAME or NAME (OP VERSION), "
-                        "OP one of << <= = >= >>, alternatives separated by |"
-                    )
-                text = m["name"] + (f":{m['arch']}" if m["arch"] else "")
-                if m["op"]:
-                    text += f" ({m['op']} {m['version']})"
-                alternatives.append(text)
-            relation = " | ".join(alternatives)
+        try:
+            parsed = parse_relations(spec, strict=True)
+        except InvalidRelation as e:
+            raise BuildError(str(e)) from None
+        for relation in map(str, parsed):
             if relation not in relations:
                 relations.append(relation)
     return relations
