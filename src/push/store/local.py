@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import os
+import stat
 import threading
 import time
 import uuid
@@ -153,8 +155,7 @@ class LocalStore(Store):
                 if isinstance(data, (bytes, bytearray, memoryview)):
                     f.write(data)
                 else:
-                    while chunk := data.read(CHUNK_SIZE):
-                        f.write(chunk)
+                    _copy_stream(data, f)
                 f.flush()
                 os.fsync(f.fileno())
                 size = f.tell() - len(header)
@@ -234,6 +235,34 @@ class LocalStore(Store):
                 raise NotFound(f"{key} not found in {self.url}")
             self._check_precondition(key, current, if_generation_match, False)
             path.unlink()
+
+
+def _copy_stream(src: BinaryIO, dst: BinaryIO) -> None:
+    """Copy the rest of `src` to `dst`. A regular file is copied inside the kernel
+    (copy_file_range), which makes storing a freshly built package several times faster
+    than reading it through Python; anything else goes a chunk at a time."""
+    try:
+        fd = src.fileno()
+        is_file = stat.S_ISREG(os.fstat(fd).st_mode)
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        is_file = False
+    if is_file:
+        dst.flush()
+        offset, out = src.tell(), dst.tell()
+        remaining = os.fstat(fd).st_size - offset
+        try:
+            while remaining > 0:
+                n = os.copy_file_range(fd, dst.fileno(), remaining, offset, out)
+                if n == 0:
+                    break
+                offset, out, remaining = offset + n, out + n, remaining - n
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+        src.seek(offset)
+        dst.seek(out)
+    while chunk := src.read(CHUNK_SIZE):
+        dst.write(chunk)
 
 
 def _fsync_dir(path: Path) -> None:
