@@ -149,8 +149,6 @@ class Catalog:
                     deb = self.store.stat(DEBS_PREFIX + name)
                 except NotFound:
                     continue
-                except Exception:
-                    raise
                 self.metadata_reads += 1
                 try:
                     info = ReleaseInfo.from_metadata(deb.key, deb.metadata)

@@ -88,7 +88,8 @@ def write(store: Store, status: AgentStatus) -> None:
 
 def read(store: Store, server: str) -> AgentStatus | None:
     try:
-        data, _ = store.get(status_key(server)) or (b"", None)
+        with store.open(status_key(server)) as reader:
+            data = reader.read()
     except NotFound:
         return None
     try:
