@@ -238,14 +238,18 @@ class LocalStore(Store):
 
 
 def _copy_stream(src: BinaryIO, dst: BinaryIO) -> None:
-    """Copy the rest of `src` to `dst`. A regular file is copied inside the kernel
+    """Copy the rest of `src` to `dst`. An open regular file is copied inside the kernel
     (copy_file_range), which makes storing a freshly built package several times faster
     than reading it through Python; anything else goes a chunk at a time."""
-    try:
-        fd = src.fileno()
-        is_file = stat.S_ISREG(os.fstat(fd).st_mode)
-    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        is_file = False
+    # Only a plain file object: a wrapper that counts what is read (a progress bar) must
+    # see every chunk go by.
+    is_file = False
+    if isinstance(src, (io.BufferedReader, io.FileIO)):
+        try:
+            fd = src.fileno()
+            is_file = stat.S_ISREG(os.fstat(fd).st_mode)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
     if is_file:
         dst.flush()
         offset, out = src.tell(), dst.tell()
