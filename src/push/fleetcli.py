@@ -9,10 +9,12 @@ here, and push servers notice the change at their next bucket poll).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from push.cli import print_json
@@ -182,10 +184,14 @@ class Remote:
 _UNSET = object()
 
 
-def _backend(args: argparse.Namespace) -> Direct | Remote:
-    if args.push_url:
-        return Remote(args.push_url, args.token or os.environ.get("PUSH_TOKEN"))
-    return Direct(args)
+@contextlib.contextmanager
+def _backend(args: argparse.Namespace) -> Iterator[Direct | Remote]:
+    """The push server (--push-url) or the bucket, closed when the command is done."""
+    backend = Remote(args.push_url, args.token or os.environ.get("PUSH_TOKEN")) if args.push_url else Direct(args)
+    try:
+        yield backend
+    finally:
+        backend.close()
 
 
 def _short(name: str | None) -> str:
@@ -198,11 +204,8 @@ def _short(name: str | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    backend = _backend(args)
-    try:
+    with _backend(args) as backend:
         state = backend.status(args.app)
-    finally:
-        backend.close()
     servers = state["servers"]
     if args.server:
         servers = [s for s in servers if s["server"] == args.server]
@@ -234,11 +237,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    backend = _backend(args)
-    try:
+    with _backend(args) as backend:
         records = backend.history(args.server, args.app, args.limit)
-    finally:
-        backend.close()
     if args.json:
         print_json(records)
         return 0
@@ -269,30 +269,21 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         print("push deploy: error: give a RELEASE or --latest (one of them)", file=sys.stderr)
         return 2
     expect: Any = _UNSET if args.expect is None else (None if args.expect == "none" else args.expect)
-    backend = _backend(args)
-    try:
+    with _backend(args) as backend:
         change = backend.deploy(args.server, args.app, args.release, args.latest, expect, args.note)
-    finally:
-        backend.close()
     _print_change(args, change)
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    backend = _backend(args)
-    try:
+    with _backend(args) as backend:
         change = backend.rollback(args.server, args.app, args.note)
-    finally:
-        backend.close()
     _print_change(args, change)
     return 0
 
 
 def cmd_unit(args: argparse.Namespace) -> int:
-    backend = _backend(args)
-    try:
+    with _backend(args) as backend:
         change = backend.unit(args.server, args.unit, args.action, args.note)
-    finally:
-        backend.close()
     _print_change(args, change)
     return 0
