@@ -101,6 +101,13 @@ def _fleet_rows(push: PushServer, states: list[fleet.ServerState]) -> Markup:
     return Markup("".join(parts))
 
 
+def _after_change(push: PushServer, change: fleet.Change, url: str) -> RedirectResponse:
+    """Count a change that changed something, and go back to `url` showing its record."""
+    if change.changed:
+        push.metrics.changes.labels(change.action).inc()
+    return _back(url, done=change.record.id if change.record else None)
+
+
 def _allowed(push: PushServer, server: str, app: str | None = None) -> None:
     check_server(server)
     if server not in push.ctx.config.servers:
@@ -247,9 +254,7 @@ def post_deploy(request: Request, server: str, app: str, release: str = Form(...
                    "expected_from": e.current or "", "note": note,
                    "review": f"/servers/{server}/apps/{app}/confirm?" + urlencode({"release": release})}
         raise
-    if change.changed:
-        push.metrics.changes.labels("deploy").inc()
-    return _back(f"/servers/{server}/apps/{app}", done=change.record.id if change.record else None)
+    return _after_change(push, change, f"/servers/{server}/apps/{app}")
 
 
 @router.get("/servers/{server}/apps/{app}/rollback", response_class=HTMLResponse)
@@ -272,9 +277,7 @@ def post_rollback(request: Request, server: str, app: str, expected_from: str = 
     except fleet.ChangedMeanwhile as e:
         e.retry = {"review": f"/servers/{server}/apps/{app}/rollback"}  # type: ignore[attr-defined]
         raise
-    if change.changed:
-        push.metrics.changes.labels("rollback").inc()
-    return _back(f"/servers/{server}/apps/{app}", done=change.record.id if change.record else None)
+    return _after_change(push, change, f"/servers/{server}/apps/{app}")
 
 
 @router.get("/servers/{server}/apps/{app}/remove", response_class=HTMLResponse)
@@ -295,9 +298,7 @@ def post_remove(request: Request, server: str, app: str, expected_from: str = Fo
     except fleet.ChangedMeanwhile as e:
         e.retry = {"review": f"/servers/{server}/apps/{app}/remove"}  # type: ignore[attr-defined]
         raise
-    if change.changed:
-        push.metrics.changes.labels("remove").inc()
-    return _back(f"/servers/{server}", done=change.record.id if change.record else None)
+    return _after_change(push, change, f"/servers/{server}")
 
 
 @router.get("/apps/{app}/deploy-all", response_class=HTMLResponse)
@@ -346,8 +347,7 @@ def post_unit(request: Request, server: str, unit: str, action: str, note: str =
     push, identity = _writer(request, "deploy", csrf_token)
     change = fleet.unit_action(push.ctx, identity.name, server, unit, action, report=push.view.report(server),
                                note=note)
-    push.metrics.changes.labels(change.action).inc()
-    return _back(f"/servers/{server}", done=change.record.id if change.record else None)
+    return _after_change(push, change, f"/servers/{server}")
 
 
 # -- history ----------------------------------------------------------------------------------
