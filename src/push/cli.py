@@ -21,7 +21,7 @@ from push.errors import PushError
 # Modules with `register(subparsers, common)`; each adds its subcommands.
 COMMAND_MODULES = [
     "push.commands",
-    "push.build.command",
+    "push.builder.command",
     "push.fleetcli",
     "push.server.command",
     "push.demo.command",

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from push.build.errors import BuildError, stderr_summary
+from push.builder.errors import BuildError, stderr_summary
 
 # Compression formats dpkg-deb can write, with the level we use when none is given.
 # zstd is fast and Debian 12's dpkg reads it; xz and gzip are for fleets whose dpkg is older

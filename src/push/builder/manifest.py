@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from push.build.errors import BuildError
+from push.builder.errors import BuildError
 
 MANIFEST_NAME = "push.toml"
 

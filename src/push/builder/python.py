@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from push.build.errors import BuildError, stderr_summary
-from push.build.manifest import PythonSpec
+from push.builder.errors import BuildError, stderr_summary
+from push.builder.manifest import PythonSpec
 
 PIP_TIMEOUT = 1800.0
 

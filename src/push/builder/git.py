@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from push.build.errors import BuildError, stderr_summary
+from push.builder.errors import BuildError, stderr_summary
 
 GIT_TIMEOUT = 60.0
 _HASH_RE = re.compile(r"[0-9a-f]{40}")

@@ -1,6 +1,6 @@
 """`push release`: build a Debian package of an app, check it, and upload it as a release.
 
-Thin: turns arguments into a BuildRequest for push.build.builder, shows upload progress on a
+Thin: turns arguments into a BuildRequest for push.builder.builder, shows upload progress on a
 terminal, and prints the release name as its last line of output.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from push.build import BuiltRelease
+    from push.builder import BuiltRelease
 
 DESCRIPTION = """\
 Build a Debian package of APP, check it, and upload it to the store as a new release.
@@ -109,7 +109,7 @@ def _keep(built: BuiltRelease, output: Path, copy: bool) -> None:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from push.build import BuildRequest, build, upload
+    from push.builder import BuildRequest, build, upload
     from push.store import open_store
 
     if args.no_upload and args.output is None:

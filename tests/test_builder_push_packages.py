@@ -60,7 +60,7 @@ def test_package_fields(built: dict[str, Path], app: str) -> None:
 def test_pulld_package_contents(built: dict[str, Path]) -> None:
     paths = deb_paths(built["pulld"])
     for path in ["./usr/bin/pulld", "./lib/systemd/system/pulld.service", "./etc/default/pulld",
-                 "./usr/lib/push-pulld/push/agent/main.py", "./usr/lib/push-pulld/push/build/builder.py",
+                 "./usr/lib/push-pulld/push/agent/main.py", "./usr/lib/push-pulld/push/builder/builder.py",
                  "./usr/lib/push-pulld/boto3/__init__.py", "./usr/lib/push-pulld/google/cloud/storage/__init__.py"]:
         assert path in paths
     assert not any("__pycache__" in p or p.endswith(".pyc") for p in paths)

@@ -17,10 +17,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from push.build import dpkgdeb, python
-from push.build.control import UNIT_SUFFIXES
-from push.build.errors import BuildError
-from push.build.manifest import Manifest
+from push.builder import dpkgdeb, python
+from push.builder.control import UNIT_SUFFIXES
+from push.builder.errors import BuildError
+from push.builder.manifest import Manifest
 
 # Where systemd looks for packaged and admin units; the units found here are the release's services.
 UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from buildapp import commit, git, make_repo
 
-from push.build import BuildError
-from push.build.git import find_repo, last_subject, source_state
+from push.builder import BuildError
+from push.builder.git import find_repo, last_subject, source_state
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from push.build import BuildError
-from push.build.control import Units, maintainer_scripts, package_name, parse_depends, version_for
+from push.builder import BuildError
+from push.builder.control import Units, maintainer_scripts, package_name, parse_depends, version_for
 
 HASH_A = "a" * 40
 HASH_B = "0" * 40

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from buildapp import commit, deb_field, deb_paths, dpkg, git, installed, make_repo, push, stage_hello
 
-from push.build import BuildRequest, build, upload
+from push.builder import BuildRequest, build, upload
 from push.catalog import Catalog
 from push.errors import Conflict
 from push.release import Release

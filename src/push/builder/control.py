@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from push.build.errors import BuildError
+from push.builder.errors import BuildError
 from push.debian import InvalidRelation, parse_relations
 
 DEFAULT_PREFIX = "push-"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from push.build.errors import BuildError, stderr_summary
+from push.builder.errors import BuildError, stderr_summary
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from push import catalog
-from push.build import checks, control, dpkgdeb, git, manifest, python, staging
-from push.build.errors import BuildError
+from push.builder import checks, control, dpkgdeb, git, manifest, python, staging
+from push.builder.errors import BuildError
 from push.errors import Conflict, NotFound
 from push.release import Release, ReleaseInfo, check_app
 from push.store import ObjectInfo, Store

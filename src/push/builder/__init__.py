@@ -1,6 +1,6 @@
 """The release builder (`push release`): an app's files in, a checked Debian package out, uploaded.
 
-    from push.build import BuildRequest, build, upload
+    from push.builder import BuildRequest, build, upload
     built = build(BuildRequest(app="hello", root=Path("stage"), note="first"), workdir, store)
     upload(store, built)
 
@@ -9,7 +9,7 @@ dpkgdeb, git, python (pip) and checks (systemd-analyze, lintian), each running i
 builder puts them in order; command is the CLI front.
 """
 
-from push.build.builder import BuildRequest, BuiltRelease, build, upload
-from push.build.errors import BuildError
+from push.builder.builder import BuildRequest, BuiltRelease, build, upload
+from push.builder.errors import BuildError
 
 __all__ = ["BuildError", "BuildRequest", "BuiltRelease", "build", "upload"]
