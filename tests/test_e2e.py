@@ -59,7 +59,7 @@ def make_fleet(tmp_path: Path, store: str, servers: list[str], apps: list[str]) 
 def answer(port: int) -> dict | None:
     try:
         return json.loads(http_get(f"http://127.0.0.1:{port}/", timeout=1))
-    except OSError:
+    except (OSError, ValueError):  # not up yet, or answering half a reply while it starts
         return None
 
 
