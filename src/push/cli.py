@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "push.fleetcli",
     "push.server.command",
     "push.demo.command",
+    "push.keyscli",
 ]
 
 

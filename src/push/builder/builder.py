@@ -24,6 +24,7 @@ from push.builder import checks, control, dpkgdeb, git, manifest, python, stagin
 from push.builder.errors import BuildError
 from push.errors import Conflict, NotFound
 from push.release import Release, ReleaseInfo, check_app
+from push.signing import SigningKey, sign_release
 from push.store import ObjectInfo, Store
 
 _HASH_RE = re.compile(r"[0-9a-f]{40}")
@@ -51,6 +52,8 @@ class BuildRequest:
     git_hash: str | None = None
     require_clean: bool = False
     lintian: bool = True
+    # Signs the release statement into the metadata (docs/trust.md); None: an unsigned release.
+    signing_key: SigningKey | None = None
     # Who and when; taken from the environment and the clock when not given.
     user: str | None = None
     host: str | None = None
@@ -233,6 +236,8 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None) -> Built
         size = os.fstat(f.fileno()).st_size
     info = ReleaseInfo(release=release, dirty=bool(source and source.dirty), note=note, services=services,
                        sha256=sha256, size=size, extra=extra)
+    if req.signing_key is not None:
+        info = sign_release(info, req.signing_key)
     return BuiltRelease(info=info, path=path, warnings=warnings)
 
 

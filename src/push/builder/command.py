@@ -7,6 +7,7 @@ terminal, and prints the release name as its last line of output.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -67,6 +68,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="refuse to build from uncommitted changes or a HEAD not on the upstream main branch")
     p.add_argument("--no-lintian", dest="lintian", action="store_false",
                    help="skip the lintian check (for a machine without lintian; not recommended)")
+    p.add_argument("--signing-key", metavar="FILE", default=os.environ.get("PUSH_SIGNING_KEY") or None,
+                   help="sign the release with this release key (a NAME.key from push keys generate; "
+                        "default: $PUSH_SIGNING_KEY; unset: the release is unsigned). See docs/trust.md")
     p.add_argument("-o", "--output", metavar="FILE", type=Path, default=None, help="also keep the .deb here")
     p.add_argument("--no-upload", action="store_true", help="only build and check (with -o FILE)")
     p.set_defaults(func=cmd_release, parser=p)
@@ -110,6 +114,7 @@ def _keep(built: BuiltRelease, output: Path, copy: bool) -> None:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from push.builder import BuildRequest, build, upload
+    from push.signing import SigningKey
     from push.store import open_store
 
     if args.no_upload and args.output is None:
@@ -121,12 +126,14 @@ def cmd_release(args: argparse.Namespace) -> int:
             args.parser.error("nothing to build: give --root DIR, --manifest FILE or --deb FILE "
                               "(there is no push.toml here)")
         args.manifest = Path("push.toml")
+    # Loaded before any work, so a bad key fails in a second, not after the build.
+    signing_key = SigningKey.load(Path(args.signing_key)) if args.signing_key else None
     request = BuildRequest(
         app=args.app, root=args.root, manifest=args.manifest, deb=args.deb, note=args.note,
         note_from_git=args.note_from_git, depends=args.depends, package_prefix=args.package_prefix,
         architecture=args.architecture, maintainer=args.maintainer, description=args.description,
         compression=args.compression, compression_level=args.compression_level, repo=args.repo,
-        git_hash=args.git_hash, require_clean=args.require_clean, lintian=args.lintian,
+        git_hash=args.git_hash, require_clean=args.require_clean, lintian=args.lintian, signing_key=signing_key,
     )
     store = None if args.no_upload else open_store(args.store)
     try:
@@ -134,6 +141,8 @@ def cmd_release(args: argparse.Namespace) -> int:
             built = build(request, Path(tmp), store)
             for warning in built.warnings:
                 print(f"push: warning: {warning}", file=sys.stderr)
+            if signing_key is not None:
+                print(f"push: signed with release key {signing_key.key_id}", file=sys.stderr)
             if args.output is not None:
                 _keep(built, args.output, copy=args.deb is not None)
             if store is not None:
