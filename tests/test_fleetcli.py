@@ -203,3 +203,21 @@ def test_thousand_idle_watchers_on_a_real_server(setup, server, capsys):
     assert all(a.status_code == 200 and a.json()["changed"] for a in answers)
     assert seconds < 15
     assert waiting_threads < 60  # a thread per watcher would be over 1,000
+
+
+def test_remote_errors_come_back_as_the_same_class() -> None:
+    from push.errors import InvalidName, StoreUnavailable, UnknownServer
+    from push.fleet import ChangedMeanwhile
+    from push.fleetcli import _error_from_answer
+
+    def rebuilt(status: int, body: object) -> Exception:
+        return _error_from_answer(status, body, "http://127.0.0.1:1")
+
+    assert type(rebuilt(409, {"error": "x changed", "type": "ChangedMeanwhile"})) is ChangedMeanwhile
+    assert type(rebuilt(404, {"error": "no", "type": "UnknownServer"})) is UnknownServer
+    assert type(rebuilt(400, {"error": "bad", "type": "InvalidName"})) is InvalidName
+    # A class this client does not know (a newer server): the nearest one by status.
+    assert type(rebuilt(409, {"error": "x", "type": "SomethingNew"})).__name__ == "Conflict"
+    assert type(rebuilt(502, {"error": "gateway"})) is StoreUnavailable
+    assert str(rebuilt(404, {"error": "no such thing", "type": "NotFound"})) == (
+        "no such thing (push server http://127.0.0.1:1)")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import BinaryIO
 
-from push.errors import InvalidRelease, NotFound
+from push.errors import InvalidInput, InvalidRelease, NotFound
 from push.release import DEBS_PREFIX, Release, ReleaseInfo, check_app, newest_first_key
 from push.store import ObjectInfo, Store
 
@@ -89,7 +89,7 @@ class Catalog:
             metadata = obj.metadata
         try:
             info = ReleaseInfo.from_metadata(obj.key, metadata)
-        except InvalidRelease as e:
+        except InvalidInput as e:
             # The original ignored objects without release metadata; we do too, but say so.
             self.skipped[obj.key] = str(e)
             return None

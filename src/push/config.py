@@ -82,7 +82,7 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     if given:
         path = Path(given)
         if not path.is_file():
-            raise InvalidConfig(f"config file {path} does not exist")
+            raise InvalidConfig(f"config file {path} does not exist", path=str(path))
         return path
     for path in SEARCH_PATH:
         if path.is_file():
@@ -94,12 +94,13 @@ def load(explicit: str | os.PathLike[str] | None = None, *, required: bool = Fal
     path = find_config(explicit)
     if path is None:
         if required:
-            raise InvalidConfig("no skiapush.conf found (use --config, PUSH_CONFIG, ./skiapush.conf or /etc/push/skiapush.conf)")
+            raise InvalidConfig("no skiapush.conf found "
+                                "(use --config, PUSH_CONFIG, ./skiapush.conf or /etc/push/skiapush.conf)")
         return Config(path=None)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise InvalidConfig(f"{path}: cannot read: {e}") from None
+        raise InvalidConfig(f"{path}: cannot read: {e}", path=str(path)) from None
     return parse(text, path)
 
 
@@ -109,11 +110,11 @@ def parse(text: str, path: Path | None = None) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         # TOML's message already ends with "(at line L, column C)".
-        raise InvalidConfig(f"{where}: invalid TOML: {e}") from None
+        raise InvalidConfig(f"{where}: invalid TOML: {e}", path=where) from None
 
     def fail(what: str) -> InvalidConfig:
         line = _line_of(text, what.split("'")[1] if "'" in what else "")
-        return InvalidConfig(f"{where}{f':{line}' if line else ''}: {what}")
+        return InvalidConfig(f"{where}{f':{line}' if line else ''}: {what}", path=where)
 
     unknown = set(doc) - {"servers", "access", "tokens", "gce"}
     if unknown:

@@ -23,7 +23,7 @@ from typing import Any
 from push import serverfile, unitrequests
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import Conflict, NotAllowed, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, InvalidRequest, NotAllowed, NotFound, PushError, StoreUnavailable
 from push.history import History, Record, new_record
 from push.release import Release, ReleaseInfo, app_of, check_app
 from push.serverfile import SERVER_PREFIX, ServerFile, check_server
@@ -57,10 +57,16 @@ def short(name: str | None) -> str:
 class ChangedMeanwhile(Conflict):
     """The app's entry is no longer what the user saw: nothing was written."""
 
-    def __init__(self, server: str, app: str, expected: str | None, current: str | None,
-                 last_change: Record | None, what: str = "release") -> None:
+    def __init__(self, message: str, *, server: str | None = None, app: str | None = None,
+                 expected: str | None = None, current: str | None = None,
+                 last_change: Record | None = None) -> None:
+        super().__init__(message)
         self.server, self.app = server, app
         self.expected, self.current, self.last_change = expected, current, last_change
+
+    @classmethod
+    def of(cls, server: str, app: str, expected: str | None, current: str | None,
+           last_change: Record | None, what: str = "release") -> ChangedMeanwhile:
         by = ""
         if last_change is not None:
             by = f" (changed by {last_change.who} at {last_change.time[:19].replace('T', ' ')} UTC)"
@@ -70,7 +76,7 @@ class ChangedMeanwhile(Conflict):
         else:
             message = (f"the rollback target of {app} on {server} changed meanwhile: you confirmed "
                        f"{short(expected)}, it is now {short(current)}{by}; nothing was changed, look again and retry")
-        super().__init__(message)
+        return cls(message, server=server, app=app, expected=expected, current=current, last_change=last_change)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -166,7 +172,7 @@ def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseI
     try:
         before, after = serverfile.update(ctx.store, server, change)
     except _Mismatch as m:
-        raise ChangedMeanwhile(server, app, expected_from, m.current,
+        raise ChangedMeanwhile.of(server, app, expected_from, m.current,
                                ctx.history.last_change(server, app)) from None
     from_, to = _current(before, app), _current(after, app)
     if before.entries == after.entries:
@@ -192,14 +198,15 @@ def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = 
     check_app(app)
     ctx.config.check_allowed(server, app)
     if latest == (release is not None):
-        raise PushError("give either a release or latest, not both" if latest else "no release given (or use latest)")
+        raise InvalidRequest("give either a release or latest, not both" if latest
+                             else "no release given (or use latest)")
     if latest:
         ctx.catalog.refresh()
         info = ctx.catalog.latest(app)
     else:
         assert release is not None
         if app_of(release) != app:
-            raise PushError(f"release {release!r} is not a release of {app!r}")
+            raise InvalidRequest(f"release {release!r} is not a release of {app!r}")
         info = ctx.catalog.get(release)
     return _set_release(ctx, who, server, app, info, "deploy", expected_from, note)
 
@@ -224,9 +231,9 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
     ctx.config.check_allowed(server, app)
     current, target, _ = rollback_target(ctx, server, app)
     if expected_from is not ANY and expected_from != current:
-        raise ChangedMeanwhile(server, app, expected_from, current, ctx.history.last_change(server, app))
+        raise ChangedMeanwhile.of(server, app, expected_from, current, ctx.history.last_change(server, app))
     if expected_to is not ANY and expected_to != target:
-        raise ChangedMeanwhile(server, app, expected_to, target, ctx.history.last_change(server, app),
+        raise ChangedMeanwhile.of(server, app, expected_to, target, ctx.history.last_change(server, app),
                                what="target")
     info = ctx.catalog.get(target)
     # Expect exactly what the target was computed from: a change in between is a conflict.
@@ -255,7 +262,7 @@ class Outcome:
     def to_json(self) -> dict[str, object]:
         if self.error is not None:
             data: dict[str, object] = {"server": self.server, "ok": False, "error": str(self.error),
-                                       "status": self.error.http_status}
+                                       "type": type(self.error).__name__}
             if isinstance(self.error, ChangedMeanwhile):
                 data["conflict"] = self.error.to_json()
             return data

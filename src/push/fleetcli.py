@@ -18,10 +18,19 @@ from collections.abc import Iterator
 from typing import Any
 
 from push.cli import print_json
-from push.errors import Conflict, NotAllowed, NotFound, PushError, StoreUnavailable, Unauthenticated
+from push.errors import (
+    AccessDenied,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PushError,
+    StoreUnavailable,
+    Unauthenticated,
+    error_class,
+)
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--push-url", metavar="URL", default=os.environ.get("PUSH_URL"),
                         help="go through this push server (default: $PUSH_URL; unset: straight to the bucket)")
@@ -116,8 +125,22 @@ class Direct:
             self.ctx.triggers.close()
 
 
-_ERRORS: dict[int, type[PushError]] = {401: Unauthenticated, 403: NotAllowed, 404: NotFound, 409: Conflict,
-                                       503: StoreUnavailable}
+# For an answer whose `type` names no error this version knows (a newer push server).
+_BY_STATUS: dict[int, type[PushError]] = {400: InvalidInput, 401: Unauthenticated, 403: AccessDenied,
+                                          404: NotFound, 409: Conflict, 503: StoreUnavailable}
+
+
+def _error_from_answer(status: int, body: object, url: str) -> PushError:
+    """The error the push server answered with, as the same class: by its `type`, else by status."""
+    import push.fleet  # noqa: F401 - defines ChangedMeanwhile, which the server may name
+
+    message, cls = f"HTTP {status}", None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        message = body["error"]
+        cls = error_class(str(body.get("type", "")))
+    if cls is None:
+        cls = _BY_STATUS.get(status, StoreUnavailable if status >= 500 else PushError)
+    return cls(f"{message} (push server {url})")
 
 
 class Remote:
@@ -141,10 +164,10 @@ class Remote:
             raise StoreUnavailable(f"cannot reach the push server {self.url}: {e}") from None
         if r.status_code >= 400:
             try:
-                message = r.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {r.status_code}: {r.text[:200]}"
-            raise _ERRORS.get(r.status_code, PushError)(f"{message} (push server {self.url})")
+                body = r.json()
+            except ValueError:
+                body = {"error": f"HTTP {r.status_code}: {r.text[:200]}"}
+            raise _error_from_answer(r.status_code, body, self.url)
         return r.json()
 
     def status(self, app: str | None) -> dict[str, Any]:

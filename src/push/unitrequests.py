@@ -126,7 +126,7 @@ def list_requests(store: Store, server: str) -> list[UnitRequest]:
         data, obj = got
         try:
             out.append(UnitRequest.from_json(json.loads(data), obj.generation))
-        except (ValueError, PushError):
+        except (ValueError, InvalidData):
             continue
     return out
 

@@ -26,6 +26,7 @@ from push.agent.backoff import Backoff
 from push.agent.dpkg import Dpkg, InstalledPackage
 from push.agent.errors import (
     AgentError,
+    AgentStateError,
     DpkgError,
     DpkgLocked,
     UnitError,
@@ -127,7 +128,7 @@ class Agent:
     def _load_state(self) -> AgentState:
         try:
             return AgentState.load(self.state_dir)
-        except PushError as e:
+        except AgentStateError as e:
             # Never let a damaged record stop the agent: installs carry on; only the removal
             # of apps installed before is lost (their packages are then left alone).
             broken = self.state_dir / "state.json"

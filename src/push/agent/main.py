@@ -158,7 +158,7 @@ def _server_name(args: argparse.Namespace, gce_host: str | None) -> str:
         try:
             return check_server(gce_instance_name(gce_host))
         except Exception as e:
-            raise PushError(f"cannot read the GCE instance name from {gce_host}: {e} (use --server)") from None
+            raise AgentError(f"cannot read the GCE instance name from {gce_host}: {e} (use --server)") from None
     return check_server(socket.gethostname().split(".")[0])
 
 
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     sandbox = args.root is not None and args.root.absolute() != Path("/")
     if args.stop_units:
         if not sandbox:
-            raise PushError("--stop-units needs --root (on / the units belong to systemd)")
+            raise InvalidRequest("--stop-units needs --root (on / the units belong to systemd)")
         supervisor = SandboxSupervisor(args.root)
         supervisor.close(stop_units=True)
         return 0
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         manager = "sandbox" if sandbox else "systemd"
     if manager == "sandbox":
         if not sandbox:
-            raise PushError("--service-manager sandbox needs --root")
+            raise InvalidRequest("--service-manager sandbox needs --root")
         services: ServiceManager = SandboxSupervisor(options.root)  # type: ignore[arg-type]
     else:
         services = SystemdManager()
@@ -286,9 +286,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except PushError as e:
         print(f"pulld: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from push import fleet, unitrequests
 from push.errors import NotFound, PushError
 from push.release import check_app
 from push.serverfile import check_server
-from push.server.app import server_of
+from push.server.app import http_status, server_of
 from push.server.auth import Identity
 from push.server.watch import DEFAULT_TIMEOUT, MAX_TIMEOUT
 
@@ -301,8 +301,15 @@ def deploy_all(request: Request, app: str, body: DeployAllRequest) -> dict[str, 
     for o in outcomes:
         if o.change is not None:
             _count(request, o.change)
-    return {"app": app, "release": body.release, "outcomes": [o.to_json() for o in outcomes],
+    return {"app": app, "release": body.release, "outcomes": [_outcome(o) for o in outcomes],
             "ok": all(o.error is None for o in outcomes)}
+
+
+def _outcome(outcome: fleet.Outcome) -> dict[str, object]:
+    data = outcome.to_json()
+    if outcome.error is not None:
+        data["status"] = http_status(outcome.error)
+    return data
 
 
 @router.post(f"{API}/servers/{{server}}/units/{{unit}}/{{action}}", tags=["units"], responses=WRITE_REFUSALS)

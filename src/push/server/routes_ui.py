@@ -18,9 +18,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
 from push import fleet, serverfile, unitrequests
-from push.errors import NotFound, PushError
+from push.errors import InvalidRequest, NotFound, PushError
 from push.release import Release, check_app
-from push.server.app import PushServer, server_of, set_csrf_cookie
+from push.server.app import PushServer, RetryForm, error_response, server_of, set_csrf_cookie
 from push.server.auth import Identity
 from push.serverfile import ServerFile, check_server
 
@@ -230,16 +230,18 @@ def confirm_deploy(request: Request, server: str, app: str, release: str) -> Res
     push.ctx.config.check_allowed(server, app)
     target = push.ctx.catalog.get(release)
     if target.app != app:
-        raise PushError(f"{release} is not a release of {app}")
+        raise InvalidRequest(f"{release} is not a release of {app}")
     sf = _fresh_file(push, server)
     current = sf.release_of(app)
     current_info = _release_info(push, current.name if current else None)
     newest = push.ctx.catalog.latest(app)
     where = push.view.release_servers().get(release, ([], []))
+    # One look at the report: a refresh between two could leave None for the second.
+    report = push.view.report(server)
     return _page(request, "confirm.html", identity, server=server, app=app, target=target,
                  current=current_info, current_name=current.name if current else None,
                  newest=newest, desired_on=where[0], running_on=where[1],
-                 report=(push.view.report(server).apps.get(app) if push.view.report(server) else None))
+                 report=report.apps.get(app) if report is not None else None)
 
 
 @router.post("/servers/{server}/apps/{app}/deploy")
@@ -250,10 +252,10 @@ def post_deploy(request: Request, server: str, app: str, release: str = Form(...
         change = fleet.deploy(push.ctx, identity.name, server, app, release,
                               expected_from=expected_from or None, note=note)
     except fleet.ChangedMeanwhile as e:
-        e.retry = {"action": f"/servers/{server}/apps/{app}/deploy", "release": release,  # type: ignore[attr-defined]
-                   "expected_from": e.current or "", "note": note,
-                   "review": f"/servers/{server}/apps/{app}/confirm?" + urlencode({"release": release})}
-        raise
+        return error_response(request, e, RetryForm(
+            review=f"/servers/{server}/apps/{app}/confirm?" + urlencode({"release": release}),
+            action=f"/servers/{server}/apps/{app}/deploy", release=release, expected_from=e.current or "",
+            note=note))
     return _after_change(push, change, f"/servers/{server}/apps/{app}")
 
 
@@ -275,8 +277,7 @@ def post_rollback(request: Request, server: str, app: str, expected_from: str = 
         change = fleet.rollback(push.ctx, identity.name, server, app, expected_from=expected_from or None,
                                 expected_to=expected_to or None, note=note)
     except fleet.ChangedMeanwhile as e:
-        e.retry = {"review": f"/servers/{server}/apps/{app}/rollback"}  # type: ignore[attr-defined]
-        raise
+        return error_response(request, e, RetryForm(review=f"/servers/{server}/apps/{app}/rollback"))
     return _after_change(push, change, f"/servers/{server}/apps/{app}")
 
 
@@ -296,8 +297,7 @@ def post_remove(request: Request, server: str, app: str, expected_from: str = Fo
     try:
         change = fleet.remove(push.ctx, identity.name, server, app, expected_from=expected_from or None, note=note)
     except fleet.ChangedMeanwhile as e:
-        e.retry = {"review": f"/servers/{server}/apps/{app}/remove"}  # type: ignore[attr-defined]
-        raise
+        return error_response(request, e, RetryForm(review=f"/servers/{server}/apps/{app}/remove"))
     return _after_change(push, change, f"/servers/{server}")
 
 
@@ -307,7 +307,7 @@ def confirm_deploy_all(request: Request, app: str, release: str) -> Response:
     check_app(app)
     target = push.ctx.catalog.get(release)
     if target.app != app:
-        raise PushError(f"{release} is not a release of {app}")
+        raise InvalidRequest(f"{release} is not a release of {app}")
     rows = []
     for server in fleet.servers_running(push.ctx, app):
         current = _fresh_file(push, server).release_of(app)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO
 
-from push.errors import Conflict, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, InvalidKey, NotFound, StoreUnavailable
 
 __all__ = [
     "CHUNK_SIZE",
@@ -37,11 +37,11 @@ _BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def check_key(key: str) -> str:
-    """Return `key` if it is a safe object key, else raise PushError."""
+    """Return `key` if it is a safe object key, else raise InvalidKey."""
     if not key or key.startswith("/") or key.endswith("/") or _BAD_KEY_CHARS.search(key):
-        raise PushError(f"invalid object key {key!r}")
+        raise InvalidKey(f"invalid object key {key!r}", key=key)
     if any(part in ("", ".", "..") for part in key.split("/")):
-        raise PushError(f"invalid object key {key!r}")
+        raise InvalidKey(f"invalid object key {key!r}", key=key)
     return key
 
 

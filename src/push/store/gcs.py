@@ -26,7 +26,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from push.errors import Conflict, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, CorruptObject, NotFound, StoreError, StoreUnavailable
 from push.store.base import CHUNK_SIZE, ObjectInfo, Page, Reader, Store, check_key, read_full
 
 # Transient faults (connection refused, 429, 5xx) are retried for a few seconds only, so
@@ -149,13 +149,14 @@ class _GCSReader(Reader):
         with self._store._errors(self.info.key, missing="generation"):
             data = self._blob.download_as_bytes(start=start, end=end, raw_download=True, checksum=None,
                                                 retry=_RETRY, timeout=_TIMEOUT)
+        key, url = self.info.key, self._store.url
         if len(data) != end - start + 1:
-            raise StoreUnavailable(f"short read of {self.info.key} from {self._store.url}")
+            raise StoreUnavailable(f"short read of {key} from {url}", store=url, key=key)
         self._fetched += len(data)
         self._crc.update(data)
-        if self._fetched == self.info.size and self._expected_crc is not None:
-            if base64.b64encode(self._crc.digest()).decode() != self._expected_crc:
-                raise PushError(f"{self.info.key} from {self._store.url} failed its CRC32C check")
+        if (self._fetched == self.info.size and self._expected_crc is not None
+                and base64.b64encode(self._crc.digest()).decode() != self._expected_crc):
+            raise CorruptObject(f"{key} from {url} failed its CRC32C check", store=url, key=key)
         self._buf, self._off = self._buf[self._off :] + data, 0
 
     def read(self, size: int = -1) -> bytes:
@@ -275,13 +276,13 @@ class GCSStore(Store):
             try:
                 condition = int(if_generation_match)
             except ValueError:
-                raise Conflict(f"{key}: {if_generation_match!r} is not a GCS generation") from None
+                raise Conflict(f"{key}: {if_generation_match!r} is not a GCS generation", key=key) from None
         else:
             condition = None
         blob = self._bucket.blob(name, chunk_size=CHUNK_SIZE)
         blob.metadata = dict(metadata or {})
         if isinstance(data, (bytes, bytearray, memoryview)):
-            stream: BinaryIO = io.BytesIO(bytes(data))
+            stream: io.IOBase = io.BytesIO(bytes(data))
             size: int | None = len(data)
         else:
             # A stream that fits one chunk goes up in a single request; anything longer as
@@ -319,7 +320,7 @@ class GCSStore(Store):
             try:
                 condition = int(if_generation_match)
             except ValueError:
-                raise Conflict(f"{key}: {if_generation_match!r} is not a GCS generation") from None
+                raise Conflict(f"{key}: {if_generation_match!r} is not a GCS generation", key=key) from None
         with self._errors(key):
             self._bucket.delete_blob(name, if_generation_match=condition, retry=_RETRY, timeout=_TIMEOUT)
 

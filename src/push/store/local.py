@@ -122,10 +122,10 @@ class LocalStore(Store):
     def _check_precondition(key: str, current: str | None, if_generation_match: str | None,
                             if_absent: bool) -> None:
         if if_absent and current is not None:
-            raise Conflict(f"{key} already exists")
+            raise Conflict(f"{key} already exists", key=key)
         if if_generation_match is not None and current != if_generation_match:
             now = "is absent" if current is None else f"is at generation {current}"
-            raise Conflict(f"{key} changed: expected generation {if_generation_match}, it {now}")
+            raise Conflict(f"{key} changed: expected generation {if_generation_match}, it {now}", key=key)
 
     # -- the Store interface -------------------------------------------------------------
 

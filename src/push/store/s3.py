@@ -31,7 +31,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from push.errors import Conflict, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, NotFound, PushError, StoreError, StoreUnavailable
 from push.store.base import CHUNK_SIZE, ObjectInfo, Page, Reader, Store, check_key, read_full
 
 # A few quick retries and short connect timeouts: an unreachable endpoint is reported in
