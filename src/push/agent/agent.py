@@ -35,12 +35,13 @@ from push.agent.errors import (
 from push.agent.metrics import Metrics
 from push.agent.state import AgentState, AppRecord
 from push.agent.unitactions import act_on_requests
-from push.agent.units import ServiceManager, units_in, units_to_start
+from push.agent.services import ServiceManager
 from push.errors import InvalidRelease, InvalidServerFile, NotFound, PushError
 from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile, server_key
 from push.status import AgentStatus, AppStatus
 from push.store import Store
+from push.units import units_in, units_to_start
 
 log = logging.getLogger(__name__)
 

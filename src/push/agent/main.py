@@ -26,7 +26,7 @@ from push.agent.metrics import Metrics
 from push.agent.state import StateLock
 from push.agent.supervisor import SandboxSupervisor
 from push.agent.triggers import GceMetadataTrigger, Wakeup, WatchTrigger, gce_instance_name
-from push.agent.units import ServiceManager, SystemdManager
+from push.agent.services import ServiceManager, SystemdManager
 from push.errors import PushError
 from push.serverfile import check_server
 from push.store import open_store

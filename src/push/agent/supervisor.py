@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from push.agent.errors import UnitError
-from push.agent.units import UNIT_DIRS, ServiceManager
+from push.agent.services import ServiceManager
+from push.units import UNIT_DIRS
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class SandboxSupervisor(ServiceManager):
 
     def unit_path(self, unit: str) -> Path | None:
         for d in UNIT_DIRS:
-            p = self._inside(d + unit)
+            p = self.root / d / unit
             if p.is_file():
                 return p
         return None
