@@ -17,11 +17,9 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from push.errors import InvalidConfig, InvalidRelease, PushError
-from push.release import check_app
-from push.serverfile import check_server
+from push.errors import InvalidConfig, InvalidName, NotAllowed, UnknownServer
+from push.names import check_app, check_server
 
 SEARCH_PATH = (Path("skiapush.conf"), Path("/etc/push/skiapush.conf"))
 ROLES = ("view", "deploy", "admin")
@@ -52,13 +50,18 @@ class Config:
     def allows(self, server: str, app: str) -> bool:
         return app in self.servers.get(server, ())
 
-    def check_allowed(self, server: str, app: str) -> None:
-        from push.errors import NotAllowed, NotFound
+    def require_server(self, server: str) -> tuple[str, ...]:
+        """The apps allowed on `server`; UnknownServer if the config does not list it."""
+        apps = self.servers.get(check_server(server))
+        if apps is None:
+            raise UnknownServer(f"server {server!r} is not in {self.source}", server=server, source=self.source)
+        return apps
 
-        if server not in self.servers:
-            raise NotFound(f"server {server!r} is not in {self.source}")
-        if app not in self.servers[server]:
-            raise NotAllowed(f"app {app!r} may not be deployed to {server!r} (see {self.source})")
+    def check_allowed(self, server: str, app: str) -> None:
+        """UnknownServer, or NotAllowed unless the config allows `app` on `server`."""
+        if check_app(app) not in self.require_server(server):
+            raise NotAllowed(f"app {app!r} may not be deployed to {server!r} (see {self.source})",
+                             server=server, app=app)
 
     def may(self, identity: str, role: str) -> bool:
         """Whether `identity` holds `role`; admin implies deploy, deploy implies view."""
@@ -127,7 +130,7 @@ def parse(text: str, path: Path | None = None) -> Config:
     for name, table in raw_servers.items():
         try:
             check_server(name)
-        except PushError as e:
+        except InvalidName as e:
             raise fail(f"server '{name}': {e}") from None
         if not isinstance(table, dict):
             raise fail(f"servers.'{name}' must be a table with appNames")
@@ -140,7 +143,7 @@ def parse(text: str, path: Path | None = None) -> Config:
         for app in apps:
             try:
                 check_app(app)
-            except InvalidRelease as e:
+            except InvalidName as e:
                 raise fail(f"servers.{name}: '{app}': {e}") from None
         servers[name] = tuple(dict.fromkeys(apps))
 

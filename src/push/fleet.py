@@ -17,17 +17,18 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from push import serverfile, unitrequests
+from push import layout, serverfile, status, timestamps, unitrequests
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import Conflict, InvalidRequest, NotAllowed, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
 from push.history import History, Record, new_record
-from push.release import Release, ReleaseInfo, app_of, check_app
-from push.serverfile import SERVER_PREFIX, ServerFile, check_server
-from push.status import STATUS_PREFIX, AgentStatus
+from push.names import check_app, check_server, check_unit
+from push.release import Release, ReleaseInfo, app_of
+from push.serverfile import ServerFile
+from push.status import AgentStatus
 from push.store import Store
 from push.triggers import Triggers
 
@@ -244,10 +245,8 @@ def remove(ctx: Context, who: str, server: str, app: str, *, expected_from: Any 
            note: str = "") -> Change:
     """Take `app` off `server` (pulld then removes its package). Works for apps the config
     no longer allows, so they can be cleaned up."""
-    check_server(server)
     check_app(app)
-    if server not in ctx.config.servers:
-        raise NotFound(f"server {server!r} is not in {ctx.config.source}")
+    ctx.config.require_server(server)
     return _set_release(ctx, who, server, app, None, "remove", expected_from, note)
 
 
@@ -323,15 +322,10 @@ def units_of(ctx: Context, server: str, report: AgentStatus | None = None) -> di
 def unit_action(ctx: Context, who: str, server: str, unit: str, action: str, *,
                 report: AgentStatus | None = None, note: str = "") -> Change:
     """Ask the server's agent to start, stop or restart `unit` (see docs/unit-requests.md)."""
-    check_server(server)
-    unitrequests.check_unit(unit)
-    if action not in unitrequests.ACTIONS:
-        raise PushError(f"unknown unit action {action!r} (known: {', '.join(unitrequests.ACTIONS)})")
-    if server not in ctx.config.servers:
-        raise NotFound(f"server {server!r} is not in {ctx.config.source}")
+    check_unit(unit)
+    unitrequests.check_action(action)
+    ctx.config.require_server(server)
     if report is None:
-        from push import status
-
         report = status.read(ctx.store, server)
     app = units_of(ctx, server, report).get(unit)
     if app is None:
@@ -437,15 +431,15 @@ class FleetView:
         with self._lock:
             started_at = self._write_seq
         store = self.ctx.store
-        files = {i.key[len(SERVER_PREFIX):-5]: i.generation for i in store.list(SERVER_PREFIX)
-                 if i.key.endswith(".json") and "/" not in i.key[len(SERVER_PREFIX):]}
-        reports = {i.key[len(STATUS_PREFIX):-5]: i.generation for i in store.list(STATUS_PREFIX)
-                   if i.key.endswith(".json") and "/" not in i.key[len(STATUS_PREFIX):]}
+        files = {server: i.generation for i in store.list(layout.SERVER)
+                 if (server := layout.server_of_file_key(i.key)) is not None}
+        reports = {server: i.generation for i in store.list(layout.STATUS)
+                   if (server := layout.server_of_status_key(i.key)) is not None}
         requests: dict[str, list[str]] = {}
-        for info in store.list(unitrequests.REQUESTS_PREFIX):
-            server, _, name = info.key[len(unitrequests.REQUESTS_PREFIX):].partition("/")
-            if name:
-                requests.setdefault(server, []).append(info.key)
+        for info in store.list(layout.REQUESTS):
+            request = layout.request_of_key(info.key)
+            if request is not None:
+                requests.setdefault(request[0], []).append(info.key)
         new_releases = self._catalog_refresh() if include_catalog else []
 
         new_files: dict[str, ServerFile] = {}
@@ -478,11 +472,12 @@ class FleetView:
                 new_reports[server] = old_report
                 continue
             try:
-                got = store.get(f"{STATUS_PREFIX}{server}.json")
+                key = layout.status_key(server)
+                got = store.get(key)
                 self.object_reads += 1
                 assert got is not None
-                new_reports[server] = (got[1].generation, AgentStatus.from_json(json.loads(got[0])))
-            except (NotFound, PushError, ValueError):
+                new_reports[server] = (got[1].generation, status.parse(got[0], key))
+            except PushError:  # gone meanwhile, not a report, or not readable now: shown as no report
                 continue
 
         with self._lock:
@@ -522,7 +517,7 @@ class FleetView:
         with self._lock:
             old = self._files.get(server)
         sf = serverfile.read(store, server, if_generation_not_match=old.generation if old else None)
-        keys = tuple(sorted(i.key for i in store.list(unitrequests.server_prefix(server))))
+        keys = tuple(sorted(i.key for i in store.list(layout.requests_prefix(server))))
         with self._lock:
             self._write_seq += 1
             self._touched[server] = self._write_seq
@@ -690,7 +685,7 @@ class FleetView:
                       now: datetime | None = None) -> list[ServerState]:
         """Every server in skiapush.conf (filtered by substring of server and app name)."""
         self.ensure_loaded()
-        now = now or datetime.now(timezone.utc)
+        now = now or timestamps.now()
         out = []
         s_filter = (server or "").strip().lower()
         a_filter = (app or "").strip().lower()
@@ -704,19 +699,20 @@ class FleetView:
                 if not apps:
                     continue
                 if len(apps) != len(state.data["apps"]):
-                    state = ServerState(name, {**state.data, "apps": apps}, state.key + (a_filter,))
+                    state = ServerState(name, {**state.data, "apps": apps}, (*state.key, a_filter))
             out.append(state)
         return out
 
     def state_json(self, server: str | None = None, app: str | None = None) -> bytes:
         """The fleet state as JSON text (what GET /api/v1/fleet and `push status --json` give)."""
         states = self.server_states(server, app)
-        head = json.dumps({"generated": _iso_now(), "filter": {"server": server or "", "app": app or ""},
+        head = json.dumps({"generated": timestamps.now_text(), "filter": {"server": server or "", "app": app or ""},
                            "count": len(states)}, separators=(",", ":"))
         return (head[:-1] + ',"servers":[').encode() + b",".join(s.json_bytes for s in states) + b"]}"
 
     def state(self, server: str | None = None, app: str | None = None) -> dict[str, Any]:
-        return json.loads(self.state_json(server, app))
+        state: dict[str, Any] = json.loads(self.state_json(server, app))
+        return state
 
     def release_servers(self) -> dict[str, tuple[list[str], list[str]]]:
         """release name -> (servers whose file lists it, servers whose agent reports it installed)."""
@@ -752,9 +748,6 @@ class FleetView:
 def _parse_release(name: str) -> Release:
     return Release.parse(name)
 
-
-def _iso_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def direct_context(store: Store, config: Config, via: str) -> Context:

@@ -103,13 +103,16 @@ class Direct:
         self.ctx = fleet.direct_context(open_store(args.store), config, via=f"cli@{socket.gethostname()}")
         self.who = os.environ.get("PUSH_USER") or f"{getpass.getuser()}@{socket.gethostname()}"
 
-    def status(self, app: str | None) -> dict[str, Any]:
+    def status(self, server: str | None, app: str | None) -> dict[str, Any]:
+        if server is not None:
+            self.ctx.config.require_server(server)
         return self.fleet.FleetView(self.ctx).state(None, app)
 
     def history(self, server: str | None, app: str | None, limit: int) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.ctx.history.records(server, app, limit=limit)]
 
-    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any, note: str) -> dict[str, Any]:
+    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any,
+               note: str) -> dict[str, Any]:
         expected = self.fleet.ANY if expect is _UNSET else expect
         return self.fleet.deploy(self.ctx, self.who, server, app, release, latest=latest,
                                  expected_from=expected, note=note).to_json()
@@ -170,8 +173,11 @@ class Remote:
             raise _error_from_answer(r.status_code, body, self.url)
         return r.json()
 
-    def status(self, app: str | None) -> dict[str, Any]:
-        return self._call("GET", "/api/v1/fleet", params={"app": app or ""})
+    def status(self, server: str | None, app: str | None) -> dict[str, Any]:
+        if server is not None:
+            self._call("GET", f"/api/v1/servers/{server}")  # UnknownServer unless skiapush.conf lists it
+        state: dict[str, Any] = self._call("GET", "/api/v1/fleet", params={"app": app or ""})
+        return state
 
     def history(self, server: str | None, app: str | None, limit: int) -> list[dict[str, Any]]:
         from push.history import Record
@@ -228,12 +234,10 @@ def _short(name: str | None) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _backend(args) as backend:
-        state = backend.status(args.app)
+        state = backend.status(args.server, args.app)
     servers = state["servers"]
     if args.server:
         servers = [s for s in servers if s["server"] == args.server]
-        if not servers:
-            raise NotFound(f"server {args.server!r} is not in skiapush.conf")
     if args.problems:
         servers = [s for s in servers if s["problems"]]
     if args.json:

@@ -16,10 +16,9 @@ import time
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from push import __version__
+from push import __version__, timestamps
 from push import status as status_mod
 from push.agent import download
 from push.agent.backoff import Backoff
@@ -33,12 +32,13 @@ from push.agent.errors import (
     VerificationFailed,
 )
 from push.agent.metrics import Metrics
+from push.agent.services import ServiceManager
 from push.agent.state import AgentState, AppRecord
 from push.agent.unitactions import act_on_requests
-from push.agent.services import ServiceManager
 from push.errors import InvalidRelease, InvalidServerFile, NotFound, PushError
+from push.layout import server_file_key
 from push.release import Release, ReleaseInfo
-from push.serverfile import ServerFile, server_key
+from push.serverfile import ServerFile
 from push.status import AgentStatus, AppStatus
 from push.store import Store
 from push.units import units_in, units_to_start
@@ -80,14 +80,6 @@ class Failure:
     time: str
     retry_at: float          # time.monotonic()
     retry_wall: str
-
-
-def _now_iso() -> str:
-    return status_mod.now_iso()
-
-
-def _wall_in(seconds: float) -> str:
-    return datetime.fromtimestamp(time.time() + seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Agent:
@@ -182,7 +174,7 @@ class Agent:
 
     def _read_server_file(self) -> bool:
         """Conditional read; True when the file changed. Raises on store errors."""
-        key = server_key(self.server)
+        key = server_file_key(self.server)
         try:
             got = self.store.get(key, if_generation_not_match=self._generation)
         except NotFound:
@@ -281,9 +273,9 @@ class Agent:
                 self.recover()
             self._read_server_file()
         except PushError as e:
-            global_error = f"cannot read {server_key(self.server)}: {e}"
+            global_error = f"cannot read {server_file_key(self.server)}: {e}"
         except Exception as e:  # a client library's own error: the store is unusable now
-            global_error = f"cannot read {server_key(self.server)}: {type(e).__name__}: {e}"
+            global_error = f"cannot read {server_file_key(self.server)}: {type(e).__name__}: {e}"
         if global_error is None and self._server_file_error is not None:
             global_error = self._server_file_error
         if global_error is not None:
@@ -318,7 +310,8 @@ class Agent:
         prev = self._global_failure
         attempts = prev.attempts + 1 if prev and prev.error == error else 1
         delay = self.options.backoff.delay(attempts)
-        self._global_failure = Failure(None, error, attempts, _now_iso(), time.monotonic() + delay, _wall_in(delay))
+        self._global_failure = Failure(None, error, attempts, timestamps.now_text(), time.monotonic() + delay,
+                                       timestamps.text_in(delay))
         log.warning("step failed", extra={"event": "step.error", "error": error, "attempts": attempts,
                                           "retry_in": round(delay, 1)})
 
@@ -391,7 +384,8 @@ class Agent:
         prev = self._failures.get(app)
         attempts = prev.attempts + 1 if prev is not None and prev.release == release else 1
         delay = self.options.backoff.delay(attempts)
-        self._failures[app] = Failure(release, error, attempts, _now_iso(), time.monotonic() + delay, _wall_in(delay))
+        self._failures[app] = Failure(release, error, attempts, timestamps.now_text(), time.monotonic() + delay,
+                                      timestamps.text_in(delay))
         log.warning("app failed", extra={"event": "app.error", "app": app, "release": release, "error": error,
                                          "attempts": attempts, "retry_in": round(delay, 1)})
 
@@ -628,7 +622,7 @@ class Agent:
             apps[app] = st
         if sf is None:
             in_sync = False
-        return AgentStatus(server=self.server, agent_version=__version__, time=_now_iso(),
+        return AgentStatus(server=self.server, agent_version=__version__, time=timestamps.now_text(),
                            hostname=self.options.hostname, server_file_generation=self._generation,
                            in_sync=in_sync, step=self.step_count, apps=apps, error=error)
 

@@ -22,13 +22,15 @@ from push import __version__
 from push.agent.agent import SELF_APP, Agent, AgentOptions
 from push.agent.backoff import Backoff
 from push.agent.dpkg import Dpkg
+from push.agent.errors import AgentError
 from push.agent.metrics import Metrics
+from push.agent.services import ServiceManager, SystemdManager
 from push.agent.state import StateLock
 from push.agent.supervisor import SandboxSupervisor
 from push.agent.triggers import GceMetadataTrigger, Wakeup, WatchTrigger, gce_instance_name
-from push.agent.services import ServiceManager, SystemdManager
-from push.errors import PushError
-from push.serverfile import check_server
+from push.errors import InvalidRequest, PushError
+from push.exits import INTERRUPTED, exit_code
+from push.names import check_server
 from push.store import open_store
 
 log = logging.getLogger("push.agent")

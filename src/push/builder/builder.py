@@ -17,13 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from push import catalog
 from push.builder import checks, control, dpkgdeb, git, manifest, python, staging
 from push.builder.errors import BuildError
 from push.errors import Conflict, NotFound
-from push.release import Release, ReleaseInfo, check_app
+from push.names import check_app
+from push.release import Release, ReleaseInfo
 from push.store import ObjectInfo, Store
 
 _HASH_RE = re.compile(r"[0-9a-f]{40}")

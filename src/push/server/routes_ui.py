@@ -19,10 +19,11 @@ from markupsafe import Markup
 
 from push import fleet, serverfile, unitrequests
 from push.errors import InvalidRequest, NotFound, PushError
-from push.release import Release, check_app
+from push.names import check_app, check_server
+from push.release import Release
 from push.server.app import PushServer, RetryForm, error_response, server_of, set_csrf_cookie
 from push.server.auth import Identity
-from push.serverfile import ServerFile, check_server
+from push.serverfile import ServerFile
 
 router = APIRouter(include_in_schema=False)
 
@@ -109,9 +110,7 @@ def _after_change(push: PushServer, change: fleet.Change, url: str) -> RedirectR
 
 
 def _allowed(push: PushServer, server: str, app: str | None = None) -> None:
-    check_server(server)
-    if server not in push.ctx.config.servers:
-        raise NotFound(f"server {server!r} is not in {push.ctx.config.source}")
+    push.ctx.config.require_server(server)
     if app is not None:
         check_app(app)
 
