@@ -272,10 +272,10 @@ class Agent:
             if not self._recovered:
                 self.recover()
             self._read_server_file()
-        except PushError as e:
+        except PushError as e:  # the store only ever raises these (push.store.base)
             global_error = f"cannot read {server_file_key(self.server)}: {e}"
-        except Exception as e:  # a client library's own error: the store is unusable now
-            global_error = f"cannot read {server_file_key(self.server)}: {type(e).__name__}: {e}"
+        except OSError as e:  # recovery could not use the state directory
+            global_error = f"cannot recover in {self.state_dir}: {e}"
         if global_error is None and self._server_file_error is not None:
             global_error = self._server_file_error
         if global_error is not None:
@@ -290,7 +290,7 @@ class Agent:
             if set(reasons) - {"poll"} or started - self._requests_checked >= self.options.requests_interval:
                 self._unit_requests()
             report = self._report(None)
-        except Exception as e:  # dpkg-query itself failing, the state dir unwritable, ...
+        except Exception as e:  # the step's one guard: dpkg-query failing, the state dir unwritable, a bug
             log.exception("step failed")
             self._fail_global(f"{type(e).__name__}: {e}" if not isinstance(e, PushError) else str(e))
             report = self._report(self._global_failure.error if self._global_failure else str(e))
@@ -436,7 +436,7 @@ class Agent:
             self._fail(app, rel.name, f"download failed: {e}")
             self.metrics.installs.labels(app, "failed").inc()
             return
-        except Exception as e:  # a store client's own error mid-download, an OSError, ...
+        except OSError as e:  # the download or the state directory could not be written
             self._fail(app, rel.name, f"{type(e).__name__}: {e}")
             self.metrics.installs.labels(app, "failed").inc()
             return
@@ -492,7 +492,7 @@ class Agent:
                 self._installed = None
                 self._start_units(app, prev_package, prev_version or "", only_inactive=True)
                 notes.append(f"rolled back to {prev_release}")
-            except Exception as e:
+            except (PushError, OSError) as e:
                 log.warning("rollback failed", extra={"event": "install.rollback-failed", "app": app, "error": str(e)})
                 notes.append(f"rollback to {prev_release} failed too: {e}")
         return f" ({'; '.join(notes)})" if notes else ""
@@ -636,7 +636,7 @@ class Agent:
         self._last_publish_try = time.monotonic()
         try:
             status_mod.write(self.store, report)
-        except Exception as e:  # the report is retried next step; the step's work stands
+        except PushError as e:  # the report is retried next step; the step's work stands
             self.metrics.reports.labels("failed").inc()
             log.warning("cannot publish status", extra={"event": "report.error", "error": str(e)})
             return

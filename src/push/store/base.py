@@ -3,6 +3,12 @@
 A generation is an opaque string that changes on every write of a key (a counter on the
 local store, the object generation on GCS, the ETag on S3). Writes can be made
 conditional on it, which is what makes compare-and-swap on server files possible.
+
+The contract every backend keeps (tests/test_store_contract.py): only Push's errors leave
+it. A missing object is NotFound, a failed precondition Conflict, a bad key InvalidKey,
+and everything the client library or the operating system raises is StoreUnavailable (or
+CorruptObject for a failed checksum), with the key in the message. Callers never need to
+catch a client library's exceptions.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import random
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -46,6 +48,14 @@ _UNAVAILABLE = (
     requests.exceptions.Timeout,
     google.auth.exceptions.GoogleAuthError,
 )
+# Whatever else the client or the network may raise: an endpoint that is not GCS (its
+# answer is no JSON), a connection dropped mid-body, a socket error.
+_UNEXPECTED = (requests.exceptions.RequestException, ValueError, OSError)
+# How often a whole-object read starts again when the object is replaced while it is read
+# (an agent's report is rewritten often): a short random pause between tries keeps a
+# reader from falling into step with a writer.
+_GET_ATTEMPTS = 10
+_GET_PAUSE = 0.005
 
 
 def _make_client(bucket: str) -> storage.Client:
@@ -214,27 +224,34 @@ class GCSStore(Store):
             yield
         except gexc.NotFound as e:
             if missing == "bucket" or _NO_BUCKET in str(e).lower():
-                raise StoreUnavailable(f"GCS bucket {self.bucket_name} does not exist") from None
+                raise StoreUnavailable(f"GCS bucket {self.bucket_name} does not exist (using {key})",
+                                       store=self.url, key=key) from None
             if missing == "generation":
-                raise Conflict(f"{key} changed in {self.url} while it was being read") from None
-            raise NotFound(f"{key} not found in {self.url}") from None
+                raise Conflict(f"{key} changed in {self.url} while it was being read", key=key) from None
+            raise NotFound(f"{key} not found in {self.url}", key=key) from None
         except gexc.PreconditionFailed:
-            raise Conflict(f"{key} in {self.url} was changed by someone else") from None
+            raise Conflict(f"{key} in {self.url} was changed by someone else", key=key) from None
         except DataCorruption as e:
-            raise PushError(f"{key}: transfer to or from {self.url} failed its CRC32C check") from e
+            raise CorruptObject(f"{key}: transfer to or from {self.url} failed its CRC32C check",
+                                store=self.url, key=key) from e
         except InvalidResponse as e:
             raise StoreUnavailable(f"GCS bucket {self.bucket_name}{self._at} gave an unexpected answer for "
-                                   f"{key}: {_first_line(e)}") from e
+                                   f"{key}: {_first_line(e)}", store=self.url, key=key) from e
         except _UNAVAILABLE as e:
-            raise StoreUnavailable(f"cannot use GCS bucket {self.bucket_name}{self._at}: {_reason(e)}") from e
+            raise StoreUnavailable(f"cannot use GCS bucket {self.bucket_name}{self._at} for {key}: {_reason(e)}",
+                                   store=self.url, key=key) from e
         except gexc.GoogleAPICallError as e:
-            raise PushError(f"GCS refused an operation on {key} in {self.url}: {_first_line(e)}") from e
+            raise StoreError(f"GCS refused an operation on {key} in {self.url}: {_first_line(e)}",
+                             store=self.url, key=key) from e
+        except _UNEXPECTED as e:
+            raise StoreUnavailable(f"GCS bucket {self.bucket_name}{self._at} gave an unexpected answer for "
+                                   f"{key}: {type(e).__name__}: {_first_line(e)}", store=self.url, key=key) from e
 
     def _get_blob(self, key: str, name: str) -> storage.Blob:
         with self._errors(key):
             blob = self._bucket.get_blob(name, retry=_RETRY, timeout=_TIMEOUT)
         if blob is None:
-            raise NotFound(f"{key} not found in {self.url}")
+            raise NotFound(f"{key} not found in {self.url}", key=key)
         return blob
 
     # -- the Store interface ---------------------------------------------------------------
@@ -252,7 +269,9 @@ class GCSStore(Store):
         # Look first, then download exactly the generation looked at: when it is unchanged
         # this costs one metadata request and moves no contents at all (fake-gcs-server
         # ignores ifGenerationNotMatch on downloads, so a 304 alone could not promise that).
-        for _ in range(5):
+        for attempt in range(_GET_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, _GET_PAUSE * attempt))
             blob = self._get_blob(key, name)
             if if_generation_not_match is not None and str(blob.generation) == if_generation_not_match:
                 return None
@@ -262,9 +281,9 @@ class GCSStore(Store):
                     data = pinned.download_as_bytes(raw_download=True, checksum="crc32c",
                                                     retry=_RETRY, timeout=_TIMEOUT)
             except Conflict:
-                continue  # replaced between the look and the download: look again
+                continue  # replaced between the look and the download: look again, at the new one
             return data, self._info(blob)
-        raise Conflict(f"{key} in {self.url} keeps changing; could not read it")
+        raise Conflict(f"{key} in {self.url} was replaced {_GET_ATTEMPTS} times while being read", key=key)
 
     def put(self, key: str, data: bytes | BinaryIO, metadata: dict[str, str] | None = None, *,
             if_generation_match: str | None = None, if_absent: bool = False,

@@ -119,30 +119,39 @@ class S3Store(Store):
 
     def _error(self, e: Exception, key: str) -> PushError:
         """Translate an S3 fault into Push's errors, once, here."""
+        url = self.url
         if isinstance(e, ClientError):
             err = e.response.get("Error", {})
             code = str(err.get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             message = err.get("Message") or code
             if code == "NoSuchBucket":
-                return StoreUnavailable(f"{self._where()} does not exist")
+                return StoreUnavailable(f"{self._where()} does not exist (using {key})", store=url, key=key)
             if code in _NOT_FOUND:
-                return NotFound(f"{key} not found in {self.url}")
+                return NotFound(f"{key} not found in {url}", key=key)
             if code in _CONFLICT or status == 412:
-                return Conflict(f"{key} in {self.url} was changed by someone else")
+                return Conflict(f"{key} in {url} was changed by someone else", key=key)
             if code in _REFUSED or status in (401, 403):
-                return StoreUnavailable(f"{self._where()} refused our credentials: {message}")
+                return StoreUnavailable(f"{self._where()} refused our credentials for {key}: {message}",
+                                        store=url, key=key)
             if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError"):
-                return StoreUnavailable(f"{self._where()} is unavailable: {message}")
-            return PushError(f"S3 refused an operation on {key} in {self.url}: {message}")
+                return StoreUnavailable(f"{self._where()} is unavailable ({key}): {message}", store=url, key=key)
+            return StoreError(f"S3 refused an operation on {key} in {url}: {message}", store=url, key=key)
         if isinstance(e, _UNAVAILABLE):
-            return StoreUnavailable(f"cannot reach {self._where()}: {e}")
-        return PushError(f"S3 operation on {key} in {self.url} failed: {e}")
+            return StoreUnavailable(f"cannot reach {self._where()} for {key}: {e}", store=url, key=key)
+        return StoreUnavailable(f"S3 operation on {key} in {url} failed: {e}", store=url, key=key)
+
+    def _generation_of(self, key: str, response: dict[str, Any]) -> str:
+        etag = response.get("ETag")
+        if not isinstance(etag, str) or not etag:
+            raise StoreUnavailable(f"{self._where()} gave an unexpected answer for {key} (no ETag): "
+                                   "is the endpoint S3?", store=self.url, key=key)
+        return _generation(etag)
 
     def _info(self, key: str, response: dict[str, Any]) -> ObjectInfo:
         return ObjectInfo(
             key=key,
-            generation=_generation(response["ETag"]),
+            generation=self._generation_of(key, response),
             size=int(response.get("ContentLength", 0)),
             metadata={k: _decode_value(v) for k, v in (response.get("Metadata") or {}).items()},
             updated=response.get("LastModified"),
@@ -212,9 +221,9 @@ class S3Store(Store):
         except (ClientError, BotoCoreError) as e:
             error = self._error(e, key)
             if isinstance(error, NotFound) and if_generation_match is not None:
-                error = Conflict(f"{key} in {self.url} was deleted by someone else")
+                error = Conflict(f"{key} in {self.url} was deleted by someone else", key=key)
             raise error from e
-        return ObjectInfo(key=key, generation=_generation(response["ETag"]), size=size,
+        return ObjectInfo(key=key, generation=self._generation_of(key, response), size=size,
                           metadata=meta, updated=datetime.now(timezone.utc))
 
     def _put_multipart(self, common: dict[str, str], conditions: dict[str, str], s3_meta: dict[str, str],
