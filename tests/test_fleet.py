@@ -334,7 +334,8 @@ def test_poll_racing_a_local_write_never_goes_back(ctx, bucket, rels, monkeypatc
     monkeypatch.setattr(bucket, "get", get_then_write)
     view.refresh(include_catalog=False)
     monkeypatch.setattr(bucket, "get", real_get)
-    assert view.server_file("web-1").release_of("hello").name == rels[1].name
+    [state] = view.server_states("web-1")
+    assert [a["desired"] for a in state.data["apps"] if a["app"] == "hello"] == [rels[1].name]
 
 
 def test_new_release_marks_servers_out_of_date(ctx, bucket, rels):

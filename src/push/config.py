@@ -47,9 +47,6 @@ class Config:
     def apps_for(self, server: str) -> tuple[str, ...]:
         return self.servers.get(server, ())
 
-    def allows(self, server: str, app: str) -> bool:
-        return app in self.servers.get(server, ())
-
     def require_server(self, server: str) -> tuple[str, ...]:
         """The apps allowed on `server`; UnknownServer if the config does not list it."""
         apps = self.servers.get(check_server(server))

@@ -557,11 +557,6 @@ class FleetView:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def server_file(self, server: str) -> ServerFile:
-        self.ensure_loaded()
-        with self._lock:
-            return self._files.get(server) or ServerFile(server)
-
     def report(self, server: str) -> AgentStatus | None:
         self.ensure_loaded()
         with self._lock:

@@ -182,9 +182,6 @@ class ReleaseInfo:
             extra=extra,
         )
 
-    def with_extra(self, **extra: str) -> ReleaseInfo:
-        return replace(self, extra={**self.extra, **extra})
-
     def to_json(self) -> dict[str, object]:
         r = self.release
         return {

@@ -145,7 +145,3 @@ def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile]
                 raise
     raise AssertionError("unreachable")
 
-
-def list_servers(store: Store) -> list[str]:
-    """Every server that has a file in the store."""
-    return [s for i in store.list(layout.SERVER) if (s := layout.server_of_file_key(i.key)) is not None]

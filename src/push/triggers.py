@@ -146,7 +146,7 @@ class Triggers:
         self.gce_ok += 1
         log.info("pushrev of %s set in %.0f ms", server, (time.monotonic() - start) * 1000)
 
-    def flush(self, timeout: float = 30.0) -> None:
+    def flush(self) -> None:
         """Wait for background GCE writes (tests, shutdown)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)

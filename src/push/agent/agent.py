@@ -645,9 +645,6 @@ class Agent:
         log.info("status published", extra={"event": "report", "in_sync": report.in_sync,
                                             "summary": json.dumps({a: s.state for a, s in report.apps.items()})})
 
-    def last_report(self) -> dict[str, object] | None:
-        return self._last_report
-
     def heartbeat_in(self) -> float:
         """Seconds until the report is due again (so the push server sees the agent alive)."""
         # Counted from the last try, so a store that refuses reports is not hammered.

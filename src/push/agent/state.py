@@ -68,13 +68,6 @@ class AgentState:
     def app(self, app: str) -> AppRecord:
         return self.apps.setdefault(app, AppRecord())
 
-    def owner_of(self, package: str) -> str | None:
-        """The app whose packages include `package` (None: Push did not install it)."""
-        for app, rec in self.apps.items():
-            if package in rec.packages:
-                return app
-        return None
-
 
 class StateLock:
     """An exclusive lock on the state directory, held for the agent's lifetime."""

@@ -192,13 +192,11 @@ def kill_leftover_units(root: Path) -> None:
             continue
         if pid <= 1 or start is None or int(stat.rsplit(")", 1)[1].split()[19]) != start:
             continue
-        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        # Its process group first (the unit's children too), else the process alone.
+        for kill in (os.killpg, os.kill):
             try:
-                kill()
+                kill(pid, signal.SIGKILL)
                 break
             except (ProcessLookupError, PermissionError):
                 continue
 
-
-def read_json(url: str) -> object:
-    return json.loads(http_get(url))
