@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from emulators import Emulator, start_fake_gcs, start_moto
 
+from emulators import Emulator, start_fake_gcs, start_moto
 from push.store import Store, open_store
 
 DEAD_LOCAL = "127.0.0.1:9"

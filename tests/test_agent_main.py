@@ -249,7 +249,7 @@ class WatchServer:
             def log_message(self, *a: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 url = urllib.parse.urlparse(self.path)
                 q = urllib.parse.parse_qs(url.query)
                 if not url.path.startswith("/api/v1/watch/"):

@@ -228,7 +228,7 @@ def test_systemd_manager_speaks_systemctl(tmp_path: Path) -> None:
     m.restart(["a.service"])
     assert m.states(["a.service", "b.service", "c.service"]) == {
         "a.service": "active", "b.service": "failed", "c.service": "not-found"}
-    with pytest.raises(UnitError, match="Job for bad.service failed"):
+    with pytest.raises(UnitError, match=r"Job for bad\.service failed"):
         m.restart(["bad.service"])
     m.disable(["a.service"])
     assert calls.read_text().splitlines() == [

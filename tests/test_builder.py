@@ -113,7 +113,8 @@ def test_releases_json_lists_both_newest_first_with_all_metadata(two_releases: d
     listed = json.loads(result.out)
     assert [r["name"] for r in listed] == two_releases["names"][::-1]
     store = open_store(str(two_releases["store"]))
-    for entry, note, commit_hash in zip(listed, ["second release", "first release"], two_releases["hashes"][::-1]):
+    for entry, note, commit_hash in zip(listed, ["second release", "first release"], two_releases["hashes"][::-1],
+                                        strict=True):
         obj = store.stat(Release.parse(entry["name"]).key)
         assert entry["app"] == "hello"
         assert entry["note"] == note

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from buildapp import Result, commit, git, make_repo, push
 
+from buildapp import Result, commit, git, make_repo, push
 from push.catalog import Catalog
 from push.store import open_store
 

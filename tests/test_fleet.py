@@ -4,6 +4,7 @@ import json
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
@@ -34,7 +35,8 @@ def test_deploy_writes_server_file_and_history(ctx, rels):
     assert change.changed and change.from_ is None and change.to == rels[1].name
     assert serverfile.read(ctx.store, "web-1").entries == (rels[1].name,)
     rec = ctx.history.records(server="web-1")[0]
-    assert (rec.who, rec.action, rec.from_, rec.to, rec.note, rec.via) == ("alice", "deploy", None, rels[1].name, "why", "test")
+    assert (rec.who, rec.action, rec.from_, rec.to, rec.note, rec.via) == (
+        "alice", "deploy", None, rels[1].name, "why", "test")
 
 
 def test_deploy_latest(ctx, rels):
@@ -88,7 +90,8 @@ def test_concurrent_deploys_of_different_apps_both_land(ctx, bucket, rels):
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=go, args=("hello", rels[0].name)), threading.Thread(target=go, args=("pulld", p.name))]
+    threads = [threading.Thread(target=go, args=("hello", rels[0].name)),
+               threading.Thread(target=go, args=("pulld", p.name))]
     for t in threads:
         t.start()
     for t in threads:
@@ -161,7 +164,8 @@ def test_unit_action_records_request_and_history(ctx, bucket, rels):
 
 def test_triggers_fire_after_each_change(bucket, tmp_path, rels):
     woken = []
-    ctx = fleet.Context.open(bucket, make_config(tmp_path), triggers=Triggers(make_config(tmp_path), on_change=woken.append))
+    triggers = Triggers(make_config(tmp_path), on_change=woken.append)
+    ctx = fleet.Context.open(bucket, make_config(tmp_path), triggers=triggers)
     fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
     fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)  # no change: no trigger
     fleet.unit_action(ctx, "a", "web-1", "hello.service", "stop")
@@ -171,8 +175,8 @@ def test_triggers_fire_after_each_change(bucket, tmp_path, rels):
 class FakeCompute(BaseHTTPRequestHandler):
     """The two Compute API calls GCE metadata writes need, with fingerprints."""
 
-    instances: dict = {}
-    calls: list = []
+    instances: ClassVar[dict[str, dict[str, object]]] = {}
+    calls: ClassVar[list[object]] = []
 
     def log_message(self, *a):
         pass
@@ -299,7 +303,8 @@ def test_release_picker_lists_servers(ctx, bucket, rels):
     got = view.releases("hello")
     assert [r["name"] for r in got] == [r.name for r in reversed(rels)]
     row = got[1]
-    assert row["desired_on"] == ["web-1"] and row["running_on"] == ["web-2"] and row["short_hash"] == rels[2].release.short_hash
+    assert row["desired_on"] == ["web-1"] and row["running_on"] == ["web-2"]
+    assert row["short_hash"] == rels[2].release.short_hash
 
 
 def test_deploy_rollback_and_view_on_every_store(store, tmp_path):
@@ -346,4 +351,4 @@ def test_new_release_marks_servers_out_of_date(ctx, bucket, rels):
     assert view.refresh_catalog() is True
     hello = view.state(server="web-1")["servers"][0]["apps"][0]
     assert hello["latest"] == newer.name and "out_of_date" in hello["marks"]
-    assert [r["name"] for r in view.releases("hello")][0] == newer.name
+    assert view.releases("hello")[0]["name"] == newer.name

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from fleetdata import TOKENS, conf_text, make_release, report
-from pushserver import PushServerProcess
 from push.cli import main
 from push.store.local import LocalStore
+from pushserver import PushServerProcess
 
 
 @pytest.fixture

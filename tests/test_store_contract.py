@@ -339,7 +339,7 @@ def test_paged_listing(store: Store) -> None:
 
     assert [i.key for i in store.list("debs/app/", page_size=10, start_after="debs/app/app-09.deb")] == keys[10:]
     assert [i.key for i in store.list("debs/app/", page_size=3, start_after="debs/app/app-09")] == keys[9:]
-    assert [i.key for i in store.list("debs/app")] == keys + ["debs/app2/x.deb", "debs/apps"]
+    assert [i.key for i in store.list("debs/app")] == [*keys, "debs/app2/x.deb", "debs/apps"]
     assert [i.key for i in store.list("debs/")][:1] == ["debs/ap"]
     assert list(store.list("nothing/")) == []
     assert len(list(store.list(""))) == 29

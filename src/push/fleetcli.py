@@ -186,7 +186,8 @@ class Remote:
         records = self._call("GET", "/api/v1/history", params={**params, "limit": limit})
         return [Record.from_json(r).to_json() for r in records]
 
-    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any, note: str) -> dict[str, Any]:
+    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any,
+               note: str) -> dict[str, Any]:
         body: dict[str, Any] = {"release": release, "latest": latest, "note": note}
         if expect is not _UNSET:
             body["expected_from"] = expect

@@ -122,7 +122,7 @@ class History:
     def write(self, record: Record) -> Record:
         """Store a record under its three keys (create-only: ids never collide silently)."""
         body = (json.dumps(record.to_json(), indent=1) + "\n").encode()
-        for key in record.keys():
+        for key in record.keys():  # noqa: SIM118 - a Record's keys in the bucket, not a dict
             self.store.put(key, body, if_absent=True, content_type="application/json")
         self._remember(record.id, record)
         return record

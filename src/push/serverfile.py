@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from push.errors import Conflict, InvalidInput, InvalidServerFile, NotFound
-from push import layout
 from push.layout import server_file_key
 from push.names import check_app, check_server
 from push.release import Release, app_of
@@ -126,7 +125,8 @@ def write(store: Store, new: ServerFile) -> ServerFile:
     return ServerFile(new.server, new.entries, info.generation)
 
 
-def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile], attempts: int = 5) -> tuple[ServerFile, ServerFile]:
+def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile],
+           attempts: int = 5) -> tuple[ServerFile, ServerFile]:
     """Read-modify-write with compare-and-swap, re-reading on Conflict.
 
     `change` is called on fresh data each attempt and may raise (for example Conflict when

@@ -51,7 +51,7 @@ class ComputeMetadata:
         self.endpoint = endpoint.rstrip("/")
         host = urlparse(self.endpoint).hostname or ""
         self._needs_credentials = host.endswith(".googleapis.com")
-        self._credentials = None
+        self._credentials: Credentials | None = None
         self._cred_lock = threading.Lock()
         # trust_env=False: no proxy variable may send this anywhere but the endpoint.
         self._http = httpx.Client(timeout=timeout, trust_env=False)

@@ -226,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         port = metrics.serve(args.metrics_port, args.metrics_addr)
         if port:
             log.info("metrics listening", extra={"event": "metrics", "addr": args.metrics_addr, "port": port})
-    triggers = []
+    triggers: list[WatchTrigger | GceMetadataTrigger] = []
     if args.push_url:
         triggers.append(WatchTrigger(args.push_url, server, wakeup, timeout=args.watch_timeout,
                                      on_fire=lambda s: metrics.triggers.labels(s).inc()))

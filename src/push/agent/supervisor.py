@@ -10,6 +10,7 @@ pulld restarted after `kill -9` adopts the processes that are still running.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -326,10 +327,8 @@ class SandboxSupervisor(ServiceManager):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def _watch(self, interval: float) -> None:
         while not self._closed.wait(interval):

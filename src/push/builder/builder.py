@@ -155,7 +155,7 @@ class _PackageSettings:
 
     @classmethod
     def resolve(cls, req: BuildRequest, loaded: manifest.Manifest | None) -> _PackageSettings:
-        def setting(name: str):  # the command line wins over the manifest
+        def setting(name: str) -> Any:  # the command line wins over the manifest
             value = getattr(req, name)
             return value if value is not None or loaded is None else getattr(loaded, name)
 
@@ -294,7 +294,7 @@ class _CountingReader:
         self._on_bytes(len(data))
         return data
 
-    def __getattr__(self, name: str):  # seek, tell, fileno... for clients that use them
+    def __getattr__(self, name: str) -> Any:  # seek, tell, fileno... for clients that use them
         return getattr(self._f, name)
 
 

@@ -10,13 +10,12 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import webbrowser
 from pathlib import Path
 
 from push.demo.apps import APPS, stage
-from push.demo.fleet import HOST, LocalFleet, bin_path, http_get, port_is_free, free_port
+from push.demo.fleet import HOST, LocalFleet, bin_path, free_port, http_get, port_is_free
 from push.errors import PushError
 
 SERVERS = ("demo-1", "demo-2", "demo-3")
@@ -75,7 +74,8 @@ def build_releases(workdir: Path, store: str) -> dict[str, list[str]]:
     return names
 
 
-def setup(workdir: Path, server_port: int, app_port_base: int) -> tuple[LocalFleet, dict[str, list[str]], dict]:
+def setup(workdir: Path, server_port: int, app_port_base: int
+          ) -> tuple[LocalFleet, dict[str, list[str]], dict[tuple[str, str], int]]:
     workdir.mkdir(parents=True, exist_ok=True)
     store = f"file://{workdir / 'bucket'}"
     config = workdir / "skiapush.conf"

@@ -62,7 +62,8 @@ def setup_filters(push: PushServer) -> None:
                            short=fleet.short)
 
 
-def _page(request: Request, template: str, identity: Identity | None, status: int = 200, **context: Any) -> HTMLResponse:
+def _page(request: Request, template: str, identity: Identity | None, status: int = 200,
+          **context: Any) -> HTMLResponse:
     push = server_of(request)
     setup_filters(push)
     html = push.templates.get_template(template).render(
@@ -166,11 +167,12 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
     if since and since == digest and request.headers.get("hx-request"):
         return Response(status_code=204)
     live_params = {**params, **({"page": str(page)} if page > 1 else {}), **({"all": "1"} if all else {})}
-    context = dict(rows=rows, count=len(states), server=server, app=app,
+    context: dict[str, Any] = dict(rows=rows, count=len(states), server=server, app=app,
                    live_link="/?" + urlencode({**live_params, "since": digest}),
                    problems=problems, total=len(push.ctx.config.servers),
                    with_problems=sum(1 for s in states if s.data["problems"]),
-                   first=(page - 1) * PER_PAGE + 1 if not all else 1, last=(page - 1) * PER_PAGE + len(shown) if not all else len(states),
+                   first=(page - 1) * PER_PAGE + 1 if not all else 1,
+                   last=(page - 1) * PER_PAGE + len(shown) if not all else len(states),
                    pages=1 if all else pages, page=page,
                    prev_link=link(page - 1) if page > 1 and not all else None,
                    next_link=link(page + 1) if page < pages and not all else None,
@@ -184,7 +186,7 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
 def server_page(request: Request, server: str, done: str | None = None) -> Response:
     push, identity = _viewer(request)
     _allowed(push, server)
-    state = [s for s in push.view.server_states(server) if s.server == server][0]
+    state = next(s for s in push.view.server_states(server) if s.server == server)
     units = fleet.units_of(push.ctx, server, push.view.report(server))
     states = {}
     for app_state in state.data["apps"]:
@@ -213,7 +215,7 @@ def app_page(request: Request, app: str, done: str | None = None) -> Response:
 def picker(request: Request, server: str, app: str, done: str | None = None) -> Response:
     push, identity = _viewer(request)
     _allowed(push, server, app)
-    state = [s for s in push.view.server_states(server) if s.server == server][0]
+    state = next(s for s in push.view.server_states(server) if s.server == server)
     app_state = next((a for a in state.data["apps"] if a["app"] == app), None)
     if app_state is None:
         raise NotFound(f"{app} is not allowed on {server} (see {push.ctx.config.source})")
@@ -362,8 +364,9 @@ def history_page(request: Request, server: str = "", app: str = "", before: str 
     records = push.ctx.history.records(server or None, app or None, limit=100, before=before or None)
     older = None
     if len(records) == 100:
-        older = "/history?" + urlencode({k: v for k, v in (("server", server), ("app", app), ("before", records[-1].id)) if v})
-    context = dict(records=records, server=server, app=app, older=older,
+        query = (("server", server), ("app", app), ("before", records[-1].id))
+        older = "/history?" + urlencode({k: v for k, v in query if v})
+    context: dict[str, Any] = dict(records=records, server=server, app=app, older=older,
                    servers=list(push.ctx.config.servers),
                    apps=sorted({a for apps in push.ctx.config.servers.values() for a in apps}))
     if request.headers.get("hx-request") and request.headers.get("hx-target") == "history":

@@ -121,8 +121,10 @@ class Store(abc.ABC):
         """Start a streaming read of `key`; NotFound if absent."""
 
     def get(self, key: str, if_generation_not_match: str | None = None) -> tuple[bytes, ObjectInfo] | None:
-        """Read a small object whole. Returns None, downloading nothing, when its
-        generation still equals `if_generation_not_match`."""
+        """Read a small object whole, with the generation of exactly those bytes. Returns
+        None, downloading nothing, when its generation still equals `if_generation_not_match`.
+        An object replaced while it is read is read again (a reader of a report that is
+        rewritten often never fails for that), a few times at most."""
         if if_generation_not_match is not None:
             info = self.stat(key)
             if info.generation == if_generation_not_match:

@@ -13,10 +13,11 @@ metadata names. Metadata values that are not printable ASCII are stored RFC 2047
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
-from datetime import datetime, timezone
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
 import boto3
@@ -84,9 +85,11 @@ class _S3Reader(Reader):
 
     def read(self, size: int = -1) -> bytes:
         try:
-            return self._body.read(None if size is None or size < 0 else size)
+            data: bytes = self._body.read(None if size is None or size < 0 else size)
+            return data
         except (BotoCoreError, OSError) as e:
-            raise StoreUnavailable(f"reading {self.info.key} from {self._store.url} failed: {e}") from e
+            raise StoreUnavailable(f"reading {self.info.key} from {self._store.url} failed: {e}",
+                                   store=self._store.url, key=self.info.key) from e
 
     def close(self) -> None:
         self._body.close()
@@ -246,10 +249,8 @@ class S3Store(Store):
                 UploadId=upload_id, MultipartUpload={"Parts": parts}, **common, **conditions)
         except BaseException:
             # Nothing half-written may remain: drop the parts whatever went wrong.
-            try:
+            with contextlib.suppress(ClientError, BotoCoreError):
                 self._s3.abort_multipart_upload(UploadId=upload_id, **common)
-            except (ClientError, BotoCoreError):
-                pass
             raise
         return response, size
 
