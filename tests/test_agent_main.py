@@ -22,12 +22,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from agentpkgs import make_release, set_server_file
 from emulators import free_port
-
 from push import status
 from push.agent.dpkg import Dpkg
 from push.store import Store, open_store
+
+# pulld as a process: seconds each
+pytestmark = pytest.mark.slow
 
 SERVER = "s1"
 

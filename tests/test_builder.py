@@ -16,13 +16,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from buildapp import commit, deb_field, deb_paths, dpkg, git, installed, make_repo, push, stage_hello
 
+from buildapp import commit, deb_field, deb_paths, dpkg, git, installed, make_repo, push, stage_hello
 from push.builder import BuildRequest, build, upload
 from push.catalog import Catalog
 from push.errors import Conflict
 from push.release import Release
 from push.store import open_store
+
+# real builds with dpkg-deb and lintian
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from push.demo.apps import stage
 from push.demo.fleet import LocalFleet, free_port, http_get
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
 def push(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -171,6 +171,7 @@ def test_serve_refuses_no_auth_off_loopback(setup, tmp_path):
     assert r.returncode == 5 and "only when binding to 127.0.0.1" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_thousand_idle_watchers_on_a_real_server(setup, server, capsys):
     """Idle agents cost no thread: 1,000 long-polls are all woken by one deploy."""
     bucket, rels, _ = setup

@@ -411,6 +411,7 @@ def test_url_prefix_keeps_keys_apart(store: Store, store_url: str) -> None:
 # -- failures of the store itself ------------------------------------------------------
 
 
+@pytest.mark.slow  # GCS retries for five seconds before it gives up
 @pytest.mark.parametrize("kind", CLOUD)
 def test_unreachable_store_fails_fast(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if kind == "gcs":
@@ -626,6 +627,7 @@ def _increment(url: str, times: int, start: multiprocessing.synchronize.Barrier,
     results.put(conflicts)
 
 
+@pytest.mark.slow  # four spawned Python processes
 def test_cross_process_cas_on_local_store(tmp_path: Path) -> None:
     url = f"file://{tmp_path / 'store'}"
     open_store(url).put("counter", b"0")
