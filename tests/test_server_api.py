@@ -445,8 +445,11 @@ def test_two_push_servers_on_one_bucket(bucket, tmp_path, rels):
 
 
 def test_healthz_and_metrics(client, rels):
-    h = client.get("/healthz")
-    assert h.status_code == 200 and h.json()["ok"] is True and h.json()["loaded"] is True
+    # 503 until the first bucket poll is done, which on a busy machine is after startup.
+    deadline = time.monotonic() + 10
+    while (h := client.get("/healthz")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert h.status_code == 200 and h.json()["ok"] is True and h.json()["loaded"] is True, h.json()
     deploy(client, rels[0].name)
     deploy(client, rels[1].name, expected_from=None)  # a 409
     text = client.get("/metrics").text
