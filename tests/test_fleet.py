@@ -10,7 +10,7 @@ import pytest
 
 from fleetdata import make_config, make_release, report
 from push import fleet, serverfile, unitrequests
-from push.errors import Conflict, NotAllowed, NotFound, PushError
+from push.errors import Conflict, InvalidName, NotAllowed, NotFound, PushError
 from push.store.local import LocalStore
 from push.triggers import Triggers
 
@@ -160,6 +160,14 @@ def test_unit_action_records_request_and_history(ctx, bucket, rels):
         fleet.unit_action(ctx, "ops", "web-1", "sshd.service", "stop")
     with pytest.raises(PushError, match="unknown unit action"):
         fleet.unit_action(ctx, "ops", "web-1", "hello.service", "reboot")
+
+
+def test_units_one_can_ask_for_are_the_releases_units_but_templates(ctx, bucket):
+    info = make_release(bucket, "hello", 9, services=("hello.service", "worker@.service", "hello.timer"))
+    fleet.deploy(ctx, "a", "web-1", "hello", info.name)
+    assert fleet.units_of(ctx, "web-1") == {"hello.service": "hello", "hello.timer": "hello"}
+    with pytest.raises(InvalidName, match="template"):
+        fleet.unit_action(ctx, "ops", "web-1", "worker@.service", "restart")
 
 
 def test_triggers_fire_after_each_change(bucket, tmp_path, rels):

@@ -31,6 +31,7 @@ from push.serverfile import ServerFile
 from push.status import AgentStatus
 from push.store import Store
 from push.triggers import Triggers
+from push.units import is_template
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,8 @@ def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
 
 def units_of(ctx: Context, server: str, report: AgentStatus | None = None) -> dict[str, str]:
     """unit -> app, for the apps skiapush.conf allows on `server`: the units named by the
-    desired releases' metadata, and those the agent reports."""
+    desired releases' metadata (templates left out: nothing to act on), and those the
+    agent reports."""
     sf = serverfile.read(ctx.store, server) or ServerFile(server)
     units: dict[str, str] = {}
     for app in ctx.config.apps_for(server):
@@ -310,7 +312,8 @@ def units_of(ctx: Context, server: str, report: AgentStatus | None = None) -> di
         if release is not None:
             try:
                 for unit in ctx.catalog.get(release.name).services:
-                    units[unit] = app
+                    if not is_template(unit):
+                        units[unit] = app
             except NotFound:
                 pass
         if report is not None and app in report.apps:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from push.errors import InvalidName
-from push.units import UNIT_SUFFIXES, UNIT_TYPES
+from push.units import UNIT_SUFFIXES, UNIT_TYPES, is_template
 
 APP_MAX = 64
 SERVER_MAX = 128
@@ -52,11 +52,14 @@ def check_server(server: str) -> str:
 
 
 def check_unit(unit: str) -> str:
-    """A systemd unit a request may name: NAME.TYPE, a type a package can ship (push.units)."""
+    """A systemd unit one can act on: NAME.TYPE, a type a package can ship (push.units), and
+    not a template (NAME@.TYPE starts nothing without an instance)."""
     rule = f"expected NAME.service (or .{', .'.join(UNIT_TYPES[1:])})"
     _check("unit name", unit, _UNIT_RE, UNIT_MAX, rule)
     if not unit.endswith(UNIT_SUFFIXES):
         raise _fail("unit name", unit, rule)
+    if is_template(unit):
+        raise _fail("unit name", unit, "a template names no instance to start, stop or restart")
     return unit
 
 
