@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from push.errors import AccessDenied, Conflict, InvalidConfig, InvalidStoreURL, PushError, StoreError
 
-OK = 0
 USAGE = 2  # also argparse's own code for a bad command line
 INTERRUPTED = 130
 
