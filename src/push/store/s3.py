@@ -16,6 +16,7 @@ import base64
 import contextlib
 import os
 import re
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, BinaryIO
@@ -51,6 +52,21 @@ _UNAVAILABLE = (BotoConnectionError, NoCredentialsError, PartialCredentialsError
                 CredentialRetrievalError, NoRegionError)
 
 _ENCODED = re.compile(r"^=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=$", re.IGNORECASE)
+
+
+_session: boto3.session.Session | None = None
+_session_lock = threading.Lock()
+
+
+def _client(endpoint: str | None) -> Any:
+    """An S3 client from one boto3 session shared by every store: a new session loads
+    botocore's service models again (a tenth of a second or more), a warm one makes a
+    client in milliseconds. Sessions are not thread-safe, so clients are made under a lock."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client("s3", endpoint_url=endpoint, config=_CONFIG)
 
 
 def _encode_value(value: str) -> str:
@@ -108,7 +124,7 @@ class S3Store(Store):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         self.endpoint = endpoint
         try:
-            self._s3 = boto3.session.Session().client("s3", endpoint_url=endpoint, config=_CONFIG)
+            self._s3 = _client(endpoint)
         except (BotoCoreError, ValueError) as e:
             raise StoreUnavailable(f"cannot set up S3 for {self.url}: {e}") from e
 
