@@ -476,7 +476,9 @@ class _NotAStore(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("kind", CLOUD)
+@pytest.mark.parametrize("kind", [pytest.param("gcs", id="gcs", marks=pytest.mark.gcs),
+                                  # botocore retries each call against it: seconds
+                                  pytest.param("s3", id="s3", marks=[pytest.mark.s3, pytest.mark.slow])])
 def test_an_endpoint_that_is_not_the_service_gives_only_push_errors(kind: str,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     # A web page where the API should answer made the client libraries' own exceptions
