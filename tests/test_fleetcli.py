@@ -220,5 +220,7 @@ def test_remote_errors_come_back_as_the_same_class() -> None:
     # A class this client does not know (a newer server): the nearest one by status.
     assert type(rebuilt(409, {"error": "x", "type": "SomethingNew"})).__name__ == "Conflict"
     assert type(rebuilt(502, {"error": "gateway"})) is StoreUnavailable
+    # An answer of FastAPI's own (a request that fails validation) keeps its words.
+    assert "field required" in str(rebuilt(422, {"detail": [{"msg": "field required"}]}))
     assert str(rebuilt(404, {"error": "no such thing", "type": "NotFound"})) == (
         "no such thing (push server http://127.0.0.1:1)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
 import os
 import socket
 import sys
@@ -137,7 +138,7 @@ def _error_from_answer(status: int, body: object, url: str) -> PushError:
     """The error the push server answered with, as the same class: by its `type`, else by status."""
     import push.fleet  # noqa: F401 - defines ChangedMeanwhile, which the server may name
 
-    message, cls = f"HTTP {status}", None
+    message, cls = f"HTTP {status}: {json.dumps(body)[:200]}", None  # e.g. FastAPI's 422 {"detail": ...}
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         message = body["error"]
         cls = error_class(str(body.get("type", "")))
