@@ -106,7 +106,8 @@ def s3_bucket(moto_s3: Emulator, moto_client: Any, monkeypatch: pytest.MonkeyPat
 STORE_KINDS = [
     pytest.param("local", id="local"),
     pytest.param("gcs", id="gcs", marks=pytest.mark.gcs),
-    pytest.param("s3", id="s3", marks=pytest.mark.s3),
+    # moto is the slowest of the three: S3 runs with the slow tests, local and GCS in the quick loop.
+    pytest.param("s3", id="s3", marks=[pytest.mark.s3, pytest.mark.slow]),
 ]
 
 

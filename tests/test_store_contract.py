@@ -185,7 +185,8 @@ def test_get_unchanged_returns_none(store: Store) -> None:
     assert (data, info.generation) == (b"two", v2.generation)
 
 
-CLOUD = [pytest.param("gcs", id="gcs", marks=pytest.mark.gcs), pytest.param("s3", id="s3", marks=pytest.mark.s3)]
+CLOUD = [pytest.param("gcs", id="gcs", marks=pytest.mark.gcs),
+         pytest.param("s3", id="s3", marks=[pytest.mark.s3, pytest.mark.slow])]
 
 
 @pytest.mark.parametrize("store_url", CLOUD, indirect=True)
