@@ -38,7 +38,8 @@ from pathlib import Path
 
 MB = 1024 * 1024
 GIT_HASH = "0" * 40
-UNIT = "[Unit]\nDescription=bench\n\n[Service]\nExecStart=/usr/local/bin/bench\n\n[Install]\nWantedBy=multi-user.target\n"
+UNIT = ("[Unit]\nDescription=bench\n\n[Service]\nExecStart=/usr/local/bin/bench\n\n"
+        "[Install]\nWantedBy=multi-user.target\n")
 
 
 @dataclass
@@ -205,7 +206,8 @@ def main() -> int:
                 builder = f"{run.builder_peak_mb:.0f}" if run.builder_peak_mb is not None else "-"
                 print(f"  {name:10} {run.seconds:8.2f} {run.size / MB:11.1f} {builder:>16} {run.tree_peak_mb:19.0f}")
             if "default" in runs:
-                print(f"  push is {runs['default'].seconds / runs['push'].seconds:.1f}x faster than plain dpkg-deb (xz); "
+                ratio = runs['default'].seconds / runs['push'].seconds
+                print(f"  push is {ratio:.1f}x faster than plain dpkg-deb (xz); "
                       f"push+lint {runs['default'].seconds / runs['push+lint'].seconds:.1f}x")
             zstd = runs["zstd"].seconds
             print(f"  against dpkg-deb -Zzstd: build {runs['build'].seconds / zstd:.2f}x, "

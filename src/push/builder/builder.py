@@ -17,13 +17,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from push import catalog
 from push.builder import checks, control, dpkgdeb, git, manifest, python, staging
 from push.builder.errors import BuildError
 from push.errors import Conflict, NotFound
-from push.release import Release, ReleaseInfo, check_app
+from push.names import check_app
+from push.release import Release, ReleaseInfo
 from push.signing import SigningKey, sign_release
 from push.store import ObjectInfo, Store
 
@@ -157,7 +158,7 @@ class _PackageSettings:
 
     @classmethod
     def resolve(cls, req: BuildRequest, loaded: manifest.Manifest | None) -> _PackageSettings:
-        def setting(name: str):  # the command line wins over the manifest
+        def setting(name: str) -> Any:  # the command line wins over the manifest
             value = getattr(req, name)
             return value if value is not None or loaded is None else getattr(loaded, name)
 
@@ -298,7 +299,7 @@ class _CountingReader:
         self._on_bytes(len(data))
         return data
 
-    def __getattr__(self, name: str):  # seek, tell, fileno... for clients that use them
+    def __getattr__(self, name: str) -> Any:  # seek, tell, fileno... for clients that use them
         return getattr(self._f, name)
 
 

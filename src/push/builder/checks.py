@@ -51,7 +51,8 @@ LINTIAN_EXCUSED = (
            "the Maintainer is whoever built the release, which on a build machine may be root"),
 )
 
-_LINTIAN_LINE = re.compile(r"(?P<severity>[EWIPXOCN]): (?P<package>[^:\s]+)(?: \([^)]*\))?: (?P<tag>\S+)(?: (?P<context>.*))?")
+_LINTIAN_LINE = re.compile(
+    r"(?P<severity>[EWIPXOCN]): (?P<package>[^:\s]+)(?: \([^)]*\))?: (?P<tag>\S+)(?: (?P<context>.*))?")
 _NOT_EXECUTABLE = re.compile(r"^(?P<unit>\S+): Command (?P<path>/\S+) is not executable: No such file or directory$")
 
 
@@ -139,7 +140,8 @@ def lintian(deb: Path) -> LintianReport:
         elif m["severity"] == "W":
             report.warnings.append(shown)
     if report.errors:
-        shown = "; ".join(report.errors[:5]) + (f"; and {len(report.errors) - 5} more" if len(report.errors) > 5 else "")
+        more = len(report.errors) - 5
+        shown = "; ".join(report.errors[:5]) + (f"; and {more} more" if more > 0 else "")
         raise BuildError(f"lintian found {len(report.errors)} error(s) in {deb.name}: {shown}")
     log.info("lintian: %d warning(s), %d excused error(s)", len(report.warnings), len(report.excused))
     return report
