@@ -298,6 +298,16 @@ def test_one_failing_release_does_not_block_the_others_and_backs_off(sandbox: Sa
     assert sandbox.agent._failures["ghost"].attempts == 2
 
 
+def test_a_release_that_never_installed_taken_off_the_file_is_forgotten(sandbox: Sandbox, tmp_path: Path) -> None:
+    bad = make_release(sandbox.store, tmp_path, "hello", 1, tamper=True)
+    set_server_file(sandbox.store, SERVER, [bad.name])
+    assert sandbox.step() is False
+    set_server_file(sandbox.store, SERVER, [])
+    assert sandbox.step() is True
+    assert "hello" not in sandbox.report().apps and sandbox.installed() == {}
+    assert "hello" not in json.loads((sandbox.root / "var/lib/pulld/state.json").read_text())["apps"]
+
+
 def test_malformed_server_file_changes_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
     h1 = make_release(sandbox.store, tmp_path, "hello", 1)
     set_server_file(sandbox.store, SERVER, [h1.name])

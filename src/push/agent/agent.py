@@ -334,8 +334,9 @@ class Agent:
             if (app in listed) if f.release is None else (rel is None or f.release != rel.name):
                 del self._failures[app]
 
-        removals = [app for app, rec in sorted(self.state.apps.items())
-                    if app not in listed and (rec.packages or rec.release)]
+        # An app whose first install failed has a record and nothing installed: removing it
+        # just forgets the record (kept, it would be reported "removing" for ever).
+        removals = [app for app in sorted(self.state.apps) if app not in listed]
         installs: list[tuple[str, Release, ReleaseInfo]] = []
         now = time.monotonic()
         for app, rel in desired.items():
