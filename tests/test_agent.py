@@ -6,6 +6,7 @@ cases run against the local store, where they are fastest.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -293,9 +294,14 @@ def test_one_failing_release_does_not_block_the_others_and_backs_off(sandbox: Sa
     assert sandbox.report().apps["ghost"].attempts == 1
     assert sandbox.agent.next_retry_in() is not None and sandbox.agent.next_retry_in() > 30
     # ... until the retry is due.
-    sandbox.agent._failures["ghost"].retry_at = 0
+    _due_now(sandbox.agent, "ghost")
     sandbox.step()
-    assert sandbox.agent._failures["ghost"].attempts == 2
+    assert sandbox.agent.failures.apps["ghost"].attempts == 2
+
+
+def _due_now(agent: Agent, app: str) -> None:
+    """Make the failure of `app` due for a retry now, as if its backoff had passed."""
+    agent.failures.apps[app] = dataclasses.replace(agent.failures.apps[app], retry_at=0)
 
 
 def test_a_release_that_never_installed_taken_off_the_file_is_forgotten(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -346,11 +352,11 @@ def test_unreachable_store_changes_nothing_and_backs_off(local_store: Store, tmp
     assert sb.step()
     counting.down = True
     set_server_file(local_store, SERVER, [h2.name])
-    sb.agent._fail("other", "other/x", "an app failure whose retry is due")
-    sb.agent._failures["other"].retry_at = 0
+    sb.agent.failures.fail("other", "other/x", "an app failure whose retry is due")
+    _due_now(sb.agent, "other")
     assert sb.step() is False
     assert sb.installed() == {"push-hello": "1.1"}
-    assert "connection refused" in (sb.agent._global_failure.error if sb.agent._global_failure else "")
+    assert "connection refused" in (sb.agent.failures.step.error if sb.agent.failures.step else "")
     # Only the step's own backoff counts while the store is down: no busy loop on app retries.
     assert (sb.agent.next_retry_in() or 0) > 30
     assert sb.running("hello") == "1.1 none"
@@ -403,7 +409,7 @@ def test_full_disk_is_reported(local_store: Store, tmp_path: Path, sandboxes: li
         margin = download_mod.FREE_MARGIN
         download_mod.FREE_MARGIN = -10**12
         try:
-            sb.agent._failures.clear()
+            sb.agent.failures.apps.clear()
             assert sb.step() is False
             assert "no space left" in (sb.report().apps["big"].error or "")
             assert not list((state / "downloads").iterdir())
@@ -471,7 +477,7 @@ def test_unit_that_cannot_start_is_reported(sandbox: Sandbox, tmp_path: Path) ->
     sandbox.step()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        sandbox.agent._last_report = None
+        sandbox.agent.publisher.interval = 0  # publish every step
         sandbox.step()
         if sandbox.report().apps["crashy"].units.get("crashy.service") == "failed":
             break
@@ -487,7 +493,7 @@ def test_reports_are_published_on_change_and_as_heartbeat(sandbox: Sandbox, tmp_
     first = sandbox.report()
     sandbox.step()
     assert sandbox.report().time == first.time  # nothing new, heartbeat not due
-    sandbox.agent.options.report_interval = 0
+    sandbox.agent.publisher.interval = 0
     sandbox.step()
     assert sandbox.report().time != first.time and sandbox.report().step == 3
 
