@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from push.agent.supervisor import SandboxSupervisor
 from push.errors import StoreUnavailable
 from push.store import Store
 from push.store.local import LocalStore
+from waiting import wait_for
 
 SERVER = "s1"
 
@@ -57,12 +57,7 @@ class Sandbox:
     def running(self, app: str, timeout: float = 5.0) -> str:
         """'VERSION PORT' as written by the running service, waiting for it to (re)write it."""
         path = self.root / f"run/{app}/running"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if path.exists() and path.read_text().strip():
-                return path.read_text().strip()
-            time.sleep(0.02)
-        raise AssertionError(f"{app} is not running")
+        return wait_for(lambda: path.exists() and path.read_text().strip(), timeout, f"{app} to run")
 
     def pid(self, unit: str) -> int | None:
         return self.supervisor.pids().get(unit)
@@ -92,12 +87,7 @@ def sandbox(local_store: Store, tmp_path: Path, sandboxes: list[Sandbox]) -> San
 
 
 def _wait_new_run(sb: Sandbox, app: str, version: str) -> None:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if sb.running(app).split()[0] == version:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{app} {version} did not start: {sb.running(app)}")
+    wait_for(lambda: sb.running(app).split()[0] == version, 5, f"{app} {version} to start")
 
 
 def test_lifecycle_install_upgrade_rollback_remove(store: Store, tmp_path: Path, sandboxes: list[Sandbox]) -> None:
@@ -383,7 +373,7 @@ def test_store_failing_mid_download_is_retried(local_store: Store, tmp_path: Pat
     assert sb.step() is False
     assert "connection reset" in (sb.report().apps["hello"].error or "")
     flaky.debs_down = False
-    time.sleep(0.02)
+    wait_for(lambda: sb.agent.next_retry_in() == 0, what="the retry to be due")
     assert sb.step() is True
 
 
@@ -475,13 +465,13 @@ def test_unit_that_cannot_start_is_reported(sandbox: Sandbox, tmp_path: Path) ->
     rel = make_release(sandbox.store, tmp_path, "crashy", 1, script="#!/bin/sh\necho crashing\nexit 7\n")
     set_server_file(sandbox.store, SERVER, [rel.name])
     sandbox.step()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        sandbox.agent.publisher.interval = 0  # publish every step
+    sandbox.agent.publisher.interval = 0  # publish every step
+
+    def failed() -> bool:
         sandbox.step()
-        if sandbox.report().apps["crashy"].units.get("crashy.service") == "failed":
-            break
-        time.sleep(0.2)
+        return sandbox.report().apps["crashy"].units.get("crashy.service") == "failed"
+
+    wait_for(failed, timeout=10, what="the unit to fail", interval=0.2)
     assert sandbox.report().apps["crashy"].units == {"crashy.service": "failed"}
     assert "crashing" in (sandbox.root / "var/log/push-units/crashy.service.log").read_text()
 
