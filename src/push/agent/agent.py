@@ -157,21 +157,21 @@ class Agent:
             return f"cannot read {server_file_key(self.server)}: {e}"
         return self._server_file_error
 
-    def _read_server_file(self) -> bool:
-        """Conditional read; True when the file changed. Raises on store errors."""
+    def _read_server_file(self) -> None:
+        """Conditional read (nothing is downloaded while its generation is unchanged); a
+        missing or malformed file is kept as the step's error. Raises on store errors."""
         key = server_file_key(self.server)
         try:
             got = self.store.get(key, if_generation_not_match=self._generation)
         except NotFound:
-            changed = self._generation is not None or self._server_file_error is None
             self._server_file, self._generation = None, None
             self._server_file_error = (f"no server file {key} in {self.store.url}: "
                                        "nothing is installed or removed until there is one")
             self.metrics.server_file_reads.labels("missing").inc()
-            return changed
+            return
         if got is None:
             self.metrics.server_file_reads.labels("no").inc()
-            return False
+            return
         data, info = got
         self.metrics.server_file_reads.labels("yes").inc()
         self._generation = info.generation
@@ -182,7 +182,6 @@ class Agent:
             # Keep running what runs now; the file is read again once its generation changes.
             self._server_file = None
             self._server_file_error = str(e)
-        return True
 
     def _plan(self) -> Plan:
         """The plan of the moment; the metadata it lacks is read first, then it is made again."""
