@@ -76,6 +76,15 @@ class Fleet:
     def app(self, app: str) -> dict[str, Any]:
         return next(a for a in self.status()["apps"] if a["app"] == app)
 
+    def remove(self, app: str) -> None:
+        """Take `app` off the server. The CLI has no `push remove` (yet): the push server's API
+        is Push's way to do it."""
+        request = urllib.request.Request(f"{self.server.url}/api/v1/servers/{SERVER}/apps/{app}/remove",
+                                         data=b'{"note": "systemd tier"}', method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with _no_proxy.open(request, timeout=30) as r:
+            assert r.status == 200
+
     def package_version(self, release: str) -> str:
         """The Debian version `push release` gave `release` (from `push releases --json`)."""
         app = release.split("/", 1)[0]
@@ -309,11 +318,7 @@ def test_deploy_upgrade_rollback_remove(fleet: Fleet, server: RealServer, joined
     fleet.push("rollback", SERVER, "hello")
     wait_for(runs(v1, "1"), "hello rolled back to v1", server, fleet)
 
-    # No `push remove` in the CLI yet: the push server's API is Push's way to remove an app.
-    r = _no_proxy.open(urllib.request.Request(f"{fleet.server.url}/api/v1/servers/{SERVER}/apps/hello/remove",
-                                              data=b'{"note": "systemd tier"}', method="POST",
-                                              headers={"Content-Type": "application/json"}), timeout=30)
-    assert r.status == 200
+    fleet.remove("hello")
     wait_for(runs(None, None), "hello removed", server, fleet)
     assert installed_version(server, "push-hello") is None
     assert server.run(["test", "-e", "/etc/systemd/system/hello.service"], check=False).returncode == 1
@@ -338,6 +343,14 @@ def test_a_debian_dependency_is_installed_with_apt(fleet: Fleet, server: RealSer
     events = [json.loads(line) for line in server.run(["journalctl", "-u", "pulld", "-o", "cat"]).stdout.splitlines()
               if line.startswith("{")]
     assert any(e.get("event") == "apt.satisfy" and DEBIAN_DEPENDENCY in e.get("depends", "") for e in events)
+    # Installed for the release, it is marked so: once the release is gone, apt may remove it.
+    assert DEBIAN_DEPENDENCY in server.run(["apt-mark", "showauto"]).stdout.split()
+    fleet.remove("treeview")
+    wait_for(lambda: installed_version(server, "push-treeview") is None and fleet.app("treeview")["actual"] is None,
+             "treeview removed", server, fleet)
+    assert installed_version(server, DEBIAN_DEPENDENCY) is not None, "pulld removes only what it installed with dpkg"
+    autoremove = server.run(["apt-get", "autoremove", "--simulate"]).stdout
+    assert f"Remv {DEBIAN_DEPENDENCY} " in autoremove, autoremove
 
 
 def test_unit_requests_go_through_systemctl(fleet: Fleet, server: RealServer, joined: dict[str, Any]) -> None:
@@ -424,4 +437,3 @@ def test_kill_and_reboot(fleet: Fleet, server: RealServer, joined: dict[str, Any
     for unit in ("pulld", "hello.service", "clock.service"):
         assert server.unit_state(unit) == "active", server.journal(unit)
     assert server.run(["dpkg", "--audit"]).stdout == ""
-    assert installed_version(server, DEBIAN_DEPENDENCY) is not None
