@@ -334,15 +334,35 @@ def test_a_debian_dependency_is_installed_with_apt(fleet: Fleet, server: RealSer
     (tree / "usr/local/bin/treeview").write_text(f"#!/bin/sh\nexec {DEBIAN_DEPENDENCY} \"$@\"\n")
     (tree / "usr/local/bin/treeview").chmod(0o755)
     release = release_app(fleet, "treeview", "1", "--depends", DEBIAN_DEPENDENCY, tree=tree)
+    # Another apt holds the dpkg lock meanwhile (unattended-upgrades, a startup script): pulld
+    # waits for it, as dpkg itself would, rather than failing the release.
+    server.run(["systemd-run", "--quiet", "--unit=other-apt", "python3", "-c",
+                "import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); fcntl.lockf(f, fcntl.LOCK_EX); "
+                "time.sleep(600)"])
     fleet.push("deploy", SERVER, "treeview", release)
+
+    def pulld_events() -> list[dict[str, Any]]:
+        lines = server.run(["journalctl", "-u", "pulld", "-o", "cat"]).stdout.splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def pulld_gave_up() -> bool:
+        return any(e.get("event") == "app.error" and e.get("app") == "treeview" for e in pulld_events())
+
+    def apt_runs() -> bool:
+        return server.run(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' ' | grep -q '[a]pt-get .*satisfy'"],
+                          check=False).returncode == 0
+    wait_for(lambda: apt_runs() or pulld_gave_up(), "pulld to run apt-get satisfy", server, fleet)
+    held_until = time.monotonic() + 8  # the other apt's run: longer than pulld's own retry takes
+    while time.monotonic() < held_until and not pulld_gave_up():
+        time.sleep(0.3)
+    server.run(["systemctl", "stop", "other-apt"])
     wait_for(lambda: fleet.app("treeview")["actual"] == release, "treeview installed", server, fleet, timeout=240)
+    assert not [e for e in pulld_events() if e.get("event") == "app.error"]
     assert installed_version(server, DEBIAN_DEPENDENCY) is not None
     assert installed_version(server, "push-treeview") is not None
     listing = server.run(["/usr/local/bin/treeview", "-L", "1", "/etc/systemd"]).stdout
     assert "system" in listing
-    events = [json.loads(line) for line in server.run(["journalctl", "-u", "pulld", "-o", "cat"]).stdout.splitlines()
-              if line.startswith("{")]
-    assert any(e.get("event") == "apt.satisfy" and DEBIAN_DEPENDENCY in e.get("depends", "") for e in events)
+    assert any(e.get("event") == "apt.satisfy" and DEBIAN_DEPENDENCY in e.get("depends", "") for e in pulld_events())
     # Installed for the release, it is marked so: once the release is gone, apt may remove it.
     assert DEBIAN_DEPENDENCY in server.run(["apt-mark", "showauto"]).stdout.split()
     fleet.remove("treeview")

@@ -279,7 +279,10 @@ class Dpkg:
         wanted = ", ".join(map(str, missing))
         log.info("installing dependencies", extra={"event": "apt.satisfy", "package": fields.package,
                                                    "depends": wanted})
-        args = [self.apt_get, "satisfy", "-y", "-q", "--no-install-recommends", wanted]
+        # Another apt or dpkg at work (unattended-upgrades, a startup script): wait for it as
+        # dpkg -i does, instead of failing at once.
+        args = [self.apt_get, "-o", f"DPkg::Lock::Timeout={self.lock_timeout:.0f}", "satisfy", "-y", "-q",
+                "--no-install-recommends", wanted]
         try:
             self.run(args, what="apt-get satisfy")
         except DpkgError:
