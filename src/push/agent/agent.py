@@ -526,9 +526,12 @@ class Agent:
             log.warning("units failed", extra={"event": "units.error", "app": app, "error": str(e)})
 
     def units_of_app(self, app: str) -> list[str]:
-        """The units of the package Push installed for `app` (none if it is not installed)."""
-        rec = self.state.apps.get(app)
-        row = self.installed().get(rec.package or "") if rec is not None else None
+        """The units of what is installed for `app`, found as the report finds it (so also for a
+        release installed by something else, such as pulld by the startup script); none if
+        nothing is installed."""
+        rel = self._server_file.releases.get(app) if self._server_file is not None else None
+        info = self._infos.get(rel.name) if rel is not None else None
+        _, row = self.installed_release(app, info, self.installed())
         return self.units_of(row.package, row.version) if row is not None and row.ok else []
 
     def _unit_requests(self) -> None:
