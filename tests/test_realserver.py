@@ -402,6 +402,19 @@ def test_unit_requests_go_through_systemctl(fleet: Fleet, server: RealServer, jo
     history = json.loads(fleet.push("history", SERVER, "--app", "clock", "--json"))
     assert [h["action"] for h in history][:3] == ["unit-restart", "unit-start", "unit-stop"], history
 
+    # pulld's own unit: systemd restarts pulld once, cleanly, and the request is marked done.
+    pulld = server.main_pid("pulld")
+    stops_before = server.journal("pulld", 10000).count("Stopping pulld.service")
+    fleet.push("unit", SERVER, "pulld.service", "restart")
+    wait_for(lambda: server.main_pid("pulld") not in (0, pulld), "systemd to restart pulld", server, fleet)
+    wait_for(lambda: fleet.status()["in_sync"] and fleet.status()["last_seen"] > history[0]["time"],
+             "the restarted pulld to report", server, fleet)
+    with _no_proxy.open(f"{fleet.server.url}/api/v1/servers/{SERVER}/requests", timeout=30) as r:
+        last = json.loads(r.read())[-1]
+    assert (last["unit"], last["action"], last["state"]) == ("pulld.service", "restart", "done"), last
+    assert server.run(["systemctl", "show", "--property=Result", "--value", "pulld"]).stdout.strip() == "success"
+    assert server.journal("pulld", 10000).count("Stopping pulld.service") == stops_before + 1
+
 
 def test_pulld_updates_itself(fleet: Fleet, server: RealServer, joined: dict[str, Any]) -> None:
     new = joined["newer"].wait()

@@ -537,7 +537,8 @@ class Agent:
     def _unit_requests(self) -> None:
         self._requests_checked = time.monotonic()
         try:
-            act_on_requests(self.store, self.server, self.services, self.units_of_app, self.options.hostname)
+            act_on_requests(self.store, self.server, self.services, self.units_of_app, self.options.hostname,
+                            own_app=self.options.self_app)
         except PushError as e:
             log.warning("cannot read unit requests", extra={"event": "unit.request-error", "error": str(e)})
 
