@@ -21,19 +21,20 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from emulators import Emulator, free_port
 from pushserver import PushServerProcess
 from realserver import RealServer
 
 from push.demo.apps import stage
+from push.demo.fleet import http_get
 
 pytestmark = [pytest.mark.systemd, pytest.mark.gcs, pytest.mark.timeout(900)]
 
@@ -44,7 +45,6 @@ APPS = ["pulld", "hello", "clock", "treeview"]
 DEBIAN_DEPENDENCY = "tree"
 # The second pulld release says so in its agent_version: proof that the new code runs.
 NEW_AGENT_VERSION = "0.1.0+selfupdate"
-_no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass
@@ -79,11 +79,9 @@ class Fleet:
     def remove(self, app: str) -> None:
         """Take `app` off the server. The CLI has no `push remove` (yet): the push server's API
         is Push's way to do it."""
-        request = urllib.request.Request(f"{self.server.url}/api/v1/servers/{SERVER}/apps/{app}/remove",
-                                         data=b'{"note": "systemd tier"}', method="POST",
-                                         headers={"Content-Type": "application/json"})
-        with _no_proxy.open(request, timeout=30) as r:
-            assert r.status == 200
+        r = httpx.post(f"{self.server.url}/api/v1/servers/{SERVER}/apps/{app}/remove", json={"note": "systemd tier"},
+                       timeout=30)
+        assert r.status_code == 200, r.text
 
     def package_version(self, release: str) -> str:
         """The Debian version `push release` gave `release` (from `push releases --json`)."""
@@ -114,8 +112,7 @@ def wait_for(pred: Callable[[], Any], what: str, server: RealServer, fleet: Flee
 def answer(port: int) -> dict[str, Any] | None:
     """What the app on 127.0.0.1:PORT answers, reached from the host; None if nothing listens."""
     try:
-        with _no_proxy.open(f"http://127.0.0.1:{port}/", timeout=2) as r:
-            return json.loads(r.read())
+        return json.loads(http_get(f"http://127.0.0.1:{port}/", timeout=2))
     except (OSError, ValueError):
         return None
 
@@ -409,8 +406,7 @@ def test_unit_requests_go_through_systemctl(fleet: Fleet, server: RealServer, jo
     wait_for(lambda: server.main_pid("pulld") not in (0, pulld), "systemd to restart pulld", server, fleet)
     wait_for(lambda: fleet.status()["in_sync"] and fleet.status()["last_seen"] > history[0]["time"],
              "the restarted pulld to report", server, fleet)
-    with _no_proxy.open(f"{fleet.server.url}/api/v1/servers/{SERVER}/requests", timeout=30) as r:
-        last = json.loads(r.read())[-1]
+    last = json.loads(http_get(f"{fleet.server.url}/api/v1/servers/{SERVER}/requests", timeout=30))[-1]
     assert (last["unit"], last["action"], last["state"]) == ("pulld.service", "restart", "done"), last
     assert server.run(["systemctl", "show", "--property=Result", "--value", "pulld"]).stdout.strip() == "success"
     assert server.journal("pulld", 10000).count("Stopping pulld.service") == stops_before + 1

@@ -16,7 +16,8 @@ def _fake_debootstrap(bin_dir: Path, exit_code: int) -> None:
     """A debootstrap that lays out a sliver of a root (its 4th argument) and exits `exit_code`."""
     bin_dir.mkdir(exist_ok=True)
     tool = bin_dir / "debootstrap"
-    tool.write_text(f'#!/bin/sh\nmkdir -p "$4/etc/apt/apt.conf.d" && echo built > "$4/etc/hostname"\nexit {exit_code}\n')
+    tool.write_text('#!/bin/sh\nmkdir -p "$4/etc/apt/apt.conf.d" && echo built > "$4/etc/hostname"\n'
+                    f"exit {exit_code}\n")
     tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
 
 
