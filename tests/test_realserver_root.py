@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import realserver
 
+pytestmark = pytest.mark.systemd
+
 
 def _fake_debootstrap(bin_dir: Path, exit_code: int) -> None:
     """A debootstrap that lays out a sliver of a root (its 4th argument) and exits `exit_code`."""
