@@ -9,6 +9,8 @@ through Push's own commands (`push release`, `push deploy`, `push rollback`, `pu
 `push status --json`; removal through the push server's API, as the CLI has no `push remove`)
 against fake-gcs-server on 127.0.0.1, which the server reaches over the shared network. pulld
 is woken by the watch endpoint of a `push serve` on 127.0.0.1, so nothing waits for a poll.
+Waits poll that push server's API (a `push` process per poll would eat the 2 cores pulld
+needs), then require the same of `push status --json`.
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ class Fleet:
         assert [s["server"] for s in servers] == [SERVER], servers
         return servers[0]
 
-    def app(self, app: str) -> dict[str, Any]:
-        return next(a for a in self.status()["apps"] if a["app"] == app)
+    def view(self) -> dict[str, Any]:
+        """The same entry from the push server's API: cheap to poll (a `push` process is not)."""
+        servers = json.loads(http_get(f"{self.server.url}/api/v1/fleet?server={SERVER}", timeout=30))["servers"]
+        return next(s for s in servers if s["server"] == SERVER)
 
     def remove(self, app: str) -> None:
         """Take `app` off the server. The CLI has no `push remove` (yet): the push server's API
@@ -107,6 +111,20 @@ def wait_for(pred: Callable[[], Any], what: str, server: RealServer, fleet: Flee
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})\n"
                          f"push status: {json.dumps(fleet.status(), indent=1)[:4000]}\n"
                          f"pulld's journal:\n{server.journal('pulld', 60)}")
+
+
+def app_of(state: dict[str, Any], app: str) -> dict[str, Any]:
+    return next(a for a in state["apps"] if a["app"] == app)
+
+
+def converge(fleet: Fleet, server: RealServer, check: Callable[[dict[str, Any]], bool], what: str,
+             timeout: float = 120.0) -> dict[str, Any]:
+    """Wait until `check` holds of web-1's state as the push server sees it, then require it of
+    `push status --json` too; returns that state."""
+    wait_for(lambda: check(fleet.view()), what, server, fleet, timeout)
+    state = fleet.status()
+    assert check(state), f"push status --json disagrees on {what}: {json.dumps(state, indent=1)[:4000]}"
+    return state
 
 
 def answer(port: int) -> dict[str, Any] | None:
@@ -268,11 +286,10 @@ def test_joining_the_fleet(fleet: Fleet, server: RealServer, joined: dict[str, A
     assert "/usr/bin/pulld" in cmdline and cmdline[-3:] == ["--server", SERVER, ""], cmdline
     assert installed_version(server, "push-pulld") == joined["first"].package_version()
 
-    def reported() -> bool:
-        state = fleet.status()
-        pulld = next(a for a in state["apps"] if a["app"] == "pulld")
+    def reported(state: dict[str, Any]) -> bool:
+        pulld = app_of(state, "pulld")
         return bool(state["in_sync"] and pulld["actual"] == pulld["desired"] == release)
-    wait_for(reported, "pulld to report itself installed", server, fleet)
+    converge(fleet, server, reported, "pulld to report itself installed")
 
     # At every later boot the script finds pulld installed and does nothing at all.
     again = server.run(["bash", "/root/join-fleet.sh"], env={"STORAGE_EMULATOR_HOST": fleet.emulator.url})
@@ -286,12 +303,12 @@ def test_deploy_upgrade_rollback_remove(fleet: Fleet, server: RealServer, joined
     v1 = fleet.releases["hello-1"] = release_app(fleet, "hello", "1")
     v2 = fleet.releases["hello-2"] = release_app(fleet, "hello", "2")
 
-    def runs(release: str | None, version: str | None) -> Callable[[], bool]:
+    def runs(release: str | None, version: str | None) -> Callable[[dict[str, Any]], bool]:
         """The fleet's view, systemd's, dpkg's and the port's agree that `release` runs (None: nothing)."""
         package_version = fleet.package_version(release) if release else None
 
-        def check() -> bool:
-            app = fleet.app("hello")
+        def check(state: dict[str, Any]) -> bool:
+            app = app_of(state, "hello")
             served = answer(port)
             systemd = server.unit_state("hello.service")
             if release is None:
@@ -303,20 +320,20 @@ def test_deploy_upgrade_rollback_remove(fleet: Fleet, server: RealServer, joined
         return check
 
     fleet.push("deploy", SERVER, "hello", v1)
-    wait_for(runs(v1, "1"), "hello v1 running", server, fleet)
+    converge(fleet, server, runs(v1, "1"), "hello v1 running")
     assert answer(port) == {"app": "hello", "version": "1", "server": SERVER, "message": "Hello, world!"}
     first_pid = server.main_pid("hello.service")
 
     fleet.push("deploy", SERVER, "hello", v2)
-    wait_for(runs(v2, "2"), "hello v2 running", server, fleet)
+    converge(fleet, server, runs(v2, "2"), "hello v2 running")
     assert server.main_pid("hello.service") != first_pid, "the upgrade did not restart the unit"
     assert server.run(["systemctl", "is-enabled", "hello.service"]).stdout.strip() == "enabled"
 
     fleet.push("rollback", SERVER, "hello")
-    wait_for(runs(v1, "1"), "hello rolled back to v1", server, fleet)
+    converge(fleet, server, runs(v1, "1"), "hello rolled back to v1")
 
     fleet.remove("hello")
-    wait_for(runs(None, None), "hello removed", server, fleet)
+    converge(fleet, server, runs(None, None), "hello removed")
     assert installed_version(server, "push-hello") is None
     assert server.run(["test", "-e", "/etc/systemd/system/hello.service"], check=False).returncode == 1
     assert server.run(["test", "-e", "/usr/local/bin/hello"], check=False).returncode == 1
@@ -353,7 +370,8 @@ def test_a_debian_dependency_is_installed_with_apt(fleet: Fleet, server: RealSer
     while time.monotonic() < held_until and not pulld_gave_up():
         time.sleep(0.3)
     server.run(["systemctl", "stop", "other-apt"])
-    wait_for(lambda: fleet.app("treeview")["actual"] == release, "treeview installed", server, fleet, timeout=240)
+    converge(fleet, server, lambda state: app_of(state, "treeview")["actual"] == release, "treeview installed",
+             timeout=240)
     assert not [e for e in pulld_events() if e.get("event") == "app.error"]
     assert installed_version(server, DEBIAN_DEPENDENCY) is not None
     assert installed_version(server, "push-treeview") is not None
@@ -363,8 +381,8 @@ def test_a_debian_dependency_is_installed_with_apt(fleet: Fleet, server: RealSer
     # Installed for the release, it is marked so: once the release is gone, apt may remove it.
     assert DEBIAN_DEPENDENCY in server.run(["apt-mark", "showauto"]).stdout.split()
     fleet.remove("treeview")
-    wait_for(lambda: installed_version(server, "push-treeview") is None and fleet.app("treeview")["actual"] is None,
-             "treeview removed", server, fleet)
+    converge(fleet, server, lambda state: installed_version(server, "push-treeview") is None
+             and app_of(state, "treeview")["actual"] is None, "treeview removed")
     assert installed_version(server, DEBIAN_DEPENDENCY) is not None, "pulld removes only what it installed with dpkg"
     autoremove = server.run(["apt-get", "autoremove", "--simulate"]).stdout
     assert f"Remv {DEBIAN_DEPENDENCY} " in autoremove, autoremove
@@ -376,26 +394,26 @@ def test_unit_requests_go_through_systemctl(fleet: Fleet, server: RealServer, jo
     release = release_app(fleet, "clock", "1")
     fleet.push("deploy", SERVER, "clock", release)
 
-    def unit_is(state: str) -> Callable[[], bool]:
-        def check() -> bool:
+    def unit_is(active: str) -> Callable[[dict[str, Any]], bool]:
+        def check(state: dict[str, Any]) -> bool:
             systemd = server.unit_state("clock.service")
-            reported = fleet.app("clock")["units"].get("clock.service")
+            reported = app_of(state, "clock")["units"].get("clock.service")
             serving = answer(port) is not None
-            return systemd == reported == state and serving == (state == "active")
+            return systemd == reported == active and serving == (active == "active")
         return check
 
-    wait_for(unit_is("active"), "clock running", server, fleet)
+    converge(fleet, server, unit_is("active"), "clock running")
     fleet.push("unit", SERVER, "clock.service", "stop")
-    wait_for(unit_is("inactive"), "clock stopped", server, fleet)
+    converge(fleet, server, unit_is("inactive"), "clock stopped")
     # Stopped by systemctl, not killed: systemd does not bring it back (Restart=always).
     assert server.run(["systemctl", "show", "--property=Result", "--value", "clock.service"]).stdout.strip() \
         == "success"
     fleet.push("unit", SERVER, "clock.service", "start")
-    wait_for(unit_is("active"), "clock started", server, fleet)
+    converge(fleet, server, unit_is("active"), "clock started")
     before = server.main_pid("clock.service")
     fleet.push("unit", SERVER, "clock.service", "restart")
-    wait_for(lambda: server.main_pid("clock.service") not in (0, before) and unit_is("active")(),
-             "clock restarted", server, fleet)
+    converge(fleet, server, lambda state: server.main_pid("clock.service") not in (0, before)
+             and unit_is("active")(state), "clock restarted")
     history = json.loads(fleet.push("history", SERVER, "--app", "clock", "--json"))
     assert [h["action"] for h in history][:3] == ["unit-restart", "unit-start", "unit-stop"], history
 
@@ -404,8 +422,8 @@ def test_unit_requests_go_through_systemctl(fleet: Fleet, server: RealServer, jo
     stops_before = server.journal("pulld", 10000).count("Stopping pulld.service")
     fleet.push("unit", SERVER, "pulld.service", "restart")
     wait_for(lambda: server.main_pid("pulld") not in (0, pulld), "systemd to restart pulld", server, fleet)
-    wait_for(lambda: fleet.status()["in_sync"] and fleet.status()["last_seen"] > history[0]["time"],
-             "the restarted pulld to report", server, fleet)
+    converge(fleet, server, lambda state: state["in_sync"] and state["last_seen"] > history[0]["time"],
+             "the restarted pulld to report")
     last = json.loads(http_get(f"{fleet.server.url}/api/v1/servers/{SERVER}/requests", timeout=30))[-1]
     assert (last["unit"], last["action"], last["state"]) == ("pulld.service", "restart", "done"), last
     assert server.run(["systemctl", "show", "--property=Result", "--value", "pulld"]).stdout.strip() == "success"
@@ -419,12 +437,11 @@ def test_pulld_updates_itself(fleet: Fleet, server: RealServer, joined: dict[str
     restarts = server.run(["systemctl", "show", "--property=NRestarts", "--value", "pulld"]).stdout.strip()
     fleet.push("deploy", SERVER, "pulld", "--latest")
 
-    def updated() -> bool:
-        state = fleet.status()
-        pulld = next(a for a in state["apps"] if a["app"] == "pulld")
+    def updated(state: dict[str, Any]) -> bool:
+        pulld = app_of(state, "pulld")
         return bool(state["agent_version"] == NEW_AGENT_VERSION and pulld["actual"] == pulld["desired"] == new
                     and state["in_sync"])
-    wait_for(updated, "the new pulld to run and converge", server, fleet, timeout=180)
+    converge(fleet, server, updated, "the new pulld to run and converge", timeout=180)
     assert installed_version(server, "push-pulld") == new_version
     assert server.unit_state("pulld") == "active"
     # It re-executed itself: the same process under systemd, not a restart by systemd.
@@ -436,7 +453,7 @@ def test_pulld_updates_itself(fleet: Fleet, server: RealServer, joined: dict[str
 
 
 def test_kill_and_reboot(fleet: Fleet, server: RealServer, joined: dict[str, Any]) -> None:
-    clock = fleet.app("clock")["desired"]
+    clock = app_of(fleet.status(), "clock")["desired"]
     assert clock is not None, "test_unit_requests_go_through_systemctl deploys clock first"
     pid = server.main_pid("pulld")
     server.run(["sh", "-c", f"kill -9 {pid}"])  # minbase has no /bin/kill: the shell's
@@ -446,21 +463,20 @@ def test_kill_and_reboot(fleet: Fleet, server: RealServer, joined: dict[str, Any
     fleet.push("deploy", SERVER, "hello", hello)
     wait_for(lambda: server.main_pid("pulld") not in (0, pid) and server.unit_state("pulld") == "active",
              "systemd to restart pulld", server, fleet, timeout=60)
-    wait_for(lambda: fleet.app("hello")["actual"] == hello and (answer(port) or {}).get("version") == "2",
-             "hello v2 installed by the restarted pulld", server, fleet)
+    converge(fleet, server, lambda state: app_of(state, "hello")["actual"] == hello
+             and (answer(port) or {}).get("version") == "2", "hello v2 installed by the restarted pulld")
 
     before = fleet.status()["last_seen"]
     server.reboot()
     assert server.unit_state("pulld") == "active"
 
-    def converged() -> bool:
-        state = fleet.status()
+    def converged(state: dict[str, Any]) -> bool:
         apps = {a["app"]: a for a in state["apps"]}
         return bool(state["last_seen"] > before and state["in_sync"]
                     and all(a["actual"] == a["desired"] for a in apps.values())
                     and apps["hello"]["units"] == {"hello.service": "active"}
                     and apps["clock"]["units"] == {"clock.service": "active"})
-    wait_for(converged, "every app listed to run after the reboot", server, fleet)
+    converge(fleet, server, converged, "every app listed to run after the reboot")
     assert (answer(port) or {}).get("version") == "2"
     assert answer(fleet.ports["clock"]) is not None
     for unit in ("pulld", "hello.service", "clock.service"):
