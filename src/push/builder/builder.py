@@ -1,8 +1,11 @@
 """Build one release, check it, name it, and upload it: the steps of `push release`, in order.
 
 Cheap checks come first (app name, source state, the store answers and the name is free),
-then staging, the unit check, dpkg-deb and lintian. Only a package that passed everything
-is uploaded, create-only, streamed from disk, and journalled through `catalog.publish`.
+then staging, the unit check, the package (push.builder.debarchive, or dpkg-deb where the
+compressor's tool is missing) and lintian. The package is hashed from the page cache while it
+is flushed to disk and while dpkg reads its control back. Only a package that passed
+everything is uploaded, create-only, and journalled through `catalog.publish`; a local store
+adopts the file (written in its `adoption_dir()`) instead of copying it.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 import re
 import socket
 import textwrap
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from push import catalog
-from push.builder import checks, control, dpkgdeb, git, manifest, python, staging
+from push.builder import checks, control, debarchive, dpkgdeb, git, manifest, python, staging
 from push.builder.errors import BuildError
 from push.errors import Conflict, NotFound
 from push.release import Release, ReleaseInfo, check_app
@@ -67,6 +72,9 @@ class BuiltRelease:
     info: ReleaseInfo
     path: Path
     warnings: list[str] = field(default_factory=list)
+    # Whether `path` is the builder's own file, which an upload may hand over to the store
+    # (False for a prebuilt --deb, which stays the user's).
+    owned: bool = True
 
     @property
     def name(self) -> str:
@@ -183,10 +191,13 @@ class _PackageSettings:
         )
 
 
-def build(req: BuildRequest, workdir: Path, store: Store | None = None) -> BuiltRelease:
+def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adoptable: bool = False) -> BuiltRelease:
     """Build and check the release `req` describes, in `workdir` (which the caller removes).
 
-    With `store`, first make sure it answers and the release's name is free there.
+    With `store`, first make sure it answers and the release's name is free there. With
+    `adoptable`, the package is written where `store` can adopt it (its adoption_dir(), if it
+    has one) for `upload(..., adopt=True)`; it is removed if the build fails, and is the
+    caller's otherwise.
     """
     check_app(req.app)
     if len([p for p in (req.root, req.manifest, req.deb) if p is not None]) != 1:
@@ -220,31 +231,110 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None) -> Built
     if settings is None:
         assert req.deb is not None
         path, extra, services = _use_prebuilt(req.deb, workdir, warnings)
+        sealing = _Sealing(path, expect=None, durable=False)
     else:
+        direct = debarchive.can_write(settings.compression)
         if loaded is not None:
             tree = staging.stage_manifest(loaded, workdir / "tree")
         else:
             assert req.root is not None
-            tree = staging.stage_root(req.root, workdir / "tree")
+            # The archive writer reads a --root directory where it lies; dpkg-deb needs a copy
+            # with DEBIAN/ inside.
+            tree = staging.scan_root(req.root) if direct else staging.stage_root(req.root, workdir / "tree")
         dirty = source is not None and source.dirty
-        path, extra, services = _build_package(settings, tree, release, now, dirty, note, workdir, warnings)
-
-    if req.lintian:
-        checks.lintian(path)
-    with open(path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-        size = os.fstat(f.fileno()).st_size
+        package_dir = (store.adoption_dir() if store is not None and adoptable else None) or workdir
+        path, extra, services = _build_package(settings, tree, release, now, dirty, note, workdir,
+                                               package_dir, direct, warnings)
+        sealing = _Sealing(path, expect=extra, durable=True)
+    # lintian reads the package while it is hashed and flushed.
+    lint = _Background(checks.lintian, path) if req.lintian else None
+    try:
+        sha256, size = sealing.finish()
+        if lint is not None:
+            lint.result()
+    except BaseException:
+        if lint is not None:
+            lint.join()  # no lintian left running on a file about to go
+        if settings is not None:
+            path.unlink(missing_ok=True)
+        raise
     info = ReleaseInfo(release=release, dirty=bool(source and source.dirty), note=note, services=services,
                        sha256=sha256, size=size, extra=extra)
     if req.signing_key is not None:
         info = sign_release(info, req.signing_key)
-    return BuiltRelease(info=info, path=path, warnings=warnings)
+    return BuiltRelease(info=info, path=path, warnings=warnings, owned=settings is not None)
+
+
+class _Background:
+    """A call run in a thread (a subprocess, an fsync), its result or error collected with result()."""
+
+    def __init__(self, call: Callable[..., object], *args: object) -> None:
+        self._result: object = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._result = call(*args)
+            except BaseException as e:  # handed to whoever asks for the result
+                self._error = e
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> object:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
+class _Sealing:
+    """The package's sha256 and size, taken while the file is flushed to disk (`durable`) and dpkg
+    reads its control back (`expect`: the fields it must find), each in its own thread.
+
+    The hash cannot be taken while the package is written (the data member's size, in the
+    header before the data, is known only at the end), so it reads the fresh file back from
+    the page cache, while the disk does the fsync's work.
+    """
+
+    def __init__(self, path: Path, expect: dict[str, str] | None, durable: bool) -> None:
+        self.path = path
+        self._expect = expect
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in finish()
+        self._sync = _Background(os.fsync, self._file.fileno()) if durable else None
+        self._fields = _Background(dpkgdeb.fields, path) if expect is not None else None
+
+    def finish(self) -> tuple[str, int]:
+        try:
+            sha256 = hashlib.file_digest(self._file, "sha256").hexdigest()
+            size = os.fstat(self._file.fileno()).st_size
+        finally:
+            if self._sync is not None:
+                self._sync.join()  # before the file it syncs is closed
+            self._file.close()
+        if self._sync is not None:
+            self._sync.result()
+        if self._fields is not None and self._expect is not None:
+            fields = self._fields.result()
+            assert isinstance(fields, dict)
+            for name, value in self._expect.items():
+                if fields.get(name) != value:
+                    raise BuildError(f"dpkg-deb reads {name} {fields.get(name)!r} from {self.path.name}, "
+                                     f"not {value!r}: the package is malformed")
+        return sha256, size
 
 
 def _build_package(settings: _PackageSettings, tree: staging.StagedTree, release: Release, now: datetime,
-                   dirty: bool, note: str, workdir: Path,
+                   dirty: bool, note: str, workdir: Path, package_dir: Path, direct: bool,
                    warnings: list[str]) -> tuple[Path, dict[str, str], tuple[str, ...]]:
-    """Check the staged tree's units, write its DEBIAN/ and run dpkg-deb: (package file, metadata, units)."""
+    """Check the tree's units, write DEBIAN/ and the package: (package file, metadata, units).
+
+    `direct`: the archive writer, with DEBIAN/ in the work directory; else dpkg-deb, with
+    DEBIAN/ in the staged tree.
+    """
     units = control.Units(
         shipped=tuple(tree.units),
         declared=tuple(u for u in settings.declared_units if u not in tree.units),
@@ -273,9 +363,22 @@ def _build_package(settings: _PackageSettings, tree: staging.StagedTree, release
         installed_size_kib=tree.installed_kib,
     )
     python_dirs = [settings.python_target] if settings.python_target else []
-    control.write_debian_dir(tree.path, fields, units, list(tree.conffiles), python_dirs)
-    path = workdir / f"{settings.package}_{version}_{architecture}.deb"
-    dpkgdeb.build(tree.path, path, settings.compression, settings.level)
+    path = package_dir / f"{settings.package}_{version}_{architecture}.deb"
+    if direct:
+        control_root = workdir / "control"
+        control_root.mkdir()
+        control.write_debian_dir(control_root, fields, units, list(tree.conffiles), python_dirs)
+        # As dpkg-deb: the build time, or SOURCE_DATE_EPOCH for a reproducible build.
+        mtime = int(os.environ.get("SOURCE_DATE_EPOCH") or time.time())
+        debarchive.write(path, control_root / "DEBIAN", tree.path, tree.entries, mtime, settings.compression,
+                         settings.level)
+    else:
+        control.write_debian_dir(tree.path, fields, units, list(tree.conffiles), python_dirs)
+        try:
+            dpkgdeb.build(tree.path, path, settings.compression, settings.level)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
     return path, {"package": settings.package, "version": version, "architecture": architecture}, units.names
 
 
@@ -302,11 +405,18 @@ class _CountingReader:
         return getattr(self._f, name)
 
 
-def upload(store: Store, built: BuiltRelease, on_bytes: Callable[[int], None] | None = None) -> ObjectInfo:
-    """Upload `built` create-only, streaming it from disk; `on_bytes(n)` after each chunk read."""
-    with open(built.path, "rb") as f:
-        stream: BinaryIO = _CountingReader(f, on_bytes) if on_bytes else f  # type: ignore[assignment]
-        try:
+def upload(store: Store, built: BuiltRelease, on_bytes: Callable[[int], None] | None = None,
+           adopt: bool = False) -> ObjectInfo:
+    """Upload `built` create-only, streaming it from disk; `on_bytes(n)` after each chunk read.
+
+    With `adopt` (only for the builder's own file), the store may take the file instead of
+    copying it (a local store does, for a file in its adoption_dir()); it is gone afterwards.
+    """
+    try:
+        if adopt and built.owned and store.adoption_dir() is not None:
+            return catalog.publish(store, built.info, built.path, adopt=True)
+        with open(built.path, "rb") as f:
+            stream: BinaryIO = _CountingReader(f, on_bytes) if on_bytes else f  # type: ignore[assignment]
             return catalog.publish(store, built.info, stream)
-        except Conflict:
-            raise _name_taken(built.info.release, store) from None
+    except Conflict:
+        raise _name_taken(built.info.release, store) from None
