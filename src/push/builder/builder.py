@@ -22,15 +22,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from push import catalog
 from push.builder import checks, control, debarchive, dpkgdeb, git, manifest, python, staging
 from push.builder.errors import BuildError
 from push.errors import Conflict, NotFound
 from push.release import Release, ReleaseInfo, check_app
-from push.signing import SigningKey, sign_release
 from push.store import ObjectInfo, Store
+
+if TYPE_CHECKING:  # push.signing loads cryptography: imported only for a signed build
+    from push.signing import SigningKey
 
 _HASH_RE = re.compile(r"[0-9a-f]{40}")
 _HOST_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -261,6 +263,8 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adopt
     info = ReleaseInfo(release=release, dirty=bool(source and source.dirty), note=note, services=services,
                        sha256=sha256, size=size, extra=extra)
     if req.signing_key is not None:
+        from push.signing import sign_release
+
         info = sign_release(info, req.signing_key)
     return BuiltRelease(info=info, path=path, warnings=warnings, owned=settings is not None)
 

@@ -115,7 +115,6 @@ def _keep(built: BuiltRelease, output: Path, copy: bool) -> None:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from push.builder import BuildRequest, build, upload
-    from push.signing import SigningKey
     from push.store import open_store
 
     if args.no_upload and args.output is None:
@@ -128,7 +127,11 @@ def cmd_release(args: argparse.Namespace) -> int:
                               "(there is no push.toml here)")
         args.manifest = Path("push.toml")
     # Loaded before any work, so a bad key fails in a second, not after the build.
-    signing_key = SigningKey.load(Path(args.signing_key)) if args.signing_key else None
+    signing_key = None
+    if args.signing_key:
+        from push.signing import SigningKey  # cryptography: loaded only for a signed build
+
+        signing_key = SigningKey.load(Path(args.signing_key))
     request = BuildRequest(
         app=args.app, root=args.root, manifest=args.manifest, deb=args.deb, note=args.note,
         note_from_git=args.note_from_git, depends=args.depends, package_prefix=args.package_prefix,
