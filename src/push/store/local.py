@@ -24,7 +24,6 @@ import os
 import stat
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -153,7 +152,7 @@ class LocalStore(Store):
         header = json.dumps({"generation": generation, "metadata": metadata or {},
                              "content_type": content_type}).encode() + b"\n"
         self._make_dirs()
-        tmp = self._tmp / f"{os.getpid()}-{uuid.uuid4().hex}"
+        tmp = self._tmp / f"{os.getpid()}-{os.urandom(16).hex()}"
         try:
             # The contents are written before the lock is taken, so a slow upload never
             # holds up other writers; only the check and the rename are serialised.
@@ -194,7 +193,7 @@ class LocalStore(Store):
         header = json.dumps({"generation": generation, "metadata": metadata or {},
                              "content_type": content_type}).encode()
         self._make_dirs()
-        tmp = self._tmp / f"{os.getpid()}-{uuid.uuid4().hex}"
+        tmp = self._tmp / f"{os.getpid()}-{os.urandom(16).hex()}"
         try:
             try:
                 os.rename(path, tmp)  # ours from here on, and out of the caller's way
