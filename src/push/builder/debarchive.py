@@ -5,7 +5,9 @@ push.builder.builder; it is the one module that runs tar and the compressors.
 `dpkg-deb --build` compresses data.tar into a temporary file and then copies it into the
 package, because an ar member's header (which holds its size) comes before its data. Here the
 compressor writes into the package file itself, at the member's final offset, and the size is
-filled into the header afterwards, so the package is written once. The layout is dpkg-deb's:
+filled into the header afterwards, so the package is written once; the disk starts writing it
+as it grows (sync_file_range), so the fsync that makes it durable finds little left, and
+`check_control` (dpkg reading the control member back) runs meanwhile. The layout is dpkg-deb's:
 the same members in the same order, GNU tar with names sorted as dpkg-deb sorts them, root
 ownership, mtimes clamped to the build time, the root entry `./` 0755
 (tests/test_builder_archive.py compares the two).
@@ -17,10 +19,12 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
+from push.builder.background import Background
 from push.builder.errors import BuildError, stderr_summary
 
 TIMEOUT = 3600.0
@@ -159,10 +163,56 @@ def _control_names(control_dir: Path) -> list[str]:
     return ["."] + [f"./{name}" for name in sorted(os.listdir(control_dir))]
 
 
+class _Writeback:
+    """Starts the disk writing what has been written of a file so far, every `interval` seconds,
+    without waiting for it (sync_file_range SYNC_FILE_RANGE_WRITE), until stopped."""
+
+    def __init__(self, fd: int, interval: float = 0.05) -> None:
+        self._fd = fd
+        self._stop = threading.Event()
+        self._sync_file_range = _sync_file_range()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        if self._sync_file_range is not None:
+            self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        done = 0
+        assert self._sync_file_range is not None
+        while not self._stop.wait(interval):
+            size = os.fstat(self._fd).st_size
+            if size > done and self._sync_file_range(self._fd, done, size - done, _SYNC_FILE_RANGE_WRITE) == 0:
+                done = size
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        import ctypes
+
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # not Linux: the fsync does all the work
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call  # type: ignore[no-any-return]
+
+
 def write(out: Path, control_dir: Path, data_root: Path, data_names: Sequence[str], mtime: int,
-          compression: str, level: int | None, timeout: float = TIMEOUT) -> None:
+          compression: str, level: int | None, check_control: Callable[[Path], object] | None = None,
+          timeout: float = TIMEOUT) -> None:
     """Write the package `out` from `control_dir` (DEBIAN/'s files) and the files `data_names`
-    (paths relative to `data_root`, in archive order, directories before what they hold)."""
+    (paths relative to `data_root`, in archive order, directories before what they hold).
+
+    `check_control(out)` runs in a thread once the control member is on disk (what follows is
+    not there yet); its error, if any, is raised after the data is written.
+    """
     if compression not in _SUFFIXES:
         raise BuildError(f"unknown compression {compression!r}")
     suffix = _SUFFIXES[compression]
@@ -178,18 +228,29 @@ def write(out: Path, control_dir: Path, data_root: Path, data_names: Sequence[st
     data_name = f"data.tar{suffix}"
 
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    writeback = None
+    check = None
     try:
         # The data member's header is written with size 0 and filled in once the size is known.
         os.write(fd, head + _member_header(data_name, 0, mtime))
         start = len(head) + 60
+        check = Background(check_control, out) if check_control is not None else None
+        writeback = _Writeback(fd)
         data = _Pipeline(data_root, (f"./{name}" for name in data_names), mtime, compression, level, fd,
                          lead=_root_entry(mtime))
         data.wait(timeout, "making data.tar")
+        writeback.stop()
         size = os.lseek(fd, 0, os.SEEK_END) - start
         if size % 2:
             os.write(fd, b"\n")
         os.pwrite(fd, _member_header(data_name, size, mtime), len(head))
+        if check is not None:
+            check.result()
     except BaseException:
+        if writeback is not None:
+            writeback.stop()
+        if check is not None:
+            check.join()
         os.close(fd)
         out.unlink(missing_ok=True)
         raise
