@@ -67,14 +67,16 @@ def listing(deb: Path, part: str = "--fsys-tarfile") -> list[str]:
     return [" ".join(line.split()[:3] + line.split()[5:]) for line in out.decode().splitlines()]
 
 
-@pytest.mark.parametrize("compression", ["zstd", "xz", "gzip", "none"])
-def test_same_package_as_dpkg_deb(tmp_path: Path, compression: str) -> None:
+@pytest.mark.parametrize(("compression", "level"), [("zstd", None), ("zstd", 20), ("xz", None), ("xz", 0),
+                                                   ("gzip", None), ("gzip", 1), ("none", None)])
+def test_same_package_as_dpkg_deb(tmp_path: Path, compression: str, level: int | None) -> None:
     tree = tricky_tree(tmp_path / "tree")
     ours, theirs = tmp_path / "ours.deb", tmp_path / "theirs.deb"
     scanned = staging.scan_root(tree)
     control_dir = with_debian(tree, tmp_path / "plain") / "DEBIAN"
-    debarchive.write(ours, control_dir, tree, scanned.entries, int(time.time()), compression, None)
-    run("dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", tmp_path / "plain", theirs)
+    debarchive.write(ours, control_dir, tree, scanned.entries, int(time.time()), compression, level)
+    run("dpkg-deb", "--root-owner-group", f"-Z{compression}", *([f"-z{level}"] if level is not None else []),
+        "--build", tmp_path / "plain", theirs)
 
     assert run("ar", "t", ours) == run("ar", "t", theirs)
     assert listing(ours) == listing(theirs)
@@ -88,6 +90,11 @@ def test_same_package_as_dpkg_deb(tmp_path: Path, compression: str) -> None:
     assert (tmp_path / "x-ours/a/future").stat().st_mtime <= time.time()  # clamped to the build time
     # The source tree is read where it lies and never written to.
     assert sorted(os.listdir(tree)) == ["B", "a", "a-b", "a.c", "empty", "z"]
+
+
+def test_gzip_level_0_is_left_to_dpkg_deb() -> None:
+    assert not debarchive.can_write("gzip", 0)  # gzip(1) has no level 0; dpkg-deb's zlib stores
+    assert debarchive.can_write("gzip", 1) and debarchive.can_write("zstd", None)
 
 
 def test_a_failing_tool_names_itself_and_leaves_no_package(tmp_path: Path) -> None:
@@ -117,7 +124,7 @@ def test_released_package_installs_and_its_root_is_0755(tmp_path: Path) -> None:
 
 
 def test_dpkg_deb_builds_where_the_compressor_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(debarchive, "can_write", lambda compression: False)  # no zstd command
+    monkeypatch.setattr(debarchive, "can_write", lambda compression, level: False)  # no zstd command
     repo = make_repo(tmp_path / "repo")
     (tmp_path / "work").mkdir()
     built = build(BuildRequest(app="hello", root=repo / "stage", note="fallback", repo=repo, lintian=False),

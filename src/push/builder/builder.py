@@ -235,7 +235,7 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adopt
         path, extra, services = _use_prebuilt(req.deb, workdir, warnings)
         sealing = _Sealing(path, durable=False)
     else:
-        direct = debarchive.can_write(settings.compression)
+        direct = debarchive.can_write(settings.compression, settings.level)
         if loaded is not None:
             tree = staging.stage_manifest(loaded, workdir / "tree")
         else:

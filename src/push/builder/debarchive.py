@@ -38,7 +38,7 @@ _TAR = ["tar", "-cf", "-", "--format=gnu", "--clamp-mtime", "--owner", "root:0",
 def _compressor(compression: str, level: int) -> list[str] | None:
     """The command that compresses stdin to stdout, as dpkg-deb would (its threads included)."""
     if compression == "zstd":
-        return ["zstd", "-q", "-c", f"-{level}", "-T0"]
+        return ["zstd", "-q", "-c", f"-{level}", "-T0", *(["--ultra"] if level > 19 else [])]
     if compression == "xz":
         return ["xz", "-q", "-c", f"-{level}", "-T0"]
     if compression == "gzip":
@@ -46,9 +46,14 @@ def _compressor(compression: str, level: int) -> list[str] | None:
     return None
 
 
-def can_write(compression: str) -> bool:
-    """Whether this machine has the tools: GNU tar and the compressor (zstd is its own package)."""
-    tools = ["tar"] + ([_compressor(compression, 1)[0]] if compression != "none" else [])  # type: ignore[index]
+def can_write(compression: str, level: int | None = None) -> bool:
+    """Whether this machine has the tools: GNU tar and the compressor (zstd is its own package).
+
+    gzip has no level 0 (dpkg-deb's zlib stores uncompressed there): that one is dpkg-deb's.
+    """
+    if compression == "gzip" and level == 0:
+        return False
+    tools = ["tar"] + ([compression] if compression != "none" else [])
     return all(shutil.which(tool) for tool in tools)
 
 
