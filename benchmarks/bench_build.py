@@ -227,6 +227,9 @@ def bench(kind: str, work: Path, large_mb: int, small_files: int, skip_xz: bool,
                                           work / "default.deb", watch=True)])
     for _ in range(repeat):  # in turn, so the machine's other work falls on all alike
         for name, measure in measures.items():
+            # No run pays for deleting the previous run's 200 MB output.
+            zstd_deb.unlink(missing_ok=True)
+            build_deb.unlink(missing_ok=True)
             run = measure()
             if name.endswith("build"):
                 run.size = build_deb.stat().st_size
