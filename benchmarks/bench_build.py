@@ -49,7 +49,8 @@ from pathlib import Path
 
 MB = 1024 * 1024
 GIT_HASH = "0" * 40
-UNIT = "[Unit]\nDescription=bench\n\n[Service]\nExecStart=/usr/local/bin/bench\n\n[Install]\nWantedBy=multi-user.target\n"
+UNIT = ("[Unit]\nDescription=bench\n\n[Service]\nExecStart=/usr/local/bin/bench\n\n"
+        "[Install]\nWantedBy=multi-user.target\n")
 # The installed `push` command, as a user runs it (python -m would add runpy's imports).
 PUSH = [str(Path(sys.executable).with_name("push"))] if Path(sys.executable).with_name("push").exists() \
     else [sys.executable, "-m", "push.cli"]
@@ -256,8 +257,9 @@ def fixed_cost(work: Path, repeat: int) -> tuple[Series, float]:
     series = Series([push_release(tree, store, "--no-lintian") for _ in range(repeat)])
     shutil.rmtree(store, ignore_errors=True)
     script = PUSH[1:] if PUSH[0] == sys.executable else PUSH  # python -m push.cli, or the push script
-    proc = subprocess.run([sys.executable, "-X", "importtime", *script, "release", "tiny", "--root", str(tree), "--note", "n", "--hash", GIT_HASH, "--store",
-                           str(store), "--no-lintian"], capture_output=True, text=True, check=True)
+    argv = [sys.executable, "-X", "importtime", *script, "release", "tiny", "--root", str(tree), "--note", "n",
+            "--hash", GIT_HASH, "--store", str(store), "--no-lintian"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
     imports = sum(int(m[1]) for m in re.finditer(r"import time:\s+(\d+) \|", proc.stderr)) / 1e6
     return series, imports
 

@@ -181,7 +181,8 @@ def lintian(deb: Path) -> LintianReport:
         elif m["severity"] == "W":
             report.warnings.append(shown)
     if report.errors:
-        shown = "; ".join(report.errors[:5]) + (f"; and {len(report.errors) - 5} more" if len(report.errors) > 5 else "")
+        more = len(report.errors) - 5
+        shown = "; ".join(report.errors[:5]) + (f"; and {more} more" if more > 0 else "")
         raise BuildError(f"lintian found {len(report.errors)} error(s) in {deb.name}: {shown}")
     if report.checked_tags:
         log.info("lintian: no errors (%d excused) among its %d error tags", len(report.excused),

@@ -24,7 +24,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -322,27 +322,25 @@ def _copy_stream(src: BinaryIO, dst: BinaryIO) -> None:
 
 
 _FALLOC_FL_INSERT_RANGE = 0x20
-_fallocate = None
+_fallocate: list[Callable[[int, int, int, int], int] | None] = []  # found on first use
 
 
 def _insert_range(fd: int, length: int) -> bool:
     """Insert `length` bytes (whole blocks) of hole at the start of the file, shifting its
     contents without copying them. False where the system or file system cannot."""
-    global _fallocate
-    if _fallocate is None:
+    if not _fallocate:
         import ctypes
 
         try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            _fallocate = libc.fallocate
-            _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-            _fallocate.restype = ctypes.c_int
+            call = ctypes.CDLL(None, use_errno=True).fallocate
+            call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            call.restype = ctypes.c_int
+            _fallocate.append(call)
         except (OSError, AttributeError):  # not Linux
-            _fallocate = False
-    if not _fallocate:
-        return False
+            _fallocate.append(None)
+    fallocate = _fallocate[0]
     # Any failure (EOPNOTSUPP on tmpfs or btrfs, EINVAL for an empty file) leaves the file as it was.
-    return _fallocate(fd, _FALLOC_FL_INSERT_RANGE, 0, length) == 0
+    return fallocate is not None and fallocate(fd, _FALLOC_FL_INSERT_RANGE, 0, length) == 0
 
 
 def _fsync_dir(path: Path) -> None:
