@@ -312,10 +312,16 @@ def main() -> int:
                 median = f"{s.median:9.2f}" if len(s.runs) > 1 else f"{'':9}"
                 print(f"  {name:14} {run.seconds:7.2f} {median} {run.cpu:6.2f} {run.size / MB:11.1f} {builder:>11} "
                       f"{run.tree_peak_mb:11.0f}")
-            zstd = series["zstd"].best.seconds
-            ratios = [f"{name} {series[name].best.seconds / zstd:.2f}x" for name in series
-                      if name not in ("zstd", "default") and not name.startswith("lintian/")]
-            print(f"  against dpkg-deb -Zzstd (best against best): {', '.join(ratios)}")
+            zstd = series["zstd"]
+            compared = [name for name in series if name not in ("zstd", "default") and not name.startswith("lintian/")]
+            print("  against dpkg-deb -Zzstd, best against best: "
+                  + ", ".join(f"{name} {series[name].best.seconds / zstd.best.seconds:.2f}x" for name in compared))
+            print("                           median against median: "
+                  + ", ".join(f"{name} {series[name].median / zstd.median:.2f}x" for name in compared
+                              if len(series[name].runs) > 1)
+                  + "; CPU, best runs: "
+                  + ", ".join(f"{name} {series[name].best.cpu / zstd.best.cpu:.2f}x" for name in compared
+                              if len(series[name].runs) > 1))
             if "default" in series:
                 print(f"  push is {series['default'].best.seconds / series['push'].best.seconds:.0f}x faster than "
                       f"plain dpkg-deb (xz)")

@@ -1,11 +1,12 @@
 """Build one release, check it, name it, and upload it: the steps of `push release`, in order.
 
 Cheap checks come first (app name, source state, the store answers and the name is free),
-then staging, the unit check, the package (push.builder.debarchive, or dpkg-deb where the
-compressor's tool is missing) and lintian. The package is hashed from the page cache while it
-is flushed to disk and while dpkg reads its control back. Only a package that passed
-everything is uploaded, create-only, and journalled through `catalog.publish`; a local store
-adopts the file (written in its `adoption_dir()`) instead of copying it.
+then the scan or staging of the files, the package (push.builder.debarchive, or dpkg-deb where
+the compressor's command is missing) with the unit check running meanwhile, and lintian,
+which reads the package while it is hashed from the page cache and flushed to disk. Only a
+package that passed everything is uploaded, create-only, and journalled through
+`catalog.publish`; a local store adopts the file (written in its `adoption_dir()`) instead
+of copying it.
 """
 
 from __future__ import annotations
@@ -233,7 +234,6 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adopt
     if settings is None:
         assert req.deb is not None
         path, extra, services = _use_prebuilt(req.deb, workdir, warnings)
-        sealing = _Sealing(path, durable=False)
     else:
         direct = debarchive.can_write(settings.compression, settings.level)
         if loaded is not None:
@@ -247,10 +247,11 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adopt
         package_dir = (store.adoption_dir() if store is not None and adoptable else None) or workdir
         path, extra, services = _build_package(settings, tree, release, now, dirty, note, workdir,
                                                package_dir, direct, warnings)
-        sealing = _Sealing(path, durable=True)
-    # lintian reads the package while it is hashed and flushed.
-    lint = Background(checks.lintian, path) if req.lintian else None
+    lint = None
     try:
+        sealing = _Sealing(path, durable=settings is not None)  # the user's own --deb needs no fsync
+        # lintian reads the package while it is hashed and flushed.
+        lint = Background(checks.lintian, path) if req.lintian else None
         sha256, size = sealing.finish()
         if lint is not None:
             lint.result()
@@ -278,7 +279,6 @@ class _Sealing:
     """
 
     def __init__(self, path: Path, durable: bool) -> None:
-        self.path = path
         self._file = open(path, "rb")  # noqa: SIM115 - closed in finish()
         self._sync = Background(os.fsync, self._file.fileno()) if durable else None
 
