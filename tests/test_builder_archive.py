@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from buildapp import dpkg, installed, make_repo, push
 
+from buildapp import dpkg, installed, make_repo, push
 from push.builder import BuildRequest, build, debarchive, staging
 from push.builder.errors import BuildError
 

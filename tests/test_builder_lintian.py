@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from buildapp import make_repo, push
 
+from buildapp import make_repo, push
 from push.builder import checks
 from push.builder.errors import BuildError
 

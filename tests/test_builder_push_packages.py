@@ -14,7 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from buildapp import deb_field, deb_paths, dpkg, installed
+
+# builds Push's own packages with pip and lintian: a minute
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = {"pulld": "push-pulld", "push-server": "push-server"}

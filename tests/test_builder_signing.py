@@ -10,8 +10,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from buildapp import make_repo, push
 
+from buildapp import make_repo, push
 from push import signing
 from push.catalog import Catalog
 from push.release import Release, ReleaseInfo

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from buildapp import make_repo, push
-
 from push.release import Release
 from push.store import open_store
 

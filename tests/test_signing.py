@@ -15,16 +15,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from buildapp import push
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from push import signing
+from buildapp import push
+from push import layout, signing
 from push.errors import InvalidRelease, PushError
+from push.exits import exit_code
 from push.release import Release, ReleaseInfo
 from push.signing import (
-    InvalidKey,
+    InvalidSigningKey,
     Keyring,
     PublicKey,
     ReleaseStatement,
@@ -34,6 +35,11 @@ from push.signing import (
     SigningKey,
     Untrusted,
 )
+
+
+def with_extra(info: ReleaseInfo, **extra: str) -> ReleaseInfo:
+    return dataclasses.replace(info, extra={**info.extra, **extra})
+
 
 NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 HASH = "87ad69c70978556a84e23078f772b078200956d6"
@@ -111,7 +117,7 @@ def test_the_private_key_is_created_0600_whatever_the_umask(tmp_path: Path, monk
 @pytest.mark.parametrize("existing", ["k.key", "k.pub"])
 def test_generate_never_overwrites_a_key(tmp_path: Path, existing: str) -> None:
     (tmp_path / existing).write_text("precious\n")
-    with pytest.raises(InvalidKey, match="exists: refusing to overwrite"):
+    with pytest.raises(InvalidSigningKey, match="exists: refusing to overwrite"):
         signing.write_key_pair(tmp_path, "k")
     assert (tmp_path / existing).read_text() == "precious\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [existing]  # no temp file, no half pair
@@ -119,7 +125,7 @@ def test_generate_never_overwrites_a_key(tmp_path: Path, existing: str) -> None:
 
 @pytest.mark.parametrize("name", ["", ".hidden", "a/b", "../up", "with space"])
 def test_generate_refuses_bad_names(tmp_path: Path, name: str) -> None:
-    with pytest.raises(InvalidKey, match="invalid key name"):
+    with pytest.raises(InvalidSigningKey, match="invalid key name"):
         signing.write_key_pair(tmp_path, name)
 
 
@@ -129,19 +135,19 @@ def pair(tmp_path: Path) -> tuple[SigningKey, Path, Path]:
 
 
 def test_signing_refuses_a_public_key(pair: tuple[SigningKey, Path, Path]) -> None:
-    with pytest.raises(InvalidKey, match=r"is a public key: signing needs the private key"):
+    with pytest.raises(InvalidSigningKey, match=r"is a public key: signing needs the private key"):
         SigningKey.load(pair[2])
 
 
 def test_trusting_refuses_a_private_key(pair: tuple[SigningKey, Path, Path]) -> None:
-    with pytest.raises(InvalidKey, match="is a private key: give its public key"):
+    with pytest.raises(InvalidSigningKey, match="is a private key: give its public key"):
         PublicKey.load(pair[1])
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o610])
 def test_a_private_key_others_can_access_is_refused(pair: tuple[SigningKey, Path, Path], mode: int) -> None:
     pair[1].chmod(mode)
-    with pytest.raises(InvalidKey, match=rf"permissions {mode:04o} .* too open.*chmod 600"):
+    with pytest.raises(InvalidSigningKey, match=rf"permissions {mode:04o} .* too open.*chmod 600"):
         SigningKey.load(pair[1])
     pair[1].chmod(0o400)  # read-only for its owner is fine
     assert SigningKey.load(pair[1]).key_id == pair[0].key_id
@@ -168,11 +174,11 @@ def test_unusable_key_files_are_refused_without_showing_their_contents(tmp_path:
         tmp_path: "cannot read private key .*: Is a directory",
     }
     for path, message in cases.items():
-        with pytest.raises(InvalidKey, match=message) as exc:
+        with pytest.raises(InvalidSigningKey, match=message) as exc:
             SigningKey.load(path)
         text = str(exc.value)
         assert "MII" not in text and "BEGIN" not in text, text  # no PEM body, no header in the error
-        assert isinstance(exc.value, PushError) and exc.value.exit_code == 2
+        assert isinstance(exc.value, PushError) and exit_code(exc.value) == 2
 
 
 def test_public_keys_in_text_forms(pair: tuple[SigningKey, Path, Path]) -> None:
@@ -185,7 +191,7 @@ def test_public_keys_in_text_forms(pair: tuple[SigningKey, Path, Path]) -> None:
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     for text, message in ((rsa_line, "is not a public key"), ("ssh-ed25519 AAAAnotakey", "not a readable public key"),
                           ("hello", "is not a public key"), ("", "is not a public key")):
-        with pytest.raises(InvalidKey, match=message):
+        with pytest.raises(InvalidSigningKey, match=message):
             PublicKey.from_text(text)
 
 
@@ -222,7 +228,7 @@ def test_keys_go_to_the_config_directory_by_default(tmp_path: Path, monkeypatch:
 
 
 def test_revoked_key_ids_must_be_key_ids() -> None:
-    with pytest.raises(InvalidKey, match="not 16 hex digits"):
+    with pytest.raises(InvalidSigningKey, match="not 16 hex digits"):
         Keyring([], revoked=["deploy-1"])
 
 
@@ -290,10 +296,10 @@ def test_release_refusals_and_their_reasons() -> None:
          f"signed by key {key.key_id}, which is not trusted (trusted: {other.key_id})"),
         (signed, Keyring([], revoked=[key.key_id]), "revoked-key", "which is revoked"),
         (signed, Keyring([key.public, other.public], revoked=[key.key_id]), "revoked-key", "which is revoked"),
-        (signed.with_extra(signature="not base64!"), Keyring([key.public]), "malformed", "is not base64"),
-        (signed.with_extra(signature=base64.b64encode(b"x" * 63).decode()), Keyring([key.public]), "malformed",
+        (with_extra(signed, signature="not base64!"), Keyring([key.public]), "malformed", "is not base64"),
+        (with_extra(signed, signature=base64.b64encode(b"x" * 63).decode()), Keyring([key.public]), "malformed",
          "63 bytes"),
-        (signed.with_extra(keyid="ABC"), Keyring([key.public]), "malformed", "key id 'ABC'"),
+        (with_extra(signed, keyid="ABC"), Keyring([key.public]), "malformed", "key id 'ABC'"),
         (dataclasses.replace(signed, extra={k: v for k, v in signed.extra.items() if k != "package"}),
          Keyring([key.public]), "bad-signature", "no package in its metadata"),
     ]
@@ -321,7 +327,7 @@ def test_a_signature_of_one_kind_is_never_taken_for_the_other() -> None:
     """Both statements carry their type: a server-file signature pasted onto a release fails."""
     key = fixed_key()
     server_sig = signing.sign_server_file("web-1", FILE, key, None, NOW).signature
-    info = release_info().with_extra(signature=base64.b64encode(server_sig).decode(), keyid=key.key_id)
+    info = with_extra(release_info(), signature=base64.b64encode(server_sig).decode(), keyid=key.key_id)
     with pytest.raises(Untrusted) as exc:
         signing.verify_release(stored(info), Keyring([key.public]))
     assert_untrusted(exc, "bad-signature")
@@ -367,7 +373,7 @@ def test_server_file_statement_has_one_fixed_encoding_and_storage_form() -> None
     assert doc == {"keyid": "34750f98bd59fcfc", "signature": base64.b64encode(signed.signature).decode(),
                    "statement": json.loads(st.encode())}
     assert SignedServerFile.parse("web-1", signed.to_bytes()) == signed
-    assert signing.server_signature_key("web-1") == "signatures/server/web-1.json"
+    assert layout.server_signature_key("web-1") == "signatures/server/web-1.json"
 
 
 def test_server_file_round_trip() -> None:

@@ -12,7 +12,7 @@ from push.cli import print_json
 from push.errors import NotFound
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("releases", parents=[common], help="list releases, newest first",
                        description="List every release of APP (or of every app), newest first.")
     p.add_argument("app", nargs="?", help="only this app")
@@ -29,13 +29,14 @@ def cmd_releases(args: argparse.Namespace) -> int:
     catalog = catalog_mod.Catalog(open_store(args.store))
     releases = catalog.releases(args.app)
     if catalog.skipped:
-        key, why = next(iter(catalog.skipped.items()))
+        why = next(iter(catalog.skipped.values()))
         print(f"push: warning: skipped {len(catalog.skipped)} object(s) under debs/ that are not valid releases, "
               f"e.g. {why}", file=sys.stderr)
     if args.app and not releases:
         cfg = config_mod.load(args.config)
         if not any(args.app in apps for apps in cfg.servers.values()):
-            raise NotFound(f"unknown app {args.app!r}: no releases in {catalog.store.url} and not in any server's appNames")
+            raise NotFound(f"unknown app {args.app!r}: no releases in {catalog.store.url} "
+                           "and not in any server's appNames")
     if args.json:
         print_json([r.to_json() for r in releases])
         return 0

@@ -46,7 +46,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     key, key_path, pub_path = write_key_pair(args.dir or default_key_dir(), args.name)
     print(f"key id:      {key.key_id}")
-    print(f"private key: {key_path}  (mode 0600: keep it on the machine that signs; never in the bucket or a repository)")
+    print(f"private key: {key_path}  "
+          "(mode 0600: keep it on the machine that signs; never in the bucket or a repository)")
     print(f"public key:  {pub_path}  (give this file to the agents that trust the key)")
     return 0
 

@@ -18,7 +18,7 @@ import os
 import re
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,17 +30,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from push.errors import InvalidRelease, PushError
-from push.release import TIME_FORMAT, ReleaseInfo
-from push.serverfile import check_server, server_key
+from push.errors import InvalidRelease, InvalidSigningKey, PushError, Untrusted
+from push.layout import server_file_key, server_signature_key
+from push.names import check_server
+from push.release import ReleaseInfo
+from push.timestamps import RELEASE_FORMAT
 
 __all__ = [
     "DEFAULT_LIFETIME",
     "KEYID_METADATA",
     "METADATA_LIMIT",
-    "SIGNATURES_PREFIX",
     "SIGNATURE_METADATA",
-    "InvalidKey",
+    "InvalidSigningKey",
     "Keyring",
     "PublicKey",
     "ReleaseStatement",
@@ -57,7 +58,6 @@ __all__ = [
     "needs_signing",
     "next_version",
     "release_signature",
-    "server_signature_key",
     "sign_release",
     "sign_server_file",
     "verify_release",
@@ -71,8 +71,6 @@ KEYID_METADATA = "keyid"
 # S3 allows 2 KB of user metadata per object, keys and values together (GCS allows 8 KiB):
 # the smaller limit decides, since a release may be copied from one bucket to another.
 METADATA_LIMIT = 2048
-# server/{name}.json's statement lives at signatures/server/{name}.json.
-SIGNATURES_PREFIX = "signatures/server/"
 # How long a server-file statement is valid: an agent notices a frozen bucket after at most
 # this long. The push server re-signs at half-life (see needs_signing).
 DEFAULT_LIFETIME = timedelta(days=1)
@@ -85,27 +83,6 @@ _MAX_VERSION = 2**53  # exact in every JSON reader
 _MAX_KEY_FILE = 64 * 1024
 
 
-class InvalidKey(PushError):
-    """A key file that cannot be used: missing, of the wrong kind, or readable by others."""
-
-    exit_code = 2
-
-
-class Untrusted(PushError):
-    """A release or server file whose signed statement does not hold; the message says why.
-
-    `reason` is a short word for reports and the fleet view: unsigned, malformed,
-    unknown-key, revoked-key, bad-signature, wrong-server, digest-mismatch, rollback, expired.
-    """
-
-    exit_code = 6
-    http_status = 403
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
 def canonical_json(value: Mapping[str, Any]) -> bytes:
     """The one byte encoding of a statement: sorted keys, no spaces, UTF-8, no floats."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
@@ -113,13 +90,13 @@ def canonical_json(value: Mapping[str, Any]) -> bytes:
 
 
 def _format_time(t: datetime) -> str:
-    return t.astimezone(UTC).strftime(TIME_FORMAT)
+    return t.astimezone(UTC).strftime(RELEASE_FORMAT)
 
 
 def _parse_time(text: object, what: str) -> datetime:
     if not isinstance(text, str) or not _TIME_RE.fullmatch(text):
         raise ValueError(f"{what} {text!r} is not a UTC time YYYY-MM-DDTHH:MM:SSZ")
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+    return datetime.strptime(text, RELEASE_FORMAT).replace(tzinfo=UTC)
 
 
 def _whole_seconds(t: datetime) -> datetime:
@@ -137,7 +114,8 @@ def _raw(public: Ed25519PublicKey) -> bytes:
 
 def check_key_name(name: str) -> str:
     if not KEY_NAME_RE.fullmatch(name) or len(name) > 100:
-        raise InvalidKey(f"invalid key name {name!r}: use letters, digits and . _ - (starting with a letter or digit)")
+        raise InvalidSigningKey(f"invalid key name {name!r}: "
+                                "use letters, digits and . _ - (starting with a letter or digit)")
     return name
 
 
@@ -179,10 +157,10 @@ class PublicKey:
 
     @classmethod
     def from_text(cls, text: str, source: str = "public key") -> PublicKey:
-        """Parse an OpenSSH `ssh-ed25519` line or a PEM public key; InvalidKey otherwise."""
+        """Parse an OpenSSH `ssh-ed25519` line or a PEM public key; InvalidSigningKey otherwise."""
         text = text.strip()
         if "PRIVATE KEY" in text:
-            raise InvalidKey(f"{source} is a private key: give its public key (NAME.pub); a private key "
+            raise InvalidSigningKey(f"{source} is a private key: give its public key (NAME.pub); a private key "
                              "never belongs on an agent")
         try:
             if text.startswith("-----BEGIN PUBLIC KEY-----"):
@@ -191,14 +169,14 @@ class PublicKey:
             else:
                 fields = text.split(None, 2)
                 if len(fields) < 2 or fields[0] != "ssh-ed25519":
-                    raise InvalidKey(f"{source} is not a public key: expected one line 'ssh-ed25519 AAAA... NAME' "
-                                     "(a NAME.pub written by push keys generate)")
+                    raise InvalidSigningKey(f"{source} is not a public key: expected one line "
+                                            "'ssh-ed25519 AAAA... NAME' (a NAME.pub written by push keys generate)")
                 key = serialization.load_ssh_public_key(f"{fields[0]} {fields[1]}".encode())
                 name = fields[2].strip() if len(fields) > 2 else ""
         except (ValueError, UnsupportedAlgorithm):
-            raise InvalidKey(f"{source} is not a readable public key") from None
+            raise InvalidSigningKey(f"{source} is not a readable public key") from None
         if not isinstance(key, Ed25519PublicKey):
-            raise InvalidKey(f"{source} is not an Ed25519 key: Push signs with Ed25519 (push keys generate)")
+            raise InvalidSigningKey(f"{source} is not an Ed25519 key: Push signs with Ed25519 (push keys generate)")
         return cls(key, name)
 
     @classmethod
@@ -211,9 +189,9 @@ def _read_key_file(path: Path, what: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read(_MAX_KEY_FILE + 1)
     except OSError as e:
-        raise InvalidKey(f"cannot read {what} {path}: {e.strerror}") from None
+        raise InvalidSigningKey(f"cannot read {what} {path}: {e.strerror}") from None
     if len(data) > _MAX_KEY_FILE:
-        raise InvalidKey(f"{path} is not a {what} (too large)")
+        raise InvalidSigningKey(f"{path} is not a {what} (too large)")
     return data
 
 
@@ -249,33 +227,33 @@ class SigningKey:
 
     @classmethod
     def load(cls, path: Path) -> SigningKey:
-        """Read a NAME.key; InvalidKey if it is missing, a public key, not Ed25519, or group/world-accessible."""
+        """Read a NAME.key; InvalidSigningKey if it is missing, a public key, not Ed25519, or group/world-accessible."""
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())  # of the file we read, not of whatever the path names later
                 if not stat.S_ISREG(st.st_mode):
-                    raise InvalidKey(f"private key {path} is not a regular file")
+                    raise InvalidSigningKey(f"private key {path} is not a regular file")
                 data = f.read(_MAX_KEY_FILE + 1)
         except OSError as e:
-            raise InvalidKey(f"cannot read private key {path}: {e.strerror}") from None
+            raise InvalidSigningKey(f"cannot read private key {path}: {e.strerror}") from None
         if len(data) > _MAX_KEY_FILE:
-            raise InvalidKey(f"{path} is not a private key (too large)")
+            raise InvalidSigningKey(f"{path} is not a private key (too large)")
         if b"PUBLIC KEY" in data or data.lstrip().startswith(b"ssh-"):
-            raise InvalidKey(f"{path} is a public key: signing needs the private key (NAME.key, not NAME.pub)")
+            raise InvalidSigningKey(f"{path} is a public key: signing needs the private key (NAME.key, not NAME.pub)")
         if st.st_mode & 0o077:
             # As ssh does: a key others can read is a key others may have.
-            raise InvalidKey(f"permissions {stat.S_IMODE(st.st_mode):04o} on private key {path} are too open: "
+            raise InvalidSigningKey(f"permissions {stat.S_IMODE(st.st_mode):04o} on private key {path} are too open: "
                              f"it must be accessible by its owner only (chmod 600 {path})")
         if b"ENCRYPTED" in data:
-            raise InvalidKey(f"{path} is an encrypted private key: Push needs it unencrypted, protected by its "
+            raise InvalidSigningKey(f"{path} is an encrypted private key: Push needs it unencrypted, protected by its "
                              "file mode (push keys generate writes one)")
         try:
             private = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError, UnsupportedAlgorithm):
             # The library's message may quote the input: say only what the file is not.
-            raise InvalidKey(f"{path} is not a PEM (PKCS8) private key") from None
+            raise InvalidSigningKey(f"{path} is not a PEM (PKCS8) private key") from None
         if not isinstance(private, Ed25519PrivateKey):
-            raise InvalidKey(f"{path} is not an Ed25519 key: Push signs with Ed25519 (push keys generate)")
+            raise InvalidSigningKey(f"{path} is not an Ed25519 key: Push signs with Ed25519 (push keys generate)")
         return cls(private, path.name.removesuffix(".key"))
 
 
@@ -300,7 +278,7 @@ def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
         try:
             os.link(tmp, path)  # fails if `path` appeared meanwhile: nothing is overwritten
         except FileExistsError:
-            raise InvalidKey(f"{path} exists: refusing to overwrite a key (choose another NAME, or "
+            raise InvalidSigningKey(f"{path} exists: refusing to overwrite a key (choose another NAME, or "
                              "move the old key away yourself)") from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -309,17 +287,17 @@ def _create_exclusive(path: Path, data: bytes, mode: int) -> None:
 def write_key_pair(directory: Path, name: str) -> tuple[SigningKey, Path, Path]:
     """Generate a key pair and write DIR/NAME.key (0600) and DIR/NAME.pub (0644).
 
-    Refuses (InvalidKey) if either file exists. Returns (key, private path, public path).
+    Refuses (InvalidSigningKey) if either file exists. Returns (key, private path, public path).
     """
     check_key_name(name)
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
-        raise InvalidKey(f"cannot create key directory {directory}: {e.strerror}") from None
+        raise InvalidSigningKey(f"cannot create key directory {directory}: {e.strerror}") from None
     key_path, pub_path = directory / f"{name}.key", directory / f"{name}.pub"
     for path in (key_path, pub_path):
         if path.exists() or path.is_symlink():
-            raise InvalidKey(f"{path} exists: refusing to overwrite a key (choose another NAME, or "
+            raise InvalidSigningKey(f"{path} exists: refusing to overwrite a key (choose another NAME, or "
                              "move the old key away yourself)")
     key = SigningKey.generate(name)
     try:
@@ -335,7 +313,7 @@ def write_key_pair(directory: Path, name: str) -> tuple[SigningKey, Path, Path]:
         finally:
             os.close(dir_fd)
     except OSError as e:
-        raise InvalidKey(f"cannot write key {name} in {directory}: {e.strerror}") from None
+        raise InvalidSigningKey(f"cannot write key {name} in {directory}: {e.strerror}") from None
     return key, key_path, pub_path
 
 
@@ -351,7 +329,7 @@ class Keyring:
         self.revoked = frozenset(revoked)
         for key_id in self.revoked:
             if not KEY_ID_RE.fullmatch(key_id):
-                raise InvalidKey(f"revoked key id {key_id!r} is not 16 hex digits (see push keys show FILE)")
+                raise InvalidSigningKey(f"revoked key id {key_id!r} is not 16 hex digits (see push keys show FILE)")
 
     @classmethod
     def load(cls, paths: Iterable[Path], revoked: Iterable[str] = ()) -> Keyring:
@@ -467,8 +445,8 @@ def sign_release(info: ReleaseInfo, key: SigningKey) -> ReleaseInfo:
     InvalidRelease if a signed field is missing or the metadata would exceed METADATA_LIMIT.
     """
     statement = ReleaseStatement.from_info(info)
-    signed = info.with_extra(**{SIGNATURE_METADATA: base64.b64encode(key.sign(statement.encode())).decode(),
-                                KEYID_METADATA: key.key_id})
+    signature = base64.b64encode(key.sign(statement.encode())).decode()
+    signed = replace(info, extra={**info.extra, SIGNATURE_METADATA: signature, KEYID_METADATA: key.key_id})
     size = metadata_size(signed.to_metadata())
     if size > METADATA_LIMIT:
         raise InvalidRelease(f"release {info.name}: its metadata would be {size} bytes with the signature, over "
@@ -512,11 +490,6 @@ def check_release_file(statement: ReleaseStatement, sha256: str, size: int) -> N
 
 
 # -- server files --------------------------------------------------------------------------
-
-
-def server_signature_key(server: str) -> str:
-    """signatures/server/{server}.json: where server/{server}.json's signed statement is stored."""
-    return f"{SIGNATURES_PREFIX}{check_server(server)}.json"
 
 
 @dataclass(frozen=True)
@@ -679,7 +652,7 @@ def verify_server_file(server: str, data: bytes, signed: bytes | None, keyring: 
     for other bytes, older than `seen` (unless `seen` was signed by a key since revoked: that
     is how an agent recovers from a fast-forward by a stolen key), or expired.
     """
-    what = server_key(server)
+    what = server_file_key(server)
     if signed is None:
         raise Untrusted("unsigned", f"{what} is not signed ({server_signature_key(server)} is missing)")
     parsed = SignedServerFile.parse(server, signed)

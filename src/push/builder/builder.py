@@ -22,14 +22,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from push import catalog
 from push.builder import checks, control, debarchive, dpkgdeb, git, manifest, python, staging
 from push.builder.background import Background
 from push.builder.errors import BuildError
 from push.errors import Conflict, NotFound
-from push.release import Release, ReleaseInfo, check_app
+from push.names import check_app
+from push.release import Release, ReleaseInfo
 from push.store import ObjectInfo, Store
 
 if TYPE_CHECKING:  # push.signing loads cryptography: imported only for a signed build
@@ -168,7 +169,7 @@ class _PackageSettings:
 
     @classmethod
     def resolve(cls, req: BuildRequest, loaded: manifest.Manifest | None) -> _PackageSettings:
-        def setting(name: str):  # the command line wins over the manifest
+        def setting(name: str) -> Any:  # the command line wins over the manifest
             value = getattr(req, name)
             return value if value is not None or loaded is None else getattr(loaded, name)
 
@@ -384,7 +385,7 @@ class _CountingReader:
         self._on_bytes(len(data))
         return data
 
-    def __getattr__(self, name: str):  # seek, tell, fileno... for clients that use them
+    def __getattr__(self, name: str) -> Any:  # seek, tell, fileno... for clients that use them
         return getattr(self._f, name)
 
 

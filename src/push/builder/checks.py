@@ -59,7 +59,8 @@ LINTIAN_EXCUSED = (
            "the Maintainer is whoever built the release, which on a build machine may be root"),
 )
 
-_LINTIAN_LINE = re.compile(r"(?P<severity>[EWIPXOCN]): (?P<package>[^:\s]+)(?: \([^)]*\))?: (?P<tag>\S+)(?: (?P<context>.*))?")
+_LINTIAN_LINE = re.compile(
+    r"(?P<severity>[EWIPXOCN]): (?P<package>[^:\s]+)(?: \([^)]*\))?: (?P<tag>\S+)(?: (?P<context>.*))?")
 _NOT_EXECUTABLE = re.compile(r"^(?P<unit>\S+): Command (?P<path>/\S+) is not executable: No such file or directory$")
 
 

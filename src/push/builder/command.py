@@ -34,7 +34,7 @@ check passes. The release name is printed last.
 """
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("release", parents=[common], help="build a package of an app and upload it as a release",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("app", metavar="APP", help="the app's name")

@@ -217,7 +217,7 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
         return None
     call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     call.restype = ctypes.c_int
-    return call  # type: ignore[no-any-return]
+    return call
 
 
 def write(out: Path, control_dir: Path, data_root: Path, data_names: Sequence[str], mtime: int,

@@ -21,12 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from push.builder import dpkgdeb, python
-from push.builder.control import UNIT_SUFFIXES
 from push.builder.errors import BuildError
 from push.builder.manifest import Manifest
+from push.units import unit_of_path
 
-# Where systemd looks for packaged and admin units; the units found here are the release's services.
-UNIT_DIRS = ("etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system")
 _ELF_MAGIC = b"\x7fELF"
 
 
@@ -237,8 +235,8 @@ class StagedTree:
         self.has_machine_code |= head == _ELF_MAGIC
         if rel.startswith("etc/"):
             self.conffiles["/" + rel] = None
-        parent, _, name = rel.rpartition("/")
-        if parent in UNIT_DIRS and name.endswith(UNIT_SUFFIXES):
+        name = unit_of_path(rel)
+        if name is not None:
             path = self.path / rel
             self.units[name] = path
             try:
@@ -367,10 +365,10 @@ def inspect_deb(deb: Path, workdir: Path) -> PrebuiltDeb:
     with dpkgdeb.data_members(deb) as tar:
         for member in tar:
             rel = member.name.removeprefix("./")
-            parent, _, name = rel.rpartition("/")
             if member.isfile() and member.mode & 0o111:
                 executables.add("/" + rel)
-            if member.isfile() and parent in UNIT_DIRS and name.endswith(UNIT_SUFFIXES):
+            name = unit_of_path(rel)
+            if member.isfile() and name is not None:
                 source = tar.extractfile(member)
                 assert source is not None
                 path = unit_dir / name
