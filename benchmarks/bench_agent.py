@@ -17,6 +17,7 @@ All against a local store in a temp directory, into sandbox roots (dpkg --root).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -30,13 +31,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from agentpkgs import build_deb, publish_deb, set_server_file  # noqa: E402
-
-from push.agent.agent import Agent, AgentOptions  # noqa: E402
-from push.agent.dpkg import Dpkg  # noqa: E402
-from push.agent.supervisor import SandboxSupervisor  # noqa: E402
-from push.store import CHUNK_SIZE, Store  # noqa: E402
-from push.store.local import LocalStore  # noqa: E402
+from agentpkgs import build_deb, publish_deb, set_server_file
+from push.agent.agent import Agent, AgentOptions
+from push.agent.dpkg import Dpkg
+from push.agent.supervisor import SandboxSupervisor
+from push.store import CHUNK_SIZE, Store
+from push.store.local import LocalStore
 
 MB = 1024 * 1024
 
@@ -239,10 +239,8 @@ def bench_latency(work: Path, rounds: int = 10, via_push_server: bool = False) -
         def events() -> list[dict]:
             out = []
             for line in log_path.read_text().splitlines():
-                try:
+                with contextlib.suppress(ValueError):
                     out.append(json.loads(line))
-                except ValueError:
-                    pass
             return out
 
         def wait(pred, timeout: float = 30):  # type: ignore[no-untyped-def]
@@ -262,9 +260,9 @@ def bench_latency(work: Path, rounds: int = 10, via_push_server: bool = False) -
             seen = len([e for e in events() if e.get("event") == "install.start"])
             t0 = time.time()
             change(names[(i + 1) % 2])
-            starts = wait(lambda: [e for e in events() if e.get("event") == "install.start"][seen:])
+            starts = wait(lambda seen=seen: [e for e in events() if e.get("event") == "install.start"][seen:])
             latencies.append(float(starts[0]["t"]) - t0)
-            wait(lambda: len([e for e in events() if e.get("event") == "install.done"]) >= seen + 1)
+            wait(lambda seen=seen: len([e for e in events() if e.get("event") == "install.done"]) >= seen + 1)
     finally:
         proc.terminate()
         proc.wait(10)

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from push import serverfile  # noqa: E402
-from push.errors import Conflict  # noqa: E402
-from push.store import open_store  # noqa: E402
+from push import serverfile
+from push.errors import Conflict
+from push.store import open_store
 
 
 def writer(url: str, index: int, updates: int, start: multiprocessing.Event, out: multiprocessing.Queue) -> None:
@@ -35,7 +35,7 @@ def writer(url: str, index: int, updates: int, start: multiprocessing.Event, out
         entry = f"w{index}-{i}/"
 
         def add(sf: serverfile.ServerFile, entry: str = entry) -> serverfile.ServerFile:
-            return serverfile.ServerFile(sf.server, sf.entries + (entry,), sf.generation)
+            return serverfile.ServerFile(sf.server, (*sf.entries, entry), sf.generation)
 
         while True:
             try:

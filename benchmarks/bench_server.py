@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import re
 import shutil
 import statistics
@@ -210,7 +209,8 @@ def main() -> int:
                     f"{time.perf_counter() - t:.1f} s"))
     t = time.perf_counter()
     first = view.state_json()
-    results.append(("fleet state, first computation", f"{(time.perf_counter() - t) * 1000:.0f} ms, {len(first) / 1e6:.1f} MB JSON"))
+    results.append(("fleet state, first computation",
+                    f"{(time.perf_counter() - t) * 1000:.0f} ms, {len(first) / 1e6:.1f} MB JSON"))
     t = time.perf_counter()
     for _ in range(5):
         view.state_json()
@@ -267,7 +267,8 @@ def main() -> int:
                 if proc.poll() is not None:
                     raise SystemExit(f"push serve exited: {(root / 'serve.log').read_text()[-2000:]}")
                 time.sleep(0.2)
-            results.append(("push serve: start until /healthz is 200 (first full read)", f"{time.perf_counter() - t:.1f} s"))
+            results.append(("push serve: start until /healthz is 200 (first full read)",
+                            f"{time.perf_counter() - t:.1f} s"))
             client.get("/api/v1/fleet", headers=headers)  # compute once
             client.get("/", headers={**headers, "accept": "text/html"})
             times, size = timed_gets(client, "/api/v1/fleet", args.requests, headers)
@@ -279,7 +280,8 @@ def main() -> int:
             times, size = timed_gets(client, "/", args.requests, {**headers, "accept": "text/html"})
             results.append((f"GET / fleet page, warm, first page of servers ({size / 1e6:.2f} MB)", summary(times)))
             times, size = timed_gets(client, "/?all=1", max(5, args.requests // 4), {**headers, "accept": "text/html"})
-            results.append((f"GET /?all=1 fleet page, warm, all {args.servers} servers ({size / 1e6:.1f} MB)", summary(times)))
+            results.append((f"GET /?all=1 fleet page, warm, all {args.servers} servers ({size / 1e6:.1f} MB)",
+                            summary(times)))
             times, size = timed_gets(client, f"/servers/srv0001/apps/{app_names(args, 1)[0]}", args.requests,
                                      {**headers, "accept": "text/html"})
             results.append((f"GET release picker ({args.releases} releases)", summary(times)))
@@ -314,7 +316,8 @@ def main() -> int:
                 r.raise_for_status()
                 changed += r.json()["changed"]
             seq = half / (time.perf_counter() - t)
-            results.append((f"deploys per second, one client, sequential ({changed} of {half} changed)", f"{seq:.0f}/s"))
+            results.append((f"deploys per second, one client, sequential ({changed} of {half} changed)",
+                            f"{seq:.0f}/s"))
 
             async def parallel(batch: list[tuple[str, str, str]]) -> tuple[float, int]:
                 async with httpx.AsyncClient(base_url=url, timeout=600, trust_env=False) as ac:
@@ -337,7 +340,8 @@ def main() -> int:
                             f"{par:.0f}/s"))
             t = time.perf_counter()
             client.get("/api/v1/fleet", headers=headers)
-            results.append(("GET /api/v1/fleet right after those deploys", f"{(time.perf_counter() - t) * 1000:.0f} ms"))
+            results.append(("GET /api/v1/fleet right after those deploys",
+                            f"{(time.perf_counter() - t) * 1000:.0f} ms"))
     finally:
         proc.terminate()
         proc.wait(timeout=30)

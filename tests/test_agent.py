@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentpkgs import make_release, set_server_file
 
+from agentpkgs import make_release, set_server_file
 from push import status
 from push.agent.agent import Agent, AgentOptions
 from push.agent.backoff import Backoff

@@ -16,13 +16,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from buildapp import commit, deb_field, deb_paths, dpkg, git, installed, make_repo, push, stage_hello
 
+from buildapp import commit, deb_field, deb_paths, dpkg, git, installed, make_repo, push, stage_hello
 from push.builder import BuildRequest, build, upload
 from push.catalog import Catalog
 from push.errors import Conflict
 from push.release import Release
 from push.store import open_store
+
+# real builds with dpkg-deb and lintian
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +116,8 @@ def test_releases_json_lists_both_newest_first_with_all_metadata(two_releases: d
     listed = json.loads(result.out)
     assert [r["name"] for r in listed] == two_releases["names"][::-1]
     store = open_store(str(two_releases["store"]))
-    for entry, note, commit_hash in zip(listed, ["second release", "first release"], two_releases["hashes"][::-1]):
+    for entry, note, commit_hash in zip(listed, ["second release", "first release"], two_releases["hashes"][::-1],
+                                        strict=True):
         obj = store.stat(Release.parse(entry["name"]).key)
         assert entry["app"] == "hello"
         assert entry["note"] == note

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from buildapp import Result, commit, git, make_repo, push
 
+from buildapp import Result, commit, git, make_repo, push
 from push.catalog import Catalog
 from push.store import open_store
 
@@ -137,6 +137,7 @@ def test_unreachable_store(repo: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "kept.deb").exists()
 
 
+@pytest.mark.slow
 def test_failed_upload_leaves_nothing(repo: Path) -> None:
     store = repo.parent / "store"
     # A file where the app's directory of releases must go: the upload fails at its very end.
@@ -147,6 +148,7 @@ def test_failed_upload_leaves_nothing(repo: Path) -> None:
     assert_nothing_uploaded(store)
 
 
+@pytest.mark.slow
 def test_lintian_error_blocks_the_upload(repo: Path) -> None:
     script = repo / "stage/usr/local/bin/hello"
     script.write_text("#!/usr/bin/python3\nprint('hello')\n")  # python3, which the package does not depend on

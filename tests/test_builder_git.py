@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from buildapp import commit, git, make_repo
 
+from buildapp import commit, git, make_repo
 from push.builder import BuildError
 from push.builder.git import find_repo, last_subject, source_state
 

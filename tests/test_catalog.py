@@ -73,6 +73,7 @@ def test_publish_is_create_only(store):
     assert Catalog(store).releases("a")[0].note == "first"
 
 
+@pytest.mark.slow  # fills each store with 300 releases
 @pytest.mark.parametrize("lists_metadata", [True, False])
 def test_refresh_after_one_new_release_is_constant_cost(store, lists_metadata):
     for m in range(300):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 
 from push.demo.fleet import free_port, http_get
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_demo_runs_deploys_rolls_back_and_stops_cleanly(tmp_path: Path) -> None:

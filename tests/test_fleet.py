@@ -4,12 +4,13 @@ import json
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 
 from fleetdata import make_config, make_release, report
 from push import fleet, serverfile, unitrequests
-from push.errors import Conflict, NotAllowed, NotFound, PushError
+from push.errors import Conflict, InvalidName, NotAllowed, NotFound, PushError
 from push.store.local import LocalStore
 from push.triggers import Triggers
 
@@ -34,7 +35,8 @@ def test_deploy_writes_server_file_and_history(ctx, rels):
     assert change.changed and change.from_ is None and change.to == rels[1].name
     assert serverfile.read(ctx.store, "web-1").entries == (rels[1].name,)
     rec = ctx.history.records(server="web-1")[0]
-    assert (rec.who, rec.action, rec.from_, rec.to, rec.note, rec.via) == ("alice", "deploy", None, rels[1].name, "why", "test")
+    assert (rec.who, rec.action, rec.from_, rec.to, rec.note, rec.via) == (
+        "alice", "deploy", None, rels[1].name, "why", "test")
 
 
 def test_deploy_latest(ctx, rels):
@@ -88,7 +90,8 @@ def test_concurrent_deploys_of_different_apps_both_land(ctx, bucket, rels):
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 
-    threads = [threading.Thread(target=go, args=("hello", rels[0].name)), threading.Thread(target=go, args=("pulld", p.name))]
+    threads = [threading.Thread(target=go, args=("hello", rels[0].name)),
+               threading.Thread(target=go, args=("pulld", p.name))]
     for t in threads:
         t.start()
     for t in threads:
@@ -142,7 +145,7 @@ def test_deploy_everywhere_each_server_on_its_own(ctx, rels):
     by = {o.server: o for o in outcomes}
     assert by["web-1"].change.to == rels[3].name
     assert isinstance(by["web-2"].error, fleet.ChangedMeanwhile)  # it ran rels[1], not what was seen
-    assert by["web-2"].to_json()["status"] == 409
+    assert by["web-2"].to_json()["type"] == "ChangedMeanwhile"  # the HTTP status is the server's to add
     assert [o.server for o in fleet.deploy_everywhere(ctx, "a", "hello", rels[3].name)] == ["web-1", "web-2"]
 
 
@@ -159,9 +162,18 @@ def test_unit_action_records_request_and_history(ctx, bucket, rels):
         fleet.unit_action(ctx, "ops", "web-1", "hello.service", "reboot")
 
 
+def test_units_one_can_ask_for_are_the_releases_units_but_templates(ctx, bucket):
+    info = make_release(bucket, "hello", 9, services=("hello.service", "worker@.service", "hello.timer"))
+    fleet.deploy(ctx, "a", "web-1", "hello", info.name)
+    assert fleet.units_of(ctx, "web-1") == {"hello.service": "hello", "hello.timer": "hello"}
+    with pytest.raises(InvalidName, match="template"):
+        fleet.unit_action(ctx, "ops", "web-1", "worker@.service", "restart")
+
+
 def test_triggers_fire_after_each_change(bucket, tmp_path, rels):
     woken = []
-    ctx = fleet.Context.open(bucket, make_config(tmp_path), triggers=Triggers(make_config(tmp_path), on_change=woken.append))
+    triggers = Triggers(make_config(tmp_path), on_change=woken.append)
+    ctx = fleet.Context.open(bucket, make_config(tmp_path), triggers=triggers)
     fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
     fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)  # no change: no trigger
     fleet.unit_action(ctx, "a", "web-1", "hello.service", "stop")
@@ -171,8 +183,8 @@ def test_triggers_fire_after_each_change(bucket, tmp_path, rels):
 class FakeCompute(BaseHTTPRequestHandler):
     """The two Compute API calls GCE metadata writes need, with fingerprints."""
 
-    instances: dict = {}
-    calls: list = []
+    instances: ClassVar[dict[str, dict[str, object]]] = {}
+    calls: ClassVar[list[object]] = []
 
     def log_message(self, *a):
         pass
@@ -299,7 +311,8 @@ def test_release_picker_lists_servers(ctx, bucket, rels):
     got = view.releases("hello")
     assert [r["name"] for r in got] == [r.name for r in reversed(rels)]
     row = got[1]
-    assert row["desired_on"] == ["web-1"] and row["running_on"] == ["web-2"] and row["short_hash"] == rels[2].release.short_hash
+    assert row["desired_on"] == ["web-1"] and row["running_on"] == ["web-2"]
+    assert row["short_hash"] == rels[2].release.short_hash
 
 
 def test_deploy_rollback_and_view_on_every_store(store, tmp_path):
@@ -334,7 +347,8 @@ def test_poll_racing_a_local_write_never_goes_back(ctx, bucket, rels, monkeypatc
     monkeypatch.setattr(bucket, "get", get_then_write)
     view.refresh(include_catalog=False)
     monkeypatch.setattr(bucket, "get", real_get)
-    assert view.server_file("web-1").release_of("hello").name == rels[1].name
+    [state] = view.server_states("web-1")
+    assert [a["desired"] for a in state.data["apps"] if a["app"] == "hello"] == [rels[1].name]
 
 
 def test_new_release_marks_servers_out_of_date(ctx, bucket, rels):
@@ -345,4 +359,4 @@ def test_new_release_marks_servers_out_of_date(ctx, bucket, rels):
     assert view.refresh_catalog() is True
     hello = view.state(server="web-1")["servers"][0]["apps"][0]
     assert hello["latest"] == newer.name and "out_of_date" in hello["marks"]
-    assert [r["name"] for r in view.releases("hello")][0] == newer.name
+    assert view.releases("hello")[0]["name"] == newer.name

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from fleetdata import TOKENS, conf_text, make_release, report
-from pushserver import PushServerProcess
 from push.cli import main
 from push.store.local import LocalStore
+from pushserver import PushServerProcess
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_direct_status(setup, capsys):
     assert [s["server"] for s in state["servers"]] == ["web-1"]
     assert state["servers"][0]["apps"][0]["desired"] == rels[2].name
     code, _, err = run(capsys, "status", "nowhere")
-    assert code == 1 and "not in skiapush.conf" in err
+    assert code == 1 and "'nowhere' is not in " in err and "skiapush.conf" in err
 
 
 def test_direct_refusals(setup, capsys):
@@ -171,6 +171,7 @@ def test_serve_refuses_no_auth_off_loopback(setup, tmp_path):
     assert r.returncode == 5 and "only when binding to 127.0.0.1" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_thousand_idle_watchers_on_a_real_server(setup, server, capsys):
     """Idle agents cost no thread: 1,000 long-polls are all woken by one deploy."""
     bucket, rels, _ = setup
@@ -203,3 +204,23 @@ def test_thousand_idle_watchers_on_a_real_server(setup, server, capsys):
     assert all(a.status_code == 200 and a.json()["changed"] for a in answers)
     assert seconds < 15
     assert waiting_threads < 60  # a thread per watcher would be over 1,000
+
+
+def test_remote_errors_come_back_as_the_same_class() -> None:
+    from push.errors import InvalidName, StoreUnavailable, UnknownServer
+    from push.fleet import ChangedMeanwhile
+    from push.fleetcli import _error_from_answer
+
+    def rebuilt(status: int, body: object) -> Exception:
+        return _error_from_answer(status, body, "http://127.0.0.1:1")
+
+    assert type(rebuilt(409, {"error": "x changed", "type": "ChangedMeanwhile"})) is ChangedMeanwhile
+    assert type(rebuilt(404, {"error": "no", "type": "UnknownServer"})) is UnknownServer
+    assert type(rebuilt(400, {"error": "bad", "type": "InvalidName"})) is InvalidName
+    # A class this client does not know (a newer server): the nearest one by status.
+    assert type(rebuilt(409, {"error": "x", "type": "SomethingNew"})).__name__ == "Conflict"
+    assert type(rebuilt(502, {"error": "gateway"})) is StoreUnavailable
+    # An answer of FastAPI's own (a request that fails validation) keeps its words.
+    assert "field required" in str(rebuilt(422, {"detail": [{"msg": "field required"}]}))
+    assert str(rebuilt(404, {"error": "no such thing", "type": "NotFound"})) == (
+        "no such thing (push server http://127.0.0.1:1)")

@@ -107,7 +107,8 @@ def test_no_history_is_not_found(history):
 
 def test_unit_requests_are_not_changes(history):
     add(history, "web-1", "hello", "deploy", A, B, 1)
-    history.write(new_record("bob", "web-1", "hello", "unit-restart", unit="hello.service", result="requested", now_ns=2))
+    history.write(new_record("bob", "web-1", "hello", "unit-restart", unit="hello.service", result="requested",
+                             now_ns=2))
     assert history.previous_release("web-1", "hello", B)[0] == A
     assert history.last_change("web-1", "hello").to == B
 

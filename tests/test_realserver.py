@@ -31,14 +31,14 @@ from typing import Any
 
 import httpx
 import pytest
+
 from emulators import Emulator, free_port
+from push.demo.apps import stage
+from push.demo.fleet import http_get
 from pushserver import PushServerProcess
 from realserver import RealServer
 
-from push.demo.apps import stage
-from push.demo.fleet import http_get
-
-pytestmark = [pytest.mark.systemd, pytest.mark.gcs, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.systemd, pytest.mark.slow, pytest.mark.gcs, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = "web-1"

@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 import realserver
 
 pytestmark = pytest.mark.systemd

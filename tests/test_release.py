@@ -4,10 +4,11 @@ from datetime import datetime, timezone
 
 import pytest
 
-from push.errors import InvalidRelease
+from push.errors import InvalidName, InvalidRelease
 from push.release import Release, ReleaseInfo
 
-ORIGINAL = "pulld/pulld:jcgregorio@jcgregorio.cnc.corp.google.com:2014-12-09T19:05:02Z:7e0ff6059e653eb75a36efb621d0fd66d1ced433.deb"
+ORIGINAL = ("pulld/pulld:jcgregorio@jcgregorio.cnc.corp.google.com:2014-12-09T19:05:02Z:"
+            "7e0ff6059e653eb75a36efb621d0fd66d1ced433.deb")
 HASH = "7e0ff6059e653eb75a36efb621d0fd66d1ced433"
 
 
@@ -60,7 +61,7 @@ def test_rejects_bad_parts_when_building():
     t = datetime(2026, 1, 1, tzinfo=timezone.utc)
     for kwargs in ({"app": "a/b"}, {"app": ".."}, {"user": "a:b"}, {"host": "x/y"}, {"hash": "abc"}):
         args = {"app": "app", "user": "u", "host": "h", "time": t, "hash": HASH, **kwargs}
-        with pytest.raises(InvalidRelease):
+        with pytest.raises(InvalidName):
             Release(**args)
     with pytest.raises(InvalidRelease):
         Release("app", "u", "h", datetime(2026, 1, 1), HASH)  # naive time

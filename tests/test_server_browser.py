@@ -14,12 +14,12 @@ import re
 import pytest
 
 from fleetdata import conf_text, make_release, report
-from pushserver import PushServerProcess
 from push import fleet
 from push.config import load
 from push.store.local import LocalStore
+from pushserver import PushServerProcess
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 CHROMIUM = os.environ.get("PUSH_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -81,9 +81,3 @@ def test_bad_server_names(store, name):
     with pytest.raises(PushError):
         serverfile.read(store, name)
 
-
-def test_list_servers(store):
-    put_raw(store, "s1", [])
-    put_raw(store, "s2", [])
-    store.put("server/notes.txt", b"")
-    assert serverfile.list_servers(store) == ["s1", "s2"]

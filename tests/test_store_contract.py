@@ -8,16 +8,23 @@ for that store with the reason, so it turns red the day the emulator catches up.
 from __future__ import annotations
 
 import hashlib
+import http.server
 import io
+import json
 import multiprocessing
 import multiprocessing.synchronize
+import os
+import shutil
+import tempfile
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from push.errors import Conflict, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, CorruptObject, InvalidKey, NotFound, PushError, StoreUnavailable
 from push.store import Store, open_store
 
 MiB = 1024 * 1024
@@ -178,7 +185,8 @@ def test_get_unchanged_returns_none(store: Store) -> None:
     assert (data, info.generation) == (b"two", v2.generation)
 
 
-CLOUD = [pytest.param("gcs", id="gcs", marks=pytest.mark.gcs), pytest.param("s3", id="s3", marks=pytest.mark.s3)]
+CLOUD = [pytest.param("gcs", id="gcs", marks=pytest.mark.gcs),
+         pytest.param("s3", id="s3", marks=[pytest.mark.s3, pytest.mark.slow])]
 
 
 @pytest.mark.parametrize("store_url", CLOUD, indirect=True)
@@ -251,6 +259,34 @@ def test_streaming_put_and_read_20mib(store: Store, monkeypatch: pytest.MonkeyPa
 def test_stream_of_one_chunk_or_less(store: Store) -> None:
     store.put("small", PatternStream(1000, max_read=7))
     assert hashlib.sha256(read_all(store, "small")).hexdigest() == stream_digest(1000)
+
+
+def test_put_file_adopted_or_uploaded_reads_back_whole(store: Store, tmp_path: Path) -> None:
+    """put_file(adopt=True): the local store takes the file, the buckets upload it; either way the
+    object is the file's bytes with its metadata, created only once."""
+    data = PatternStream(3 * MiB + 5).read(-1) + PatternStream(3 * MiB + 5, max_read=4 * MiB).read(-1)
+    built = (store.adoption_dir() or tmp_path) / "built.deb"
+    built.write_bytes(data)
+    meta = {"sha256": hashlib.sha256(data).hexdigest(), "note": "adopted ✓"}
+    info = store.put_file("debs/a/a.deb", built, meta, if_absent=True, adopt=True)
+    assert (info.size, info.metadata) == (len(data), meta)
+    with store.open("debs/a/a.deb") as r:
+        assert (r.info.size, r.info.metadata, r.info.generation) == (len(data), meta, info.generation)
+        assert hashlib.sha256(r.read()).hexdigest() == meta["sha256"]
+
+    again = tmp_path / "again.deb"
+    again.write_bytes(b"second")
+    with pytest.raises(Conflict):
+        store.put_file("debs/a/a.deb", again, {"note": "second"}, if_absent=True, adopt=True)
+    assert store.stat("debs/a/a.deb").metadata == meta
+
+
+def test_put_file_without_adopt_leaves_the_file(store: Store, tmp_path: Path) -> None:
+    built = (store.adoption_dir() or tmp_path) / "kept.deb"
+    built.write_bytes(b"kept" * 1000)
+    store.put_file("debs/k/k.deb", built, {"k": "v"})
+    assert built.read_bytes() == b"kept" * 1000
+    assert read_all(store, "debs/k/k.deb") == b"kept" * 1000
 
 
 def test_streamed_put_if_absent_conflicts(store: Store, request: pytest.FixtureRequest) -> None:
@@ -332,7 +368,7 @@ def test_paged_listing(store: Store) -> None:
 
     assert [i.key for i in store.list("debs/app/", page_size=10, start_after="debs/app/app-09.deb")] == keys[10:]
     assert [i.key for i in store.list("debs/app/", page_size=3, start_after="debs/app/app-09")] == keys[9:]
-    assert [i.key for i in store.list("debs/app")] == keys + ["debs/app2/x.deb", "debs/apps"]
+    assert [i.key for i in store.list("debs/app")] == [*keys, "debs/app2/x.deb", "debs/apps"]
     assert [i.key for i in store.list("debs/")][:1] == ["debs/ap"]
     assert list(store.list("nothing/")) == []
     assert len(list(store.list(""))) == 29
@@ -376,9 +412,9 @@ def test_invalid_keys_are_refused(store: Store, bad: str) -> None:
         lambda: store.delete(bad),
     ]
     for call in calls:
-        with pytest.raises(PushError) as e:
+        with pytest.raises(InvalidKey) as e:
             call()
-        assert type(e.value) is PushError, e.value
+        assert e.value.key == bad
         assert "invalid object key" in str(e.value)
     assert list(store.list("")) == []
 
@@ -404,6 +440,7 @@ def test_url_prefix_keeps_keys_apart(store: Store, store_url: str) -> None:
 # -- failures of the store itself ------------------------------------------------------
 
 
+@pytest.mark.slow  # GCS retries for five seconds before it gives up
 @pytest.mark.parametrize("kind", CLOUD)
 def test_unreachable_store_fails_fast(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if kind == "gcs":
@@ -437,6 +474,171 @@ def test_missing_bucket_is_unavailable(kind: str, request: pytest.FixtureRequest
         list(store.list(""))
 
 
+def _store_calls(store: Store) -> dict[str, Callable[[], object]]:
+    return {
+        "stat": lambda: store.stat("server/a.json"),
+        "get": lambda: store.get("server/a.json"),
+        "get-if-changed": lambda: store.get("server/a.json", if_generation_not_match="1"),
+        "open": lambda: store.open("server/a.json").read(),
+        "put": lambda: store.put("server/a.json", b"[]"),
+        "put-if-absent": lambda: store.put("server/b.json", b"[]", if_absent=True),
+        "list": lambda: list(store.list("server/")),
+        "delete": lambda: store.delete("server/a.json"),
+    }
+
+
+class _NotAStore(http.server.BaseHTTPRequestHandler):
+    """Answers every request with a web page, as a proxy or a wrong URL would."""
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b"<html><body>Welcome to nginx!</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("kind", [pytest.param("gcs", id="gcs", marks=pytest.mark.gcs),
+                                  # botocore retries each call against it: seconds
+                                  pytest.param("s3", id="s3", marks=[pytest.mark.s3, pytest.mark.slow])])
+def test_an_endpoint_that_is_not_the_service_gives_only_push_errors(kind: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # A web page where the API should answer made the client libraries' own exceptions
+    # (a JSON decode error, a KeyError on ETag) escape the store.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotAStore)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        if kind == "gcs":
+            monkeypatch.setenv("STORAGE_EMULATOR_HOST", url)
+        else:
+            for var, value in (("AWS_ENDPOINT_URL", url), ("AWS_ACCESS_KEY_ID", "testing"),
+                               ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", "us-east-1")):
+                monkeypatch.setenv(var, value)
+        store = open_store(f"{'gs' if kind == 'gcs' else 's3'}://some-bucket")
+        for name, call in _store_calls(store).items():
+            try:
+                call()
+            except StoreUnavailable as e:
+                assert "server/" in str(e) and "\n" not in str(e), (name, e)
+                continue
+            except PushError as e:
+                pytest.fail(f"{name}: {type(e).__name__}: {e}")
+            # S3 parses the page as an empty listing and a delete of nothing: no harm.
+            assert kind == "s3" and name in ("list", "delete"), name
+        store.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _calls_as_nobody(root: Path) -> dict[str, str]:
+    """The outcome of each store call on `root` by a user who may not read it (run in a
+    forked child that drops root, since root reads everything)."""
+    from push.store.local import LocalStore
+
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        outcome: dict[str, str] = {}
+        try:
+            os.close(reader)
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                store = LocalStore(root)
+            except PushError as e:
+                outcome["open_store"] = f"{type(e).__name__}: {e}"
+                return
+            for name, call in _store_calls(store).items():
+                try:
+                    call()
+                    outcome[name] = "ok"
+                except PushError as e:
+                    outcome[name] = f"{type(e).__name__}: {e}"
+                except Exception as e:
+                    outcome[name] = f"ESCAPED {type(e).__name__}: {e}"
+        finally:
+            os.write(writer, json.dumps(outcome).encode())
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return dict(json.loads(data))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops from root to nobody to lose the permission")
+def test_a_local_store_it_may_not_read_gives_only_push_errors(tmp_path: Path) -> None:
+    # os.scandir's PermissionError escaped a listing; a delete's lock file likewise.
+    base = Path(tempfile.mkdtemp(prefix="push-unreadable-"))  # under /tmp: others may pass through
+    try:
+        base.chmod(0o755)
+        root = base / "store"
+        open_store(f"file://{root}").put("server/a.json", b"[]")
+        root.chmod(0o700)
+        outcome = _calls_as_nobody(root)
+        assert set(outcome) == set(_store_calls(open_store(f"file://{root}")))
+        for name, text in outcome.items():
+            assert text.startswith("StoreUnavailable: "), (name, text)
+            assert "server/" in text and "Permission denied" in text, (name, text)
+        # A store whose very directory cannot be reached: refused at once, by name.
+        assert _calls_as_nobody(tmp_path / "store") == {
+            "open_store": f"StoreUnavailable: cannot use local store {tmp_path / 'store'}: Permission denied"}
+    finally:
+        shutil.rmtree(base)
+
+
+def test_a_damaged_local_object_is_corrupt_not_a_crash(tmp_path: Path) -> None:
+    store = open_store(f"file://{tmp_path / 'store'}")
+    store.put("server/a.json", b"[]")
+    (tmp_path / "store" / "objects" / "server" / "a.json").write_bytes(b"not a header\n[]")
+    with pytest.raises(CorruptObject) as e:
+        store.stat("server/a.json")
+    assert e.value.key == "server/a.json"
+
+
+def test_get_reads_an_object_rewritten_meanwhile(store: Store) -> None:
+    # A reader of a report rewritten every few ms (status/{server}.json) must never fail
+    # because the object changed under it, and the generation must be that of the bytes.
+    store.put("status/a.json", b"0")
+    written: dict[str, bytes] = {}
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        n = 0
+        while not stop.wait(0.01):  # a hundred times faster than any agent reports
+            n += 1
+            data = str(n).encode()
+            written[store.put("status/a.json", data).generation] = data
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 5
+        reads = 0
+        while time.monotonic() < deadline and len(written) < 20:
+            got = store.get("status/a.json")
+            assert got is not None
+            data, info = got
+            reads += 1
+            if info.generation in written:
+                assert written[info.generation] == data
+    finally:
+        stop.set()
+        writer.join()
+    assert reads >= 10 and len(written) >= 20
+
+
 # -- compare-and-swap across processes ---------------------------------------------------------
 
 
@@ -456,6 +658,7 @@ def _increment(url: str, times: int, start: multiprocessing.synchronize.Barrier,
     results.put(conflicts)
 
 
+@pytest.mark.slow  # four spawned Python processes
 def test_cross_process_cas_on_local_store(tmp_path: Path) -> None:
     url = f"file://{tmp_path / 'store'}"
     open_store(url).put("counter", b"0")

@@ -13,39 +13,37 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import BinaryIO
 
-from push.errors import InvalidRelease, NotFound
-from push.release import DEBS_PREFIX, Release, ReleaseInfo, check_app, newest_first_key
+from push import layout
+from push.errors import InvalidInput, NotFound, PushError
+from push.names import check_app
+from push.release import Release, ReleaseInfo, newest_first_key
 from push.store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
-JOURNAL_PREFIX = "catalog/log/"
+_DEB_TYPE = "application/vnd.debian.binary-package"
 # Journal entries are read back this far behind the newest one seen, so an uploader whose
 # clock lags a little is still found by the incremental refresh.
 JOURNAL_SKEW_NS = 120 * 10**9
 
 
-def _journal_key(release: Release, now_ns: int) -> str:
-    return f"{JOURNAL_PREFIX}{now_ns:020d}/{release.name}"
+def publish(store: Store, info: ReleaseInfo, data: bytes | BinaryIO | Path, *, adopt: bool = False) -> ObjectInfo:
+    """Upload a release create-only (two uploads never overwrite each other), then journal it.
 
-
-def _release_of_journal_key(key: str) -> tuple[int, str] | None:
-    rest = key[len(JOURNAL_PREFIX):]
-    stamp, _, name = rest.partition("/")
-    if not stamp.isdigit() or not name:
-        return None
-    return int(stamp), name
-
-
-def publish(store: Store, info: ReleaseInfo, data: bytes | BinaryIO) -> ObjectInfo:
-    """Upload a release create-only (two uploads never overwrite each other), then journal it."""
-    obj = store.put(info.release.key, data, info.to_metadata(), if_absent=True,
-                    content_type="application/vnd.debian.binary-package")
+    `data` may be the package's path; with `adopt` the store may take the file itself
+    (see Store.put_file), and the caller must not use it afterwards.
+    """
+    if isinstance(data, Path):
+        obj = store.put_file(info.release.key, data, info.to_metadata(), if_absent=True,
+                             content_type=_DEB_TYPE, adopt=adopt)
+    else:
+        obj = store.put(info.release.key, data, info.to_metadata(), if_absent=True, content_type=_DEB_TYPE)
     try:
-        store.put(_journal_key(info.release, time.time_ns()), b"", if_absent=True)
-    except Exception:  # the next full re-list finds the release anyway
+        store.put(layout.journal_key(info.name, time.time_ns()), b"", if_absent=True)
+    except PushError:  # the next full re-list finds the release anyway
         log.warning("could not journal %s; it appears after the next full refresh", info.name)
     return obj
 
@@ -89,7 +87,7 @@ class Catalog:
             metadata = obj.metadata
         try:
             info = ReleaseInfo.from_metadata(obj.key, metadata)
-        except InvalidRelease as e:
+        except InvalidInput as e:
             # The original ignored objects without release metadata; we do too, but say so.
             self.skipped[obj.key] = str(e)
             return None
@@ -103,12 +101,12 @@ class Catalog:
         new: list[ReleaseInfo] = []
         token: str | None = None
         while True:
-            page = self.store.list_page(DEBS_PREFIX, token)
+            page = self.store.list_page(layout.DEBS, token)
             self.list_pages += 1
             for obj in page.items:
-                if not obj.key.endswith(".deb"):
+                name = layout.release_name_of(obj.key)
+                if name is None:
                     continue
-                name = obj.key[len(DEBS_PREFIX):]
                 known = self._by_name.get(name)
                 if known is not None and self._generations.get(name) == obj.generation:
                     info: ReleaseInfo | None = known
@@ -131,14 +129,14 @@ class Catalog:
         return new
 
     def _journal_refresh(self) -> list[ReleaseInfo]:
-        start_after = f"{JOURNAL_PREFIX}{max(0, self._journal_cursor_ns - JOURNAL_SKEW_NS):020d}"
+        start_after = layout.journal_start_after(self._journal_cursor_ns - JOURNAL_SKEW_NS)
         new: list[ReleaseInfo] = []
         token: str | None = None
         while True:
-            page = self.store.list_page(JOURNAL_PREFIX, token, start_after=start_after)
+            page = self.store.list_page(layout.CATALOG_LOG, token, start_after=start_after)
             self.list_pages += 1
             for obj in page.items:
-                parsed = _release_of_journal_key(obj.key)
+                parsed = layout.journal_entry(obj.key)
                 if parsed is None:
                     continue
                 stamp, name = parsed
@@ -146,13 +144,13 @@ class Catalog:
                 if name in self._by_name:
                     continue
                 try:
-                    deb = self.store.stat(DEBS_PREFIX + name)
+                    deb = self.store.stat(layout.release_key(name))
                 except NotFound:
                     continue
                 self.metadata_reads += 1
                 try:
                     info = ReleaseInfo.from_metadata(deb.key, deb.metadata)
-                except InvalidRelease as e:
+                except InvalidInput as e:
                     self.skipped[deb.key] = str(e)
                     continue
                 self._by_name[name] = info

@@ -17,6 +17,7 @@ from typing import Any
 
 from push import __version__
 from push.errors import PushError
+from push.exits import INTERRUPTED, exit_code
 
 # Modules with `register(subparsers, common)`; each adds its subcommands.
 COMMAND_MODULES = [
@@ -25,6 +26,7 @@ COMMAND_MODULES = [
     "push.fleetcli",
     "push.server.command",
     "push.demo.command",
+    "push.keyscli",
 ]
 
 
@@ -67,10 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except PushError as e:
         print(f"push: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     except KeyboardInterrupt:
         print("push: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:
         return 0
     except Exception as e:  # a bug: still one line, with the traceback only on request

@@ -8,14 +8,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from push import catalog as catalog_mod
-from push import config as config_mod
 from push.cli import print_json
 from push.errors import NotFound
-from push.store import open_store
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("releases", parents=[common], help="list releases, newest first",
                        description="List every release of APP (or of every app), newest first.")
     p.add_argument("app", nargs="?", help="only this app")
@@ -24,16 +21,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def cmd_releases(args: argparse.Namespace) -> int:
+    # Imported here: every `push` command registers this module, and `push release` needs neither.
+    from push import catalog as catalog_mod
+    from push import config as config_mod
+    from push.store import open_store
+
     catalog = catalog_mod.Catalog(open_store(args.store))
     releases = catalog.releases(args.app)
     if catalog.skipped:
-        key, why = next(iter(catalog.skipped.items()))
+        why = next(iter(catalog.skipped.values()))
         print(f"push: warning: skipped {len(catalog.skipped)} object(s) under debs/ that are not valid releases, "
               f"e.g. {why}", file=sys.stderr)
     if args.app and not releases:
         cfg = config_mod.load(args.config)
         if not any(args.app in apps for apps in cfg.servers.values()):
-            raise NotFound(f"unknown app {args.app!r}: no releases in {catalog.store.url} and not in any server's appNames")
+            raise NotFound(f"unknown app {args.app!r}: no releases in {catalog.store.url} "
+                           "and not in any server's appNames")
     if args.json:
         print_json([r.to_json() for r in releases])
         return 0

@@ -17,11 +17,9 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from push.errors import InvalidConfig, InvalidRelease, PushError
-from push.release import check_app
-from push.serverfile import check_server
+from push.errors import InvalidConfig, InvalidName, NotAllowed, UnknownServer
+from push.names import check_app, check_server
 
 SEARCH_PATH = (Path("skiapush.conf"), Path("/etc/push/skiapush.conf"))
 ROLES = ("view", "deploy", "admin")
@@ -49,16 +47,18 @@ class Config:
     def apps_for(self, server: str) -> tuple[str, ...]:
         return self.servers.get(server, ())
 
-    def allows(self, server: str, app: str) -> bool:
-        return app in self.servers.get(server, ())
+    def require_server(self, server: str) -> tuple[str, ...]:
+        """The apps allowed on `server`; UnknownServer if the config does not list it."""
+        apps = self.servers.get(check_server(server))
+        if apps is None:
+            raise UnknownServer(f"server {server!r} is not in {self.source}", server=server, source=self.source)
+        return apps
 
     def check_allowed(self, server: str, app: str) -> None:
-        from push.errors import NotAllowed, NotFound
-
-        if server not in self.servers:
-            raise NotFound(f"server {server!r} is not in {self.source}")
-        if app not in self.servers[server]:
-            raise NotAllowed(f"app {app!r} may not be deployed to {server!r} (see {self.source})")
+        """UnknownServer, or NotAllowed unless the config allows `app` on `server`."""
+        if check_app(app) not in self.require_server(server):
+            raise NotAllowed(f"app {app!r} may not be deployed to {server!r} (see {self.source})",
+                             server=server, app=app)
 
     def may(self, identity: str, role: str) -> bool:
         """Whether `identity` holds `role`; admin implies deploy, deploy implies view."""
@@ -82,7 +82,7 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
     if given:
         path = Path(given)
         if not path.is_file():
-            raise InvalidConfig(f"config file {path} does not exist")
+            raise InvalidConfig(f"config file {path} does not exist", path=str(path))
         return path
     for path in SEARCH_PATH:
         if path.is_file():
@@ -94,12 +94,13 @@ def load(explicit: str | os.PathLike[str] | None = None, *, required: bool = Fal
     path = find_config(explicit)
     if path is None:
         if required:
-            raise InvalidConfig("no skiapush.conf found (use --config, PUSH_CONFIG, ./skiapush.conf or /etc/push/skiapush.conf)")
+            raise InvalidConfig("no skiapush.conf found "
+                                "(use --config, PUSH_CONFIG, ./skiapush.conf or /etc/push/skiapush.conf)")
         return Config(path=None)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise InvalidConfig(f"{path}: cannot read: {e}") from None
+        raise InvalidConfig(f"{path}: cannot read: {e}", path=str(path)) from None
     return parse(text, path)
 
 
@@ -109,11 +110,11 @@ def parse(text: str, path: Path | None = None) -> Config:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         # TOML's message already ends with "(at line L, column C)".
-        raise InvalidConfig(f"{where}: invalid TOML: {e}") from None
+        raise InvalidConfig(f"{where}: invalid TOML: {e}", path=where) from None
 
     def fail(what: str) -> InvalidConfig:
         line = _line_of(text, what.split("'")[1] if "'" in what else "")
-        return InvalidConfig(f"{where}{f':{line}' if line else ''}: {what}")
+        return InvalidConfig(f"{where}{f':{line}' if line else ''}: {what}", path=where)
 
     unknown = set(doc) - {"servers", "access", "tokens", "gce"}
     if unknown:
@@ -126,7 +127,7 @@ def parse(text: str, path: Path | None = None) -> Config:
     for name, table in raw_servers.items():
         try:
             check_server(name)
-        except PushError as e:
+        except InvalidName as e:
             raise fail(f"server '{name}': {e}") from None
         if not isinstance(table, dict):
             raise fail(f"servers.'{name}' must be a table with appNames")
@@ -139,7 +140,7 @@ def parse(text: str, path: Path | None = None) -> Config:
         for app in apps:
             try:
                 check_app(app)
-            except InvalidRelease as e:
+            except InvalidName as e:
                 raise fail(f"servers.{name}: '{app}': {e}") from None
         servers[name] = tuple(dict.fromkeys(apps))
 

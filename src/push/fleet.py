@@ -17,19 +17,21 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from push import serverfile, unitrequests
+from push import layout, serverfile, status, timestamps, unitrequests
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import Conflict, NotAllowed, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
 from push.history import History, Record, new_record
-from push.release import Release, ReleaseInfo, app_of, check_app
-from push.serverfile import SERVER_PREFIX, ServerFile, check_server
-from push.status import STATUS_PREFIX, AgentStatus
+from push.names import check_app, check_server, check_unit
+from push.release import Release, ReleaseInfo, app_of
+from push.serverfile import ServerFile
+from push.status import AgentStatus
 from push.store import Store
 from push.triggers import Triggers
+from push.units import is_template
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,16 @@ def short(name: str | None) -> str:
 class ChangedMeanwhile(Conflict):
     """The app's entry is no longer what the user saw: nothing was written."""
 
-    def __init__(self, server: str, app: str, expected: str | None, current: str | None,
-                 last_change: Record | None, what: str = "release") -> None:
+    def __init__(self, message: str, *, server: str | None = None, app: str | None = None,
+                 expected: str | None = None, current: str | None = None,
+                 last_change: Record | None = None) -> None:
+        super().__init__(message)
         self.server, self.app = server, app
         self.expected, self.current, self.last_change = expected, current, last_change
+
+    @classmethod
+    def of(cls, server: str, app: str, expected: str | None, current: str | None,
+           last_change: Record | None, what: str = "release") -> ChangedMeanwhile:
         by = ""
         if last_change is not None:
             by = f" (changed by {last_change.who} at {last_change.time[:19].replace('T', ' ')} UTC)"
@@ -70,7 +78,7 @@ class ChangedMeanwhile(Conflict):
         else:
             message = (f"the rollback target of {app} on {server} changed meanwhile: you confirmed "
                        f"{short(expected)}, it is now {short(current)}{by}; nothing was changed, look again and retry")
-        super().__init__(message)
+        return cls(message, server=server, app=app, expected=expected, current=current, last_change=last_change)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -166,7 +174,7 @@ def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseI
     try:
         before, after = serverfile.update(ctx.store, server, change)
     except _Mismatch as m:
-        raise ChangedMeanwhile(server, app, expected_from, m.current,
+        raise ChangedMeanwhile.of(server, app, expected_from, m.current,
                                ctx.history.last_change(server, app)) from None
     from_, to = _current(before, app), _current(after, app)
     if before.entries == after.entries:
@@ -192,14 +200,15 @@ def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = 
     check_app(app)
     ctx.config.check_allowed(server, app)
     if latest == (release is not None):
-        raise PushError("give either a release or latest, not both" if latest else "no release given (or use latest)")
+        raise InvalidRequest("give either a release or latest, not both" if latest
+                             else "no release given (or use latest)")
     if latest:
         ctx.catalog.refresh()
         info = ctx.catalog.latest(app)
     else:
         assert release is not None
         if app_of(release) != app:
-            raise PushError(f"release {release!r} is not a release of {app!r}")
+            raise InvalidRequest(f"release {release!r} is not a release of {app!r}")
         info = ctx.catalog.get(release)
     return _set_release(ctx, who, server, app, info, "deploy", expected_from, note)
 
@@ -224,9 +233,9 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
     ctx.config.check_allowed(server, app)
     current, target, _ = rollback_target(ctx, server, app)
     if expected_from is not ANY and expected_from != current:
-        raise ChangedMeanwhile(server, app, expected_from, current, ctx.history.last_change(server, app))
+        raise ChangedMeanwhile.of(server, app, expected_from, current, ctx.history.last_change(server, app))
     if expected_to is not ANY and expected_to != target:
-        raise ChangedMeanwhile(server, app, expected_to, target, ctx.history.last_change(server, app),
+        raise ChangedMeanwhile.of(server, app, expected_to, target, ctx.history.last_change(server, app),
                                what="target")
     info = ctx.catalog.get(target)
     # Expect exactly what the target was computed from: a change in between is a conflict.
@@ -237,10 +246,8 @@ def remove(ctx: Context, who: str, server: str, app: str, *, expected_from: Any 
            note: str = "") -> Change:
     """Take `app` off `server` (pulld then removes its package). Works for apps the config
     no longer allows, so they can be cleaned up."""
-    check_server(server)
     check_app(app)
-    if server not in ctx.config.servers:
-        raise NotFound(f"server {server!r} is not in {ctx.config.source}")
+    ctx.config.require_server(server)
     return _set_release(ctx, who, server, app, None, "remove", expected_from, note)
 
 
@@ -255,7 +262,7 @@ class Outcome:
     def to_json(self) -> dict[str, object]:
         if self.error is not None:
             data: dict[str, object] = {"server": self.server, "ok": False, "error": str(self.error),
-                                       "status": self.error.http_status}
+                                       "type": type(self.error).__name__}
             if isinstance(self.error, ChangedMeanwhile):
                 data["conflict"] = self.error.to_json()
             return data
@@ -296,7 +303,8 @@ def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
 
 def units_of(ctx: Context, server: str, report: AgentStatus | None = None) -> dict[str, str]:
     """unit -> app, for the apps skiapush.conf allows on `server`: the units named by the
-    desired releases' metadata, and those the agent reports."""
+    desired releases' metadata (templates left out: nothing to act on), and those the
+    agent reports."""
     sf = serverfile.read(ctx.store, server) or ServerFile(server)
     units: dict[str, str] = {}
     for app in ctx.config.apps_for(server):
@@ -304,7 +312,8 @@ def units_of(ctx: Context, server: str, report: AgentStatus | None = None) -> di
         if release is not None:
             try:
                 for unit in ctx.catalog.get(release.name).services:
-                    units[unit] = app
+                    if not is_template(unit):
+                        units[unit] = app
             except NotFound:
                 pass
         if report is not None and app in report.apps:
@@ -316,15 +325,10 @@ def units_of(ctx: Context, server: str, report: AgentStatus | None = None) -> di
 def unit_action(ctx: Context, who: str, server: str, unit: str, action: str, *,
                 report: AgentStatus | None = None, note: str = "") -> Change:
     """Ask the server's agent to start, stop or restart `unit` (see docs/unit-requests.md)."""
-    check_server(server)
-    unitrequests.check_unit(unit)
-    if action not in unitrequests.ACTIONS:
-        raise PushError(f"unknown unit action {action!r} (known: {', '.join(unitrequests.ACTIONS)})")
-    if server not in ctx.config.servers:
-        raise NotFound(f"server {server!r} is not in {ctx.config.source}")
+    check_unit(unit)
+    unitrequests.check_action(action)
+    ctx.config.require_server(server)
     if report is None:
-        from push import status
-
         report = status.read(ctx.store, server)
     app = units_of(ctx, server, report).get(unit)
     if app is None:
@@ -430,15 +434,15 @@ class FleetView:
         with self._lock:
             started_at = self._write_seq
         store = self.ctx.store
-        files = {i.key[len(SERVER_PREFIX):-5]: i.generation for i in store.list(SERVER_PREFIX)
-                 if i.key.endswith(".json") and "/" not in i.key[len(SERVER_PREFIX):]}
-        reports = {i.key[len(STATUS_PREFIX):-5]: i.generation for i in store.list(STATUS_PREFIX)
-                   if i.key.endswith(".json") and "/" not in i.key[len(STATUS_PREFIX):]}
+        files = {server: i.generation for i in store.list(layout.SERVER)
+                 if (server := layout.server_of_file_key(i.key)) is not None}
+        reports = {server: i.generation for i in store.list(layout.STATUS)
+                   if (server := layout.server_of_status_key(i.key)) is not None}
         requests: dict[str, list[str]] = {}
-        for info in store.list(unitrequests.REQUESTS_PREFIX):
-            server, _, name = info.key[len(unitrequests.REQUESTS_PREFIX):].partition("/")
-            if name:
-                requests.setdefault(server, []).append(info.key)
+        for info in store.list(layout.REQUESTS):
+            request = layout.request_of_key(info.key)
+            if request is not None:
+                requests.setdefault(request[0], []).append(info.key)
         new_releases = self._catalog_refresh() if include_catalog else []
 
         new_files: dict[str, ServerFile] = {}
@@ -471,11 +475,12 @@ class FleetView:
                 new_reports[server] = old_report
                 continue
             try:
-                got = store.get(f"{STATUS_PREFIX}{server}.json")
+                key = layout.status_key(server)
+                got = store.get(key)
                 self.object_reads += 1
                 assert got is not None
-                new_reports[server] = (got[1].generation, AgentStatus.from_json(json.loads(got[0])))
-            except (NotFound, PushError, ValueError):
+                new_reports[server] = (got[1].generation, status.parse(got[0], key))
+            except PushError:  # gone meanwhile, not a report, or not readable now: shown as no report
                 continue
 
         with self._lock:
@@ -515,7 +520,7 @@ class FleetView:
         with self._lock:
             old = self._files.get(server)
         sf = serverfile.read(store, server, if_generation_not_match=old.generation if old else None)
-        keys = tuple(sorted(i.key for i in store.list(unitrequests.server_prefix(server))))
+        keys = tuple(sorted(i.key for i in store.list(layout.requests_prefix(server))))
         with self._lock:
             self._write_seq += 1
             self._touched[server] = self._write_seq
@@ -554,11 +559,6 @@ class FleetView:
         return rev if rev is not None else watch_rev(None, ())
 
     # -- reading ---------------------------------------------------------------------------
-
-    def server_file(self, server: str) -> ServerFile:
-        self.ensure_loaded()
-        with self._lock:
-            return self._files.get(server) or ServerFile(server)
 
     def report(self, server: str) -> AgentStatus | None:
         self.ensure_loaded()
@@ -683,7 +683,7 @@ class FleetView:
                       now: datetime | None = None) -> list[ServerState]:
         """Every server in skiapush.conf (filtered by substring of server and app name)."""
         self.ensure_loaded()
-        now = now or datetime.now(timezone.utc)
+        now = now or timestamps.now()
         out = []
         s_filter = (server or "").strip().lower()
         a_filter = (app or "").strip().lower()
@@ -697,19 +697,20 @@ class FleetView:
                 if not apps:
                     continue
                 if len(apps) != len(state.data["apps"]):
-                    state = ServerState(name, {**state.data, "apps": apps}, state.key + (a_filter,))
+                    state = ServerState(name, {**state.data, "apps": apps}, (*state.key, a_filter))
             out.append(state)
         return out
 
     def state_json(self, server: str | None = None, app: str | None = None) -> bytes:
         """The fleet state as JSON text (what GET /api/v1/fleet and `push status --json` give)."""
         states = self.server_states(server, app)
-        head = json.dumps({"generated": _iso_now(), "filter": {"server": server or "", "app": app or ""},
+        head = json.dumps({"generated": timestamps.now_text(), "filter": {"server": server or "", "app": app or ""},
                            "count": len(states)}, separators=(",", ":"))
         return (head[:-1] + ',"servers":[').encode() + b",".join(s.json_bytes for s in states) + b"]}"
 
     def state(self, server: str | None = None, app: str | None = None) -> dict[str, Any]:
-        return json.loads(self.state_json(server, app))
+        state: dict[str, Any] = json.loads(self.state_json(server, app))
+        return state
 
     def release_servers(self) -> dict[str, tuple[list[str], list[str]]]:
         """release name -> (servers whose file lists it, servers whose agent reports it installed)."""
@@ -745,9 +746,6 @@ class FleetView:
 def _parse_release(name: str) -> Release:
     return Release.parse(name)
 
-
-def _iso_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def direct_context(store: Store, config: Config, via: str) -> Context:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
 import os
 import socket
 import sys
@@ -18,10 +19,19 @@ from collections.abc import Iterator
 from typing import Any
 
 from push.cli import print_json
-from push.errors import Conflict, NotAllowed, NotFound, PushError, StoreUnavailable, Unauthenticated
+from push.errors import (
+    AccessDenied,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PushError,
+    StoreUnavailable,
+    Unauthenticated,
+    error_class,
+)
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--push-url", metavar="URL", default=os.environ.get("PUSH_URL"),
                         help="go through this push server (default: $PUSH_URL; unset: straight to the bucket)")
@@ -94,13 +104,16 @@ class Direct:
         self.ctx = fleet.direct_context(open_store(args.store), config, via=f"cli@{socket.gethostname()}")
         self.who = os.environ.get("PUSH_USER") or f"{getpass.getuser()}@{socket.gethostname()}"
 
-    def status(self, app: str | None) -> dict[str, Any]:
+    def status(self, server: str | None, app: str | None) -> dict[str, Any]:
+        if server is not None:
+            self.ctx.config.require_server(server)
         return self.fleet.FleetView(self.ctx).state(None, app)
 
     def history(self, server: str | None, app: str | None, limit: int) -> list[dict[str, Any]]:
         return [r.to_json() for r in self.ctx.history.records(server, app, limit=limit)]
 
-    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any, note: str) -> dict[str, Any]:
+    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any,
+               note: str) -> dict[str, Any]:
         expected = self.fleet.ANY if expect is _UNSET else expect
         return self.fleet.deploy(self.ctx, self.who, server, app, release, latest=latest,
                                  expected_from=expected, note=note).to_json()
@@ -116,8 +129,22 @@ class Direct:
             self.ctx.triggers.close()
 
 
-_ERRORS: dict[int, type[PushError]] = {401: Unauthenticated, 403: NotAllowed, 404: NotFound, 409: Conflict,
-                                       503: StoreUnavailable}
+# For an answer whose `type` names no error this version knows (a newer push server).
+_BY_STATUS: dict[int, type[PushError]] = {400: InvalidInput, 401: Unauthenticated, 403: AccessDenied,
+                                          404: NotFound, 409: Conflict, 503: StoreUnavailable}
+
+
+def _error_from_answer(status: int, body: object, url: str) -> PushError:
+    """The error the push server answered with, as the same class: by its `type`, else by status."""
+    import push.fleet  # noqa: F401 - defines ChangedMeanwhile, which the server may name
+
+    message, cls = f"HTTP {status}: {json.dumps(body)[:200]}", None  # e.g. FastAPI's 422 {"detail": ...}
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        message = body["error"]
+        cls = error_class(str(body.get("type", "")))
+    if cls is None:
+        cls = _BY_STATUS.get(status, StoreUnavailable if status >= 500 else PushError)
+    return cls(f"{message} (push server {url})")
 
 
 class Remote:
@@ -141,14 +168,17 @@ class Remote:
             raise StoreUnavailable(f"cannot reach the push server {self.url}: {e}") from None
         if r.status_code >= 400:
             try:
-                message = r.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                message = f"HTTP {r.status_code}: {r.text[:200]}"
-            raise _ERRORS.get(r.status_code, PushError)(f"{message} (push server {self.url})")
+                body = r.json()
+            except ValueError:
+                body = {"error": f"HTTP {r.status_code}: {r.text[:200]}"}
+            raise _error_from_answer(r.status_code, body, self.url)
         return r.json()
 
-    def status(self, app: str | None) -> dict[str, Any]:
-        return self._call("GET", "/api/v1/fleet", params={"app": app or ""})
+    def status(self, server: str | None, app: str | None) -> dict[str, Any]:
+        if server is not None:
+            self._call("GET", f"/api/v1/servers/{server}")  # UnknownServer unless skiapush.conf lists it
+        state: dict[str, Any] = self._call("GET", "/api/v1/fleet", params={"app": app or ""})
+        return state
 
     def history(self, server: str | None, app: str | None, limit: int) -> list[dict[str, Any]]:
         from push.history import Record
@@ -157,7 +187,8 @@ class Remote:
         records = self._call("GET", "/api/v1/history", params={**params, "limit": limit})
         return [Record.from_json(r).to_json() for r in records]
 
-    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any, note: str) -> dict[str, Any]:
+    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any,
+               note: str) -> dict[str, Any]:
         body: dict[str, Any] = {"release": release, "latest": latest, "note": note}
         if expect is not _UNSET:
             body["expected_from"] = expect
@@ -205,12 +236,10 @@ def _short(name: str | None) -> str:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _backend(args) as backend:
-        state = backend.status(args.app)
+        state = backend.status(args.server, args.app)
     servers = state["servers"]
     if args.server:
         servers = [s for s in servers if s["server"] == args.server]
-        if not servers:
-            raise NotFound(f"server {args.server!r} is not in skiapush.conf")
     if args.problems:
         servers = [s for s in servers if s["problems"]]
     if args.json:

@@ -16,24 +16,19 @@ without reading records ('~' is in no server or app name). Rollback reads this h
 from __future__ import annotations
 
 import json
-import secrets
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
-from push.errors import NotFound, PushError
-from push.release import check_app
-from push.serverfile import check_server
+from push import layout, timestamps
+from push.errors import InvalidData, InvalidRequest, NotFound
+from push.names import check_app, check_server
 from push.store import Store
 
-HISTORY_PREFIX = "history/"
 ACTIONS = ("deploy", "rollback", "remove", "unit-start", "unit-stop", "unit-restart")
 # Actions that change what a server should run (the others are requests to its agent).
 CHANGES = ("deploy", "rollback", "remove")
-_INV = 10**20 - 1
 
 
 @dataclass(frozen=True)
@@ -56,20 +51,12 @@ class Record:
 
     @property
     def ns(self) -> int:
-        return int(self.id.split("-", 1)[0])
-
-    @property
-    def _stem(self) -> str:
-        inv = _INV - self.ns
-        return f"{inv:020d}-{self.id.split('-', 1)[1]}"
+        """When it was made, in ns since the epoch (from its id)."""
+        return timestamps.id_parts(self.id)[0]
 
     def keys(self) -> list[str]:
         """Its three keys: per server, per app, whole fleet (written in that order)."""
-        return [
-            f"{HISTORY_PREFIX}server/{self.server}/{self._stem}~{self.app}.json",
-            f"{HISTORY_PREFIX}app/{self.app}/{self._stem}~{self.server}.json",
-            f"{HISTORY_PREFIX}all/{self._stem}~{self.server}~{self.app}.json",
-        ]
+        return layout.history_keys(self.id, self.server, self.app)
 
     def to_json(self) -> dict[str, object]:
         data: dict[str, object] = {
@@ -88,30 +75,36 @@ class Record:
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Record:
         try:
+            extra = data.get("extra") or {}
+            if not isinstance(extra, dict):
+                raise TypeError("'extra' is not an object")
             return cls(
                 id=str(data["id"]), time=str(data["time"]), who=str(data["who"]),
                 server=str(data["server"]), app=str(data["app"]), action=str(data["action"]),
-                from_=data.get("from"), to=data.get("to"),  # type: ignore[arg-type]
+                from_=_optional(data.get("from")), to=_optional(data.get("to")),
                 note=str(data.get("note") or ""), result=str(data.get("result") or "ok"),
-                unit=data.get("unit"), via=str(data.get("via") or ""),  # type: ignore[arg-type]
-                extra=dict(data.get("extra") or {}),  # type: ignore[arg-type]
+                unit=_optional(data.get("unit")), via=str(data.get("via") or ""),
+                extra={str(k): str(v) for k, v in extra.items()},
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise PushError(f"malformed history record: {e}") from None
+            raise InvalidData(f"malformed history record: {e}") from None
+
+
+def _optional(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def new_record(who: str, server: str, app: str, action: str, *, from_: str | None = None,
                to: str | None = None, note: str = "", result: str = "ok", unit: str | None = None,
                via: str = "", now_ns: int | None = None) -> Record:
     if action not in ACTIONS:
-        raise PushError(f"unknown history action {action!r}")
+        raise InvalidRequest(f"unknown history action {action!r}")
     check_server(server)
     check_app(app)
-    ns = now_ns if now_ns is not None else time.time_ns()
-    stamp = datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return Record(id=f"{ns:020d}-{secrets.token_hex(4)}", time=stamp, who=who, server=server,
-                  app=app, action=action, from_=from_, to=to, note=note, result=result, unit=unit,
-                  via=via)
+    record_id = timestamps.new_id(now_ns)
+    return Record(id=record_id, time=timestamps.format_time(timestamps.id_time(record_id)), who=who,
+                  server=server, app=app, action=action, from_=from_, to=to, note=note, result=result,
+                  unit=unit, via=via)
 
 
 class History:
@@ -129,7 +122,7 @@ class History:
     def write(self, record: Record) -> Record:
         """Store a record under its three keys (create-only: ids never collide silently)."""
         body = (json.dumps(record.to_json(), indent=1) + "\n").encode()
-        for key in record.keys():
+        for key in record.keys():  # noqa: SIM118 - a Record's keys in the bucket, not a dict
             self.store.put(key, body, if_absent=True, content_type="application/json")
         self._remember(record.id, record)
         return record
@@ -144,9 +137,9 @@ class History:
                 self._cache.popitem(last=False)
 
     def _read(self, key: str) -> Record | None:
-        stem = key.rsplit("/", 1)[1].split("~", 1)[0]
-        inv, _, rand = stem.partition("-")
-        rid = f"{_INV - int(inv):020d}-{rand}"
+        rid = layout.history_id_of_key(key)
+        if rid is None:
+            return None
         with self._lock:
             cached = self._cache.get(rid)
         if cached is not None:
@@ -159,31 +152,25 @@ class History:
         self.reads += 1
         try:
             record = Record.from_json(json.loads(got[0]))
-        except (ValueError, PushError):
+        except (ValueError, InvalidData):
             return None
         self._remember(rid, record)
         return record
 
     def _keys(self, server: str | None, app: str | None, before: str | None) -> Iterator[str]:
         """Keys of the matching records, newest first, from the cheapest index."""
-        if server is not None:
-            prefix, suffix = f"{HISTORY_PREFIX}server/{check_server(server)}/", (f"~{check_app(app)}.json" if app else None)
-        elif app is not None:
-            prefix, suffix = f"{HISTORY_PREFIX}app/{check_app(app)}/", None
-        else:
-            prefix, suffix = f"{HISTORY_PREFIX}all/", None
+        prefix, suffix = layout.history_listing(None if server is None else check_server(server),
+                                                None if app is None else check_app(app))
         start_after = None
         if before is not None:
-            ns, _, rand = before.partition("-")
-            if not ns.isdigit():
-                raise PushError(f"invalid history id {before!r}")
-            # Everything older than `before` sorts after its stem.
-            start_after = f"{prefix}{_INV - int(ns):020d}-{rand}~~"
+            try:
+                start_after = layout.history_start_after(prefix, before)
+            except ValueError:
+                raise InvalidRequest(f"invalid history id {before!r}") from None
         for info in self.store.list(prefix, start_after=start_after):
-            name = info.key[len(prefix):]
-            if "/" in name or not name.endswith(".json"):
+            if not layout.is_history_record(prefix, info.key):
                 continue
-            if suffix is not None and not name.endswith(suffix):
+            if suffix is not None and not info.key.endswith(suffix):
                 continue
             yield info.key
 

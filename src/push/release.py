@@ -8,18 +8,14 @@ original keys (appname, userid, hash, datetime, dirty, note, services) plus sha2
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from push.errors import InvalidRelease
+from push import layout
+from push.errors import InvalidName, InvalidRelease
+from push.names import check_app, check_git_hash, check_host, check_release_file, check_user
+from push.timestamps import parse_release_text, release_text
 
-DEBS_PREFIX = "debs/"
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-
-APP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
-_USER_RE = re.compile(r"[^\x00-\x20\x7f/:@\\]+")
-_HOST_RE = re.compile(r"[^\x00-\x20\x7f/:@\\]+")
-_HASH_RE = re.compile(r"[0-9a-f]{40}")
 _TIME_RE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 _NAME_RE = re.compile(
     rf"(?P<app>[^/]+)/(?P<app2>[^/:]+):(?P<user>[^/@]+)@(?P<host>[^/]+):"
@@ -30,21 +26,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Metadata keys, as the original wrote them, then ours.
 ORIGINAL_KEYS = ("appname", "userid", "hash", "datetime", "dirty", "note", "services")
 PUSH_KEYS = ("sha256", "size")
-
-
-def check_app(app: str) -> str:
-    """Return `app` if it is a valid app name, else raise InvalidRelease."""
-    if not isinstance(app, str) or not APP_RE.fullmatch(app) or ".." in app:
-        raise InvalidRelease(
-            f"invalid app name {app!r}: use letters, digits and . _ + - (starting with a letter or digit)"
-        )
-    return app
-
-
-def _check_part(what: str, value: str, pattern: re.Pattern[str]) -> str:
-    if not value or not pattern.fullmatch(value):
-        raise InvalidRelease(f"invalid {what} {value!r} in release name")
-    return value
 
 
 def app_of(name: str) -> str:
@@ -64,13 +45,14 @@ class Release:
 
     def __post_init__(self) -> None:
         check_app(self.app)
-        _check_part("user", self.user, _USER_RE)
-        _check_part("host", self.host, _HOST_RE)
-        _check_part("git hash", self.hash, _HASH_RE)
+        check_user(self.user)
+        check_host(self.host)
+        check_git_hash(self.hash)
         if self.time.tzinfo is None:
             raise InvalidRelease("release time must be timezone-aware (UTC)")
         # Names hold whole seconds in UTC: normalise so equal names mean equal releases.
         object.__setattr__(self, "time", self.time.astimezone(timezone.utc).replace(microsecond=0))
+        check_release_file(self.name.split("/", 1)[1])
 
     @classmethod
     def parse(cls, name: str) -> Release:
@@ -85,21 +67,25 @@ class Release:
         if m["app"] != m["app2"]:
             raise InvalidRelease(f"invalid release name {name!r}: app {m['app2']!r} is filed under {m['app']!r}")
         try:
-            time = datetime.strptime(m["time"], TIME_FORMAT).replace(tzinfo=timezone.utc)
+            time = parse_release_text(m["time"])
         except ValueError:
-            raise InvalidRelease(f"invalid release name {name!r}: bad time {m['time']!r}") from None
-        return cls(app=m["app"], user=m["user"], host=m["host"], time=time, hash=m["hash"])
+            raise InvalidRelease(f"invalid release name {name!r}: bad time {m['time']!r}", name=name) from None
+        try:
+            return cls(app=m["app"], user=m["user"], host=m["host"], time=time, hash=m["hash"])
+        except InvalidName as e:
+            raise InvalidRelease(f"invalid release name {name!r}: {e}", name=name) from None
 
     @classmethod
     def from_key(cls, key: str) -> Release:
         """Parse an object key `debs/{name}`."""
-        if not key.startswith(DEBS_PREFIX):
-            raise InvalidRelease(f"{key!r} is not under {DEBS_PREFIX}")
-        return cls.parse(key[len(DEBS_PREFIX):])
+        name = layout.release_name_of(key)
+        if name is None:
+            raise InvalidRelease(f"{key!r} is not a release key (under {layout.DEBS}, ending .deb)")
+        return cls.parse(name)
 
     @property
     def timestamp(self) -> str:
-        return self.time.strftime(TIME_FORMAT)
+        return release_text(self.time)
 
     @property
     def name(self) -> str:
@@ -107,7 +93,7 @@ class Release:
 
     @property
     def key(self) -> str:
-        return DEBS_PREFIX + self.name
+        return layout.release_key(self.name)
 
     @property
     def short_hash(self) -> str:
@@ -195,9 +181,6 @@ class ReleaseInfo:
             size=size,
             extra=extra,
         )
-
-    def with_extra(self, **extra: str) -> ReleaseInfo:
-        return replace(self, extra={**self.extra, **extra})
 
     def to_json(self) -> dict[str, object]:
         r = self.release

@@ -8,26 +8,19 @@ the generation that was read, so concurrent edits never silently overwrite each 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from push.errors import Conflict, InvalidServerFile, NotFound, PushError
-from push.release import InvalidRelease, Release, app_of, check_app
+from push.errors import Conflict, InvalidInput, InvalidServerFile, NotFound
+from push.layout import server_file_key
+from push.names import check_app, check_server
+from push.release import Release, app_of
 from push.store import Store
 
-SERVER_PREFIX = "server/"
-SERVER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
-
-def check_server(server: str) -> str:
-    if not isinstance(server, str) or not SERVER_RE.fullmatch(server) or ".." in server:
-        raise PushError(f"invalid server name {server!r}: use letters, digits and . _ -")
-    return server
-
-
-def server_key(server: str) -> str:
-    return f"{SERVER_PREFIX}{check_server(server)}.json"
+def _invalid(server: str, what: str) -> InvalidServerFile:
+    key = server_file_key(server)
+    return InvalidServerFile(f"{key}: {what}", key=key, server=server)
 
 
 @dataclass(frozen=True)
@@ -49,16 +42,16 @@ class ServerFile:
         seen: set[str] = set()
         for entry in self.entries:
             if not isinstance(entry, str):
-                raise InvalidServerFile(f"{server_key(self.server)}: entry {entry!r} is not a string")
+                raise _invalid(self.server, f"entry {entry!r} is not a string")
             app = app_of(entry)
             try:
                 check_app(app)
                 if entry != app + "/":
                     releases[app] = Release.parse(entry)
-            except InvalidRelease as e:
-                raise InvalidServerFile(f"{server_key(self.server)}: {e}") from None
+            except InvalidInput as e:
+                raise _invalid(self.server, str(e)) from None
             if app in seen:
-                raise InvalidServerFile(f"{server_key(self.server)}: app {app!r} is listed twice")
+                raise _invalid(self.server, f"app {app!r} is listed twice")
             seen.add(app)
         object.__setattr__(self, "_releases", releases)
 
@@ -67,9 +60,9 @@ class ServerFile:
         try:
             entries = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
-            raise InvalidServerFile(f"{server_key(server)}: not valid JSON ({e})") from None
+            raise _invalid(server, f"not valid JSON ({e})") from None
         if not isinstance(entries, list):
-            raise InvalidServerFile(f"{server_key(server)}: expected a JSON array of release names")
+            raise _invalid(server, "expected a JSON array of release names")
         return cls(server=server, entries=tuple(entries), generation=generation)
 
     def to_bytes(self) -> bytes:
@@ -110,7 +103,7 @@ def read(store: Store, server: str, if_generation_not_match: str | None = None) 
     With `if_generation_not_match`, returns None and downloads nothing when the file is
     still at that generation (a missing file always reads as empty).
     """
-    key = server_key(server)
+    key = server_file_key(server)
     try:
         got = store.get(key, if_generation_not_match=if_generation_not_match)
     except NotFound:
@@ -123,7 +116,7 @@ def read(store: Store, server: str, if_generation_not_match: str | None = None) 
 
 def write(store: Store, new: ServerFile) -> ServerFile:
     """Write `new` only if the stored file is still at `new.generation`; else Conflict."""
-    key = server_key(new.server)
+    key = server_file_key(new.server)
     if new.generation is None:
         info = store.put(key, new.to_bytes(), if_absent=True, content_type="application/json")
     else:
@@ -132,7 +125,8 @@ def write(store: Store, new: ServerFile) -> ServerFile:
     return ServerFile(new.server, new.entries, info.generation)
 
 
-def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile], attempts: int = 5) -> tuple[ServerFile, ServerFile]:
+def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile],
+           attempts: int = 5) -> tuple[ServerFile, ServerFile]:
     """Read-modify-write with compare-and-swap, re-reading on Conflict.
 
     `change` is called on fresh data each attempt and may raise (for example Conflict when
@@ -151,12 +145,3 @@ def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile]
                 raise
     raise AssertionError("unreachable")
 
-
-def list_servers(store: Store) -> list[str]:
-    """Every server that has a file in the store."""
-    names = []
-    for info in store.list(SERVER_PREFIX):
-        rest = info.key[len(SERVER_PREFIX):]
-        if rest.endswith(".json") and "/" not in rest:
-            names.append(rest[: -len(".json")])
-    return names

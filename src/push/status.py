@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 
-from push.errors import NotFound, PushError
-from push.serverfile import check_server
+from push import timestamps
+from push.errors import InvalidData, NotFound
+from push.layout import status_key
 from push.store import Store
 
-STATUS_PREFIX = "status/"
 # An agent that has not reported for this long is flagged as stale.
 STALE_AFTER_SECONDS = 15 * 60
-
-
-def status_key(server: str) -> str:
-    return f"{STATUS_PREFIX}{check_server(server)}.json"
 
 
 @dataclass
@@ -56,28 +52,26 @@ class AgentStatus:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> AgentStatus:
+    def from_json(cls, data: dict[str, object], key: str | None = None) -> AgentStatus:
         try:
-            apps = {name: AppStatus(**app) for name, app in dict(data.get("apps") or {}).items()}  # type: ignore[arg-type]
+            raw_apps = data.get("apps") or {}
+            if not isinstance(raw_apps, dict):
+                raise TypeError("'apps' is not an object")
+            apps = {name: AppStatus(**app) for name, app in raw_apps.items()}
             fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "apps"}
             return cls(apps=apps, **fields)  # type: ignore[arg-type]
         except (TypeError, ValueError, AttributeError) as e:
-            raise PushError(f"malformed status report: {e}") from None
+            raise InvalidData(f"{key or 'status report'}: malformed status report: {e}", key=key) from None
 
     @property
     def reported_at(self) -> datetime:
-        return datetime.fromisoformat(self.time.replace("Z", "+00:00"))
+        return timestamps.parse(self.time)
 
     def age_seconds(self, now: datetime | None = None) -> float:
-        now = now or datetime.now(timezone.utc)
-        return (now - self.reported_at).total_seconds()
+        return ((now or timestamps.now()) - self.reported_at).total_seconds()
 
     def is_stale(self, now: datetime | None = None) -> bool:
         return self.age_seconds(now) > STALE_AFTER_SECONDS
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def write(store: Store, status: AgentStatus) -> None:
@@ -86,29 +80,24 @@ def write(store: Store, status: AgentStatus) -> None:
               content_type="application/json")
 
 
-def read(store: Store, server: str) -> AgentStatus | None:
+def parse(data: bytes, key: str) -> AgentStatus:
+    """A report as stored at `key`; InvalidData if it is not one."""
     try:
-        with store.open(status_key(server)) as reader:
-            data = reader.read()
+        doc = json.loads(data)
+    except ValueError as e:
+        raise InvalidData(f"{key}: not valid JSON ({e})", key=key) from None
+    if not isinstance(doc, dict):
+        raise InvalidData(f"{key}: not a JSON object", key=key)
+    return AgentStatus.from_json(doc, key)
+
+
+def read(store: Store, server: str) -> AgentStatus | None:
+    """The server's last report (None if its agent never wrote one). A whole-object read,
+    so a report rewritten meanwhile is read afresh, never half."""
+    key = status_key(server)
+    try:
+        got = store.get(key)
     except NotFound:
         return None
-    try:
-        return AgentStatus.from_json(json.loads(data))
-    except ValueError as e:
-        raise PushError(f"{status_key(server)}: not valid JSON ({e})") from None
-
-
-def read_all(store: Store) -> dict[str, AgentStatus]:
-    """Every report in the store, by server; unreadable ones are left out."""
-    reports: dict[str, AgentStatus] = {}
-    for info in store.list(STATUS_PREFIX):
-        name = info.key[len(STATUS_PREFIX):]
-        if not name.endswith(".json") or "/" in name:
-            continue
-        try:
-            report = read(store, name[: -len(".json")])
-        except PushError:
-            continue
-        if report is not None:
-            reports[report.server] = report
-    return reports
+    assert got is not None
+    return parse(got[0], key)

@@ -14,15 +14,25 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from push.config import Config
+from push.errors import NotFound, PushError
+
+if TYPE_CHECKING:
+    from google.auth.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
 DEFAULT_COMPUTE_ENDPOINT = "https://compute.googleapis.com"
 PUSHREV_KEY = "pushrev"
 COMPUTE_SCOPE = "https://www.googleapis.com/auth/compute"
+
+
+class TriggerFailed(PushError):
+    """The Compute API refused to set an instance's metadata (logged and counted: the
+    agents' poll is the failsafe)."""
 
 
 class ComputeMetadata:
@@ -41,7 +51,7 @@ class ComputeMetadata:
         self.endpoint = endpoint.rstrip("/")
         host = urlparse(self.endpoint).hostname or ""
         self._needs_credentials = host.endswith(".googleapis.com")
-        self._credentials = None
+        self._credentials: Credentials | None = None
         self._cred_lock = threading.Lock()
         # trust_env=False: no proxy variable may send this anywhere but the endpoint.
         self._http = httpx.Client(timeout=timeout, trust_env=False)
@@ -66,8 +76,6 @@ class ComputeMetadata:
 
     def set_item(self, instance: str, key: str, value: str, attempts: int = 3) -> None:
         """Set `key` = `value`, keeping every other item; retries when the fingerprint moved."""
-        from push.errors import NotFound, PushError
-
         url = self.instance_url(instance)
         for attempt in range(attempts):
             headers = self._headers()
@@ -75,7 +83,7 @@ class ComputeMetadata:
             if got.status_code == 404:
                 raise NotFound(f"GCE instance {instance!r} not found in {self.project}/{self.zone}")
             if got.status_code != 200:
-                raise PushError(f"Compute API GET {instance}: HTTP {got.status_code}: {got.text[:200]}")
+                raise TriggerFailed(f"Compute API GET {instance}: HTTP {got.status_code}: {got.text[:200]}")
             metadata = got.json().get("metadata") or {}
             items = [i for i in metadata.get("items") or [] if i.get("key") != key]
             items.append({"key": key, "value": value})
@@ -85,7 +93,7 @@ class ComputeMetadata:
                 return
             if put.status_code in (409, 412) and attempt < attempts - 1:
                 continue  # someone else changed the metadata: read the new fingerprint
-            raise PushError(f"Compute API setMetadata {instance}: HTTP {put.status_code}: {put.text[:200]}")
+            raise TriggerFailed(f"Compute API setMetadata {instance}: HTTP {put.status_code}: {put.text[:200]}")
 
     def close(self) -> None:
         self._http.close()
@@ -138,7 +146,7 @@ class Triggers:
         self.gce_ok += 1
         log.info("pushrev of %s set in %.0f ms", server, (time.monotonic() - start) * 1000)
 
-    def flush(self, timeout: float = 30.0) -> None:
+    def flush(self) -> None:
         """Wait for background GCE writes (tests, shutdown)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)

@@ -8,19 +8,15 @@ the outcome back into the same object. docs/unit-requests.md is the protocol.
 from __future__ import annotations
 
 import json
-import re
-import secrets
-import time
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
-from push.errors import NotFound, PushError
-from push.release import check_app
-from push.serverfile import check_server
+from push import layout, timestamps
+from push.errors import InvalidData, InvalidRequest, NotFound, PushError
+from push.names import check_app, check_server, check_unit
 from push.store import Store
+from push.units import ACTIONS
 
-REQUESTS_PREFIX = "requests/"
-ACTIONS = ("start", "stop", "restart")
 STATES = ("pending", "done", "failed", "expired", "refused")
 # A request the agent has not picked up by then is never acted on: an agent that was down
 # for a day must not restart things nobody asked for today.
@@ -28,25 +24,11 @@ DEFAULT_TTL_SECONDS = 600
 # Finished requests are deleted (by the agent, or by `prune`) after this long.
 KEEP_SECONDS = 24 * 3600
 
-UNIT_RE = re.compile(r"[A-Za-z0-9@_.:\\-]+\.(service|socket|timer|target|path|mount)")
 
-
-def check_unit(unit: str) -> str:
-    if not isinstance(unit, str) or not UNIT_RE.fullmatch(unit) or ".." in unit:
-        raise PushError(f"invalid unit name {unit!r}: expected NAME.service (or .socket, .timer, ...)")
-    return unit
-
-
-def _iso(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def server_prefix(server: str) -> str:
-    return f"{REQUESTS_PREFIX}{check_server(server)}/"
+def check_action(action: str) -> str:
+    if action not in ACTIONS:
+        raise InvalidRequest(f"unknown unit action {action!r} (known: {', '.join(ACTIONS)})")
+    return action
 
 
 @dataclass(frozen=True)
@@ -70,7 +52,7 @@ class UnitRequest:
 
     @property
     def key(self) -> str:
-        return f"{server_prefix(self.server)}{self.id}.json"
+        return layout.request_key(self.server, self.id)
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
@@ -83,17 +65,13 @@ class UnitRequest:
             fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "generation"}
             req = cls(generation=generation, **fields)  # type: ignore[arg-type]
         except (TypeError, KeyError) as e:
-            raise PushError(f"malformed unit request: {e}") from None
+            raise InvalidData(f"malformed unit request: {e}") from None
         if req.action not in ACTIONS or req.state not in STATES:
-            raise PushError(f"malformed unit request {req.id}: action {req.action!r}, state {req.state!r}")
+            raise InvalidData(f"malformed unit request {req.id}: action {req.action!r}, state {req.state!r}")
         return req
 
     def is_expired(self, now: datetime | None = None) -> bool:
-        return (now or datetime.now(timezone.utc)) > _parse_iso(self.expires)
-
-
-def new_id(now_ns: int | None = None) -> str:
-    return f"{now_ns if now_ns is not None else time.time_ns():020d}-{secrets.token_hex(4)}"
+        return (now or timestamps.now()) > timestamps.parse(self.expires)
 
 
 def create(store: Store, server: str, app: str, unit: str, action: str, who: str, *,
@@ -101,12 +79,9 @@ def create(store: Store, server: str, app: str, unit: str, action: str, who: str
     """Record a pending request (create-only: ids never collide silently)."""
     check_app(app)
     check_unit(unit)
-    if action not in ACTIONS:
-        raise PushError(f"unknown unit action {action!r} (known: {', '.join(ACTIONS)})")
-    now = datetime.now(timezone.utc)
-    req = UnitRequest(id=new_id(), server=check_server(server), app=app, unit=unit, action=action,
-                      who=who, time=_iso(now), expires=_iso(now + timedelta(seconds=ttl)),
-                      history_id=history_id)
+    check_action(action)
+    req = UnitRequest(id=timestamps.new_id(), server=check_server(server), app=app, unit=unit, action=action,
+                      who=who, time=timestamps.now_text(), expires=timestamps.text_in(ttl), history_id=history_id)
     info = store.put(req.key, json.dumps(req.to_json(), indent=1).encode(), if_absent=True,
                      content_type="application/json")
     return replace(req, generation=info.generation)
@@ -115,8 +90,8 @@ def create(store: Store, server: str, app: str, unit: str, action: str, who: str
 def list_requests(store: Store, server: str) -> list[UnitRequest]:
     """Every request of `server`, oldest first; unreadable objects are skipped."""
     out = []
-    for info in store.list(server_prefix(server)):
-        if not info.key.endswith(".json"):
+    for info in store.list(layout.requests_prefix(server)):
+        if layout.request_of_key(info.key) is None:
             continue
         try:
             got = store.get(info.key)
@@ -126,7 +101,7 @@ def list_requests(store: Store, server: str) -> list[UnitRequest]:
         data, obj = got
         try:
             out.append(UnitRequest.from_json(json.loads(data), obj.generation))
-        except (ValueError, PushError):
+        except (ValueError, InvalidData):
             continue
     return out
 
@@ -139,8 +114,8 @@ def pending(store: Store, server: str) -> list[UnitRequest]:
 def complete(store: Store, req: UnitRequest, state: str, result: str | None, by: str) -> UnitRequest:
     """Write the outcome back, only if the object is still the one that was read (else Conflict)."""
     if state not in STATES or state == "pending":
-        raise PushError(f"cannot complete a unit request as {state!r}")
-    done = replace(req, state=state, result=result, done_time=_iso(datetime.now(timezone.utc)), done_by=by)
+        raise InvalidRequest(f"cannot complete a unit request as {state!r}")
+    done = replace(req, state=state, result=result, done_time=timestamps.now_text(), done_by=by)
     info = store.put(req.key, json.dumps(done.to_json(), indent=1).encode(),
                      if_generation_match=req.generation, content_type="application/json")
     return replace(done, generation=info.generation)
@@ -148,12 +123,12 @@ def complete(store: Store, req: UnitRequest, state: str, result: str | None, by:
 
 def prune(store: Store, server: str, keep_seconds: float = KEEP_SECONDS) -> int:
     """Delete finished requests older than `keep_seconds`; returns how many went."""
-    now = datetime.now(timezone.utc)
+    now = timestamps.now()
     gone = 0
     for req in list_requests(store, server):
         if req.state == "pending" or req.done_time is None:
             continue
-        if (now - _parse_iso(req.done_time)).total_seconds() > keep_seconds:
+        if (now - timestamps.parse(req.done_time)).total_seconds() > keep_seconds:
             try:
                 store.delete(req.key, if_generation_match=req.generation)
                 gone += 1

@@ -16,30 +16,32 @@ import time
 from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
-from push import __version__
+from push import __version__, timestamps
 from push import status as status_mod
 from push.agent import download
 from push.agent.backoff import Backoff
 from push.agent.dpkg import Dpkg, InstalledPackage
 from push.agent.errors import (
     AgentError,
+    AgentStateError,
     DpkgError,
     DpkgLocked,
     UnitError,
     VerificationFailed,
 )
 from push.agent.metrics import Metrics
+from push.agent.services import ServiceManager
 from push.agent.state import AgentState, AppRecord
 from push.agent.unitactions import act_on_requests
-from push.agent.units import ServiceManager, units_in, units_to_start
 from push.errors import InvalidRelease, InvalidServerFile, NotFound, PushError
+from push.layout import server_file_key
 from push.release import Release, ReleaseInfo
-from push.serverfile import ServerFile, server_key
+from push.serverfile import ServerFile
 from push.status import AgentStatus, AppStatus
 from push.store import Store
+from push.units import units_in, units_to_start
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +80,6 @@ class Failure:
     time: str
     retry_at: float          # time.monotonic()
     retry_wall: str
-
-
-def _now_iso() -> str:
-    return status_mod.now_iso()
-
-
-def _wall_in(seconds: float) -> str:
-    return datetime.fromtimestamp(time.time() + seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Agent:
@@ -127,7 +121,7 @@ class Agent:
     def _load_state(self) -> AgentState:
         try:
             return AgentState.load(self.state_dir)
-        except PushError as e:
+        except AgentStateError as e:
             # Never let a damaged record stop the agent: installs carry on; only the removal
             # of apps installed before is lost (their packages are then left alone).
             broken = self.state_dir / "state.json"
@@ -180,7 +174,7 @@ class Agent:
 
     def _read_server_file(self) -> bool:
         """Conditional read; True when the file changed. Raises on store errors."""
-        key = server_key(self.server)
+        key = server_file_key(self.server)
         try:
             got = self.store.get(key, if_generation_not_match=self._generation)
         except NotFound:
@@ -278,10 +272,10 @@ class Agent:
             if not self._recovered:
                 self.recover()
             self._read_server_file()
-        except PushError as e:
-            global_error = f"cannot read {server_key(self.server)}: {e}"
-        except Exception as e:  # a client library's own error: the store is unusable now
-            global_error = f"cannot read {server_key(self.server)}: {type(e).__name__}: {e}"
+        except PushError as e:  # the store only ever raises these (push.store.base)
+            global_error = f"cannot read {server_file_key(self.server)}: {e}"
+        except OSError as e:  # recovery could not use the state directory
+            global_error = f"cannot recover in {self.state_dir}: {e}"
         if global_error is None and self._server_file_error is not None:
             global_error = self._server_file_error
         if global_error is not None:
@@ -296,7 +290,7 @@ class Agent:
             if set(reasons) - {"poll"} or started - self._requests_checked >= self.options.requests_interval:
                 self._unit_requests()
             report = self._report(None)
-        except Exception as e:  # dpkg-query itself failing, the state dir unwritable, ...
+        except Exception as e:  # the step's one guard: dpkg-query failing, the state dir unwritable, a bug
             log.exception("step failed")
             self._fail_global(f"{type(e).__name__}: {e}" if not isinstance(e, PushError) else str(e))
             report = self._report(self._global_failure.error if self._global_failure else str(e))
@@ -316,7 +310,8 @@ class Agent:
         prev = self._global_failure
         attempts = prev.attempts + 1 if prev and prev.error == error else 1
         delay = self.options.backoff.delay(attempts)
-        self._global_failure = Failure(None, error, attempts, _now_iso(), time.monotonic() + delay, _wall_in(delay))
+        self._global_failure = Failure(None, error, attempts, timestamps.now_text(), time.monotonic() + delay,
+                                       timestamps.text_in(delay))
         log.warning("step failed", extra={"event": "step.error", "error": error, "attempts": attempts,
                                           "retry_in": round(delay, 1)})
 
@@ -389,7 +384,8 @@ class Agent:
         prev = self._failures.get(app)
         attempts = prev.attempts + 1 if prev is not None and prev.release == release else 1
         delay = self.options.backoff.delay(attempts)
-        self._failures[app] = Failure(release, error, attempts, _now_iso(), time.monotonic() + delay, _wall_in(delay))
+        self._failures[app] = Failure(release, error, attempts, timestamps.now_text(), time.monotonic() + delay,
+                                      timestamps.text_in(delay))
         log.warning("app failed", extra={"event": "app.error", "app": app, "release": release, "error": error,
                                          "attempts": attempts, "retry_in": round(delay, 1)})
 
@@ -440,7 +436,7 @@ class Agent:
             self._fail(app, rel.name, f"download failed: {e}")
             self.metrics.installs.labels(app, "failed").inc()
             return
-        except Exception as e:  # a store client's own error mid-download, an OSError, ...
+        except OSError as e:  # the download or the state directory could not be written
             self._fail(app, rel.name, f"{type(e).__name__}: {e}")
             self.metrics.installs.labels(app, "failed").inc()
             return
@@ -496,7 +492,7 @@ class Agent:
                 self._installed = None
                 self._start_units(app, prev_package, prev_version or "", only_inactive=True)
                 notes.append(f"rolled back to {prev_release}")
-            except Exception as e:
+            except (PushError, OSError) as e:
                 log.warning("rollback failed", extra={"event": "install.rollback-failed", "app": app, "error": str(e)})
                 notes.append(f"rollback to {prev_release} failed too: {e}")
         return f" ({'; '.join(notes)})" if notes else ""
@@ -630,7 +626,7 @@ class Agent:
             apps[app] = st
         if sf is None:
             in_sync = False
-        return AgentStatus(server=self.server, agent_version=__version__, time=_now_iso(),
+        return AgentStatus(server=self.server, agent_version=__version__, time=timestamps.now_text(),
                            hostname=self.options.hostname, server_file_generation=self._generation,
                            in_sync=in_sync, step=self.step_count, apps=apps, error=error)
 
@@ -644,7 +640,7 @@ class Agent:
         self._last_publish_try = time.monotonic()
         try:
             status_mod.write(self.store, report)
-        except Exception as e:  # the report is retried next step; the step's work stands
+        except PushError as e:  # the report is retried next step; the step's work stands
             self.metrics.reports.labels("failed").inc()
             log.warning("cannot publish status", extra={"event": "report.error", "error": str(e)})
             return
@@ -652,9 +648,6 @@ class Agent:
         self.metrics.reports.labels("ok").inc()
         log.info("status published", extra={"event": "report", "in_sync": report.in_sync,
                                             "summary": json.dumps({a: s.state for a, s in report.apps.items()})})
-
-    def last_report(self) -> dict[str, object] | None:
-        return self._last_report
 
     def heartbeat_in(self) -> float:
         """Seconds until the report is due again (so the push server sees the agent alive)."""

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from push.agent.errors import DiskFull, VerificationFailed
-from push.errors import StoreUnavailable
 from push.release import ReleaseInfo
 from push.store import Store
 
@@ -46,7 +45,7 @@ def fetch(store: Store, info: ReleaseInfo, directory: Path, *, rate_limit: float
     """Download `info`'s .deb into `directory`, verified; the caller deletes the file.
 
     VerificationFailed when size or sha256 differ from the metadata, DiskFull when there is
-    no room, StoreUnavailable when the store fails mid-way. Nothing is left behind on error.
+    no room, a StoreError when the store fails mid-way. Nothing is left behind on error.
     """
     directory.mkdir(parents=True, exist_ok=True)
     if info.size is not None:
@@ -67,12 +66,7 @@ def fetch(store: Store, info: ReleaseInfo, directory: Path, *, rate_limit: float
                     f"{info.name}: the stored object is {reader.info.size} bytes, its metadata says {info.size}")
             with open(partial, "wb") as out:
                 while True:
-                    try:
-                        chunk = reader.read(CHUNK)
-                    except StoreUnavailable:
-                        raise
-                    except OSError as e:
-                        raise StoreUnavailable(f"download of {info.name} failed: {e}") from e
+                    chunk = reader.read(CHUNK)  # only Push's errors (push.store.base)
                     if not chunk:
                         break
                     out.write(chunk)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from push.agent.errors import DependencyMissing, DpkgError, DpkgLocked
-from push.debian import InvalidRelation, Relation, parse_relations
+from push.debian import InvalidRelation, Relation, parse_control, parse_relations, version_satisfies
 
 log = logging.getLogger(__name__)
 
@@ -196,25 +196,11 @@ class Dpkg:
         """Package, Version, Depends... of a .deb file, from its control."""
         proc = self.run(["dpkg-deb", "-f", str(path), "Package", "Version", "Architecture", "Depends",
                          "Pre-Depends"], what="dpkg-deb -f", timeout=120)
-        fields: dict[str, str] = {}
-        key = None
-        for line in proc.stdout.splitlines():
-            if line[:1].isspace() and key:
-                fields[key] += " " + line.strip()
-            elif ":" in line:
-                key, _, value = line.partition(":")
-                fields[key.strip().lower()] = value.strip()
+        fields = parse_control(proc.stdout)
         if not fields.get("package") or not fields.get("version"):
             raise DpkgError(f"{path.name}: no Package/Version in its control file")
         return DebFields(fields["package"], fields["version"], fields.get("architecture", ""),
                          fields.get("depends", ""), fields.get("pre-depends", ""))
-
-    def compare_versions(self, a: str, op: str, b: str) -> bool:
-        proc = self.run(["dpkg", "--compare-versions", a, op, b], check=False, what="dpkg --compare-versions",
-                        timeout=30)
-        if proc.returncode not in (0, 1):
-            raise DpkgError(f"dpkg --compare-versions {a} {op} {b}: {_trim(proc.stderr)}")
-        return proc.returncode == 0
 
     def audit(self) -> str:
         """What `dpkg --audit` reports (empty when the database is consistent)."""
@@ -247,8 +233,11 @@ class Dpkg:
         for dep in clause.alternatives:
             pkg = packages.get(dep.name)
             if pkg is not None and pkg.ok:
-                if dep.op is None or self.compare_versions(pkg.version, dep.op, dep.version or ""):
-                    return True
+                try:
+                    if dep.op is None or version_satisfies(pkg.version, dep.op, dep.version or ""):
+                        return True
+                except InvalidRelation as e:
+                    raise DpkgError(str(e)) from None
             if dep.op is None and any(p.ok and dep.name in p.provides for p in packages.values()):
                 return True
         return False

@@ -2,6 +2,7 @@
 
 Each is reported as-is in `status/{server}.json` (its str() is the reason a user reads),
 so they carry the words of the tool that failed (dpkg's stderr, apt-get's), not a summary.
+They are the AgentError branch of the tree in push.errors.
 """
 
 from __future__ import annotations
@@ -40,3 +41,7 @@ class DiskFull(AgentError):
 
 class UnitError(AgentError):
     """The service manager could not start, stop or read a unit."""
+
+
+class AgentStateError(AgentError):
+    """The agent's state directory is held by another pulld, or its record is unreadable."""

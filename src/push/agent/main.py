@@ -22,13 +22,15 @@ from push import __version__
 from push.agent.agent import SELF_APP, Agent, AgentOptions
 from push.agent.backoff import Backoff
 from push.agent.dpkg import Dpkg
+from push.agent.errors import AgentError
 from push.agent.metrics import Metrics
+from push.agent.services import ServiceManager, SystemdManager
 from push.agent.state import StateLock
 from push.agent.supervisor import SandboxSupervisor
 from push.agent.triggers import GceMetadataTrigger, Wakeup, WatchTrigger, gce_instance_name
-from push.agent.units import ServiceManager, SystemdManager
-from push.errors import PushError
-from push.serverfile import check_server
+from push.errors import InvalidRequest, PushError
+from push.exits import INTERRUPTED, exit_code
+from push.names import check_server
 from push.store import open_store
 
 log = logging.getLogger("push.agent")
@@ -158,7 +160,7 @@ def _server_name(args: argparse.Namespace, gce_host: str | None) -> str:
         try:
             return check_server(gce_instance_name(gce_host))
         except Exception as e:
-            raise PushError(f"cannot read the GCE instance name from {gce_host}: {e} (use --server)") from None
+            raise AgentError(f"cannot read the GCE instance name from {gce_host}: {e} (use --server)") from None
     return check_server(socket.gethostname().split(".")[0])
 
 
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     sandbox = args.root is not None and args.root.absolute() != Path("/")
     if args.stop_units:
         if not sandbox:
-            raise PushError("--stop-units needs --root (on / the units belong to systemd)")
+            raise InvalidRequest("--stop-units needs --root (on / the units belong to systemd)")
         supervisor = SandboxSupervisor(args.root)
         supervisor.close(stop_units=True)
         return 0
@@ -191,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         manager = "sandbox" if sandbox else "systemd"
     if manager == "sandbox":
         if not sandbox:
-            raise PushError("--service-manager sandbox needs --root")
+            raise InvalidRequest("--service-manager sandbox needs --root")
         services: ServiceManager = SandboxSupervisor(options.root)  # type: ignore[arg-type]
     else:
         services = SystemdManager()
@@ -224,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         port = metrics.serve(args.metrics_port, args.metrics_addr)
         if port:
             log.info("metrics listening", extra={"event": "metrics", "addr": args.metrics_addr, "port": port})
-    triggers = []
+    triggers: list[WatchTrigger | GceMetadataTrigger] = []
     if args.push_url:
         triggers.append(WatchTrigger(args.push_url, server, wakeup, timeout=args.watch_timeout,
                                      on_fire=lambda s: metrics.triggers.labels(s).inc()))
@@ -286,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     except PushError as e:
         print(f"pulld: {e}", file=sys.stderr)
-        return e.exit_code
+        return exit_code(e)
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

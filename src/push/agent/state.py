@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from push.errors import PushError
+from push.agent.errors import AgentStateError
 
 STATE_FILE = "state.json"
 LOCK_FILE = "lock"
@@ -49,7 +49,7 @@ class AgentState:
         except FileNotFoundError:
             return cls(path)
         except (OSError, ValueError) as e:
-            raise PushError(f"cannot read agent state {path}: {e}") from None
+            raise AgentStateError(f"cannot read agent state {path}: {e}") from None
         apps = {}
         for app, rec in dict(data.get("apps") or {}).items():
             known = {k: v for k, v in dict(rec).items() if k in AppRecord.__dataclass_fields__}
@@ -68,13 +68,6 @@ class AgentState:
     def app(self, app: str) -> AppRecord:
         return self.apps.setdefault(app, AppRecord())
 
-    def owner_of(self, package: str) -> str | None:
-        """The app whose packages include `package` (None: Push did not install it)."""
-        for app, rec in self.apps.items():
-            if package in rec.packages:
-                return app
-        return None
-
 
 class StateLock:
     """An exclusive lock on the state directory, held for the agent's lifetime."""
@@ -86,7 +79,7 @@ class StateLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._fd)
-            raise PushError(f"another pulld is running with state directory {directory}") from None
+            raise AgentStateError(f"another pulld is running with state directory {directory}") from None
 
     def release(self) -> None:
         if self._fd >= 0:

@@ -10,6 +10,7 @@ pulld restarted after `kill -9` adopts the processes that are still running.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from push.agent.errors import UnitError
-from push.agent.units import UNIT_DIRS, ServiceManager
+from push.agent.services import ServiceManager
+from push.units import UNIT_DIRS
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,7 @@ class SandboxSupervisor(ServiceManager):
 
     def unit_path(self, unit: str) -> Path | None:
         for d in UNIT_DIRS:
-            p = self._inside(d + unit)
+            p = self.root / d / unit
             if p.is_file():
                 return p
         return None
@@ -325,10 +327,8 @@ class SandboxSupervisor(ServiceManager):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     def _watch(self, interval: float) -> None:
         while not self._closed.wait(interval):

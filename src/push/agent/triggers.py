@@ -8,6 +8,7 @@ Triggers reconnect with jittered backoff. They only ever talk to the URLs they a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -73,10 +74,8 @@ class _Trigger(threading.Thread):
         self._stop.set()
         client = self._client
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort: the thread ends anyway
                 client.close()
-            except Exception:
-                pass
 
     def run(self) -> None:
         import httpx  # here, not at the top: `pulld --once` starts faster without it

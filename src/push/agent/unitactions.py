@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from push import unitrequests
 from push.agent.errors import UnitError
-from push.agent.units import ServiceManager
+from push.agent.services import ServiceManager
 from push.errors import Conflict, PushError
 from push.store import Store
 

@@ -7,6 +7,7 @@ terminal, and prints the release name as its last line of output.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -33,7 +34,7 @@ check passes. The release name is printed last.
 """
 
 
-def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("release", parents=[common], help="build a package of an app and upload it as a release",
                        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("app", metavar="APP", help="the app's name")
@@ -67,6 +68,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="refuse to build from uncommitted changes or a HEAD not on the upstream main branch")
     p.add_argument("--no-lintian", dest="lintian", action="store_false",
                    help="skip the lintian check (for a machine without lintian; not recommended)")
+    p.add_argument("--signing-key", metavar="FILE", default=os.environ.get("PUSH_SIGNING_KEY") or None,
+                   help="sign the release with this release key (a NAME.key from push keys generate; "
+                        "default: $PUSH_SIGNING_KEY; unset: the release is unsigned). See docs/trust.md")
     p.add_argument("-o", "--output", metavar="FILE", type=Path, default=None, help="also keep the .deb here")
     p.add_argument("--no-upload", action="store_true", help="only build and check (with -o FILE)")
     p.set_defaults(func=cmd_release, parser=p)
@@ -94,7 +98,8 @@ class _ProgressBar:
             sys.stderr.flush()
 
     def close(self) -> None:
-        sys.stderr.write("\n")
+        if self._drawn:  # nothing drawn when the store adopted the file
+            sys.stderr.write("\n")
 
 
 def _keep(built: BuiltRelease, output: Path, copy: bool) -> None:
@@ -121,29 +126,43 @@ def cmd_release(args: argparse.Namespace) -> int:
             args.parser.error("nothing to build: give --root DIR, --manifest FILE or --deb FILE "
                               "(there is no push.toml here)")
         args.manifest = Path("push.toml")
+    # Loaded before any work, so a bad key fails in a second, not after the build.
+    signing_key = None
+    if args.signing_key:
+        from push.signing import SigningKey  # cryptography: loaded only for a signed build
+
+        signing_key = SigningKey.load(Path(args.signing_key))
     request = BuildRequest(
         app=args.app, root=args.root, manifest=args.manifest, deb=args.deb, note=args.note,
         note_from_git=args.note_from_git, depends=args.depends, package_prefix=args.package_prefix,
         architecture=args.architecture, maintainer=args.maintainer, description=args.description,
         compression=args.compression, compression_level=args.compression_level, repo=args.repo,
-        git_hash=args.git_hash, require_clean=args.require_clean, lintian=args.lintian,
+        git_hash=args.git_hash, require_clean=args.require_clean, lintian=args.lintian, signing_key=signing_key,
     )
     store = None if args.no_upload else open_store(args.store)
+    # Without -o, the package is built where the store can adopt it (a local store takes the
+    # file instead of copying it); with -o it is kept there and uploaded as a copy.
+    adopt = store is not None and args.output is None
+    built = None
     try:
         with tempfile.TemporaryDirectory(prefix="push-release-") as tmp:
-            built = build(request, Path(tmp), store)
+            built = build(request, Path(tmp), store, adoptable=adopt)
             for warning in built.warnings:
                 print(f"push: warning: {warning}", file=sys.stderr)
+            if signing_key is not None:
+                print(f"push: signed with release key {signing_key.key_id}", file=sys.stderr)
             if args.output is not None:
                 _keep(built, args.output, copy=args.deb is not None)
             if store is not None:
                 bar = _ProgressBar(built.info.size or 0, "uploading") if sys.stderr.isatty() else None
                 try:
-                    upload(store, built, bar)
+                    upload(store, built, bar, adopt=adopt)
                 finally:
                     if bar is not None:
                         bar.close()
     finally:
+        if adopt and built is not None and built.owned:
+            built.path.unlink(missing_ok=True)  # a failed upload leaves nothing in the store's temp directory
         if store is not None:
             store.close()
     print(built.name)

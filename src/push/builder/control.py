@@ -16,18 +16,13 @@ from pathlib import Path
 
 from push.builder.errors import BuildError
 from push.debian import InvalidRelation, parse_relations
+from push.units import is_template, units_to_start
 
 DEFAULT_PREFIX = "push-"
 
 _PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _ARCH_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 _CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
-
-# Units whose name ends so can be enabled and started; templates (name@.service) cannot
-# be started without an instance and are left alone.
-UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path", ".mount", ".automount", ".swap", ".target", ".slice")
-# Activation units: a service that has one of these beside it is started by it, not directly.
-_ACTIVATORS = (".socket", ".timer", ".path")
 
 
 def package_name(app: str, prefix: str = DEFAULT_PREFIX) -> str:
@@ -101,12 +96,10 @@ class Units:
 
     def to_start(self) -> list[str]:
         """Units to (re)start after install: not templates, and not services something activates."""
-        names = self.names
-        activated = {n.rsplit(".", 1)[0] + ".service" for n in names if n.endswith(_ACTIVATORS)}
-        return [n for n in names if "@." not in n and n.endswith(UNIT_SUFFIXES) and n not in activated]
+        return units_to_start(self.names)
 
     def to_enable(self) -> list[str]:
-        return [n for n in self.installable if "@." not in n]
+        return [n for n in self.installable if not is_template(n)]
 
 
 @dataclass(frozen=True)
@@ -161,7 +154,7 @@ def maintainer_scripts(units: Units, python_dirs: Sequence[str] = ()) -> dict[st
     """
     start = " ".join(units.to_start())
     enable = " ".join(units.to_enable())
-    stop = " ".join(u for u in units.shipped if "@." not in u)
+    stop = " ".join(u for u in units.shipped if not is_template(u))
     pydirs = " ".join(python_dirs)
     postinst = prerm = postrm = ""
     if pydirs:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from push.builder.errors import BuildError, stderr_summary
+from push.debian import parse_control
 
 # Compression formats dpkg-deb can write, with the level we use when none is given.
 # zstd is fast and Debian 12's dpkg reads it; xz and gzip are for fleets whose dpkg is older
@@ -58,18 +59,8 @@ def build(tree: Path, out: Path, compression: str = DEFAULT_COMPRESSION, level: 
 
 
 def fields(deb: Path) -> dict[str, str]:
-    """The control fields of a .deb, names lowercased (continuation lines kept, joined by newlines)."""
-    text = _run(["dpkg-deb", "--field", str(deb)], f"dpkg-deb --field {deb}", QUERY_TIMEOUT)
-    result: dict[str, str] = {}
-    name = None
-    for line in text.splitlines():
-        if line[:1] in (" ", "\t") and name is not None:
-            result[name] += "\n" + line.strip()
-        elif ":" in line:
-            key, _, value = line.partition(":")
-            name = key.strip().lower()
-            result[name] = value.strip()
-    return result
+    """The control fields of a .deb, names lowercased (see push.debian.parse_control)."""
+    return parse_control(_run(["dpkg-deb", "--field", str(deb)], f"dpkg-deb --field {deb}", QUERY_TIMEOUT))
 
 
 @contextmanager

@@ -28,6 +28,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from push.builder.errors import BuildError
+from push.errors import InvalidName
+from push.names import check_unit
 
 MANIFEST_NAME = "push.toml"
 
@@ -35,7 +37,6 @@ _TOP_KEYS = frozenset({
     "app", "description", "package_prefix", "architecture", "maintainer", "depends", "units",
     "restart_units", "compression", "compression_level", "files", "python",
 })
-_UNIT_RE = re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|socket|timer|path|mount|automount|swap|target|slice)")
 _PATH_RE = re.compile(r"/[A-Za-z0-9._+/-]*")
 
 
@@ -188,8 +189,10 @@ def _parse(path: Path, data: dict[str, Any]) -> Manifest:
         raise _fail(path, f"restart_units must be true or false, got {restart!r}")
     units = _strings(path, data, "units")
     for unit in units:
-        if not _UNIT_RE.fullmatch(unit):
-            raise _fail(path, f"units: {unit!r} is not a systemd unit name (such as app.service)")
+        try:
+            check_unit(unit)
+        except InvalidName:
+            raise _fail(path, f"units: {unit!r} is not a systemd unit name (such as app.service)") from None
     prefix = data.get("package_prefix")
     if prefix is not None and not isinstance(prefix, str):
         raise _fail(path, f"package_prefix must be a string, got {prefix!r}")

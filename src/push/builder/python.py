@@ -58,8 +58,8 @@ def vendor(spec: PythonSpec, target: Path) -> None:
 
 
 # Left out of the copy: at the top, what is not the project's code; everywhere, caches.
-_TOP_LEVEL_SKIP = {".git", ".venv", "venv", "build", "dist", ".pytest_cache", "node_modules", "tests",
-                   "benchmarks", "docs", "packaging"}
+_TOP_LEVEL_SKIP = {".git", ".venv", "venv", "build", "dist", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+                   "node_modules", "tests", "benchmarks", "docs", "packaging"}
 
 
 def _skip(directory: str, names: list[str], top: str) -> set[str]:

@@ -14,17 +14,21 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 HOST = "127.0.0.1"
+T = TypeVar("T")
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def port_is_free(port: int) -> bool:
@@ -38,7 +42,8 @@ def port_is_free(port: int) -> bool:
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:
     with _opener.open(url, timeout=timeout) as resp:
-        return resp.read()
+        data: bytes = resp.read()
+        return data
 
 
 def bin_path(name: str) -> str:
@@ -53,7 +58,7 @@ class Process:
     argv: list[str]
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
-    popen: subprocess.Popen | None = None
+    popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,14 +152,15 @@ class LocalFleet:
         self.agents[server] = agent
         return agent
 
-    def status(self, server: str) -> dict | None:
+    def status(self, server: str) -> dict[str, object] | None:
         from push import status as status_mod
         from push.store import open_store
 
         report = status_mod.read(open_store(self.store), server)
         return report.to_json() if report else None
 
-    def wait_until(self, predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+    def wait_until(self, predicate: Callable[[], T], timeout: float = 60.0, interval: float = 0.1,
+                   what: str = "condition") -> T:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = predicate()
@@ -192,13 +198,11 @@ def kill_leftover_units(root: Path) -> None:
             continue
         if pid <= 1 or start is None or int(stat.rsplit(")", 1)[1].split()[19]) != start:
             continue
-        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+        # Its process group first (the unit's children too), else the process alone.
+        for kill in (os.killpg, os.kill):
             try:
-                kill()
+                kill(pid, signal.SIGKILL)
                 break
             except (ProcessLookupError, PermissionError):
                 continue
 
-
-def read_json(url: str) -> object:
-    return json.loads(http_get(url))

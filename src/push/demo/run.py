@@ -10,18 +10,21 @@ import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
 import webbrowser
 from pathlib import Path
 
 from push.demo.apps import APPS, stage
-from push.demo.fleet import HOST, LocalFleet, bin_path, http_get, port_is_free, free_port
+from push.demo.fleet import HOST, LocalFleet, bin_path, free_port, http_get, port_is_free
 from push.errors import PushError
 
 SERVERS = ("demo-1", "demo-2", "demo-3")
 # Which apps each server may run (skiapush.conf); every server runs hello.
 ALLOWED = {"demo-1": ("hello", "quotes", "clock"), "demo-2": ("hello", "quotes"), "demo-3": ("hello", "clock")}
+
+
+class DemoError(PushError):
+    """The demo could not run: a step failed, a port is taken, a process died."""
 
 
 def say(text: str = "") -> None:
@@ -50,7 +53,7 @@ def run(argv: list[str], what: str) -> str:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise PushError(f"{what} failed: {last}")
+        raise DemoError(f"{what} failed: {last}")
     return result.stdout
 
 
@@ -71,7 +74,8 @@ def build_releases(workdir: Path, store: str) -> dict[str, list[str]]:
     return names
 
 
-def setup(workdir: Path, server_port: int, app_port_base: int) -> tuple[LocalFleet, dict[str, list[str]], dict]:
+def setup(workdir: Path, server_port: int, app_port_base: int
+          ) -> tuple[LocalFleet, dict[str, list[str]], dict[tuple[str, str], int]]:
     workdir.mkdir(parents=True, exist_ok=True)
     store = f"file://{workdir / 'bucket'}"
     config = workdir / "skiapush.conf"
@@ -100,8 +104,8 @@ def main(workdir: Path | None, server_port: int, app_port_base: int, open_browse
 
         workdir = Path(tempfile.mkdtemp(prefix="push-demo-"))
     if not port_is_free(server_port):
-        raise PushError(f"port {server_port} on {HOST} is in use: choose another with --port")
-    fleet, names, ports = setup(workdir, server_port, app_port_base)
+        raise DemoError(f"port {server_port} on {HOST} is in use: choose another with --port")
+    fleet, _, ports = setup(workdir, server_port, app_port_base)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -158,7 +162,7 @@ def main(workdir: Path | None, server_port: int, app_port_base: int, open_browse
         while True:
             for proc in fleet.processes():
                 if not proc.alive():
-                    raise PushError(f"{proc.name} exited unexpectedly; its log:\n{proc.log_tail()}")
+                    raise DemoError(f"{proc.name} exited unexpectedly; its log:\n{proc.log_tail()}")
             time.sleep(1)
     except KeyboardInterrupt:
         say("\nstopping ...")

@@ -23,7 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from push import __version__
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import PushError, Unauthenticated
+from push.errors import AccessDenied, Conflict, NotFound, PushError, StoreError, Unauthenticated
 from push.fleet import ChangedMeanwhile, Context, FleetView
 from push.history import History
 from push.server.auth import CSRF_COOKIE, Auth, AuthSettings
@@ -49,7 +49,27 @@ class PushServer:
 
 
 def server_of(request: Request) -> PushServer:
-    return request.app.state.push
+    push: PushServer = request.app.state.push
+    return push
+
+
+# The HTTP status of each error, by class: the most specific listed ancestor wins.
+HTTP_STATUSES: dict[type[PushError], int] = {
+    PushError: 400,          # invalid input, a failed check
+    Unauthenticated: 401,
+    AccessDenied: 403,
+    NotFound: 404,
+    Conflict: 409,
+    StoreError: 503,         # the bucket cannot be used right now
+}
+
+
+def http_status(error: PushError) -> int:
+    for cls in type(error).__mro__:
+        status = HTTP_STATUSES.get(cls)
+        if status is not None:
+            return status
+    return 400
 
 
 def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None,
@@ -109,8 +129,20 @@ def wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "")
 
 
-def error_response(request: Request, exc: PushError) -> Response:
-    status = exc.http_status
+@dataclass(frozen=True)
+class RetryForm:
+    """What the conflict page offers after ChangedMeanwhile: review the change again, and for
+    a deploy, a form that repeats it over what runs now (`expected_from`)."""
+
+    review: str
+    action: str | None = None
+    release: str | None = None
+    expected_from: str = ""
+    note: str = ""
+
+
+def error_response(request: Request, exc: PushError, retry: RetryForm | None = None) -> Response:
+    status = http_status(exc)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthenticated) else None
     if status >= 500:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
@@ -127,7 +159,7 @@ def error_response(request: Request, exc: PushError) -> Response:
     html = push.templates.get_template(template).render(
         error=exc, status=status, kind=type(exc).__name__, identity=identity,
         roles=push.auth.roles(identity),
-        csrf_token=push.auth.csrf_token(request), request=request, retry=getattr(exc, "retry", None))
+        csrf_token=push.auth.csrf_token(request), request=request, retry=retry)
     response = HTMLResponse(html, status_code=status, headers=headers)
     set_csrf_cookie(request, response)
     return response

@@ -95,7 +95,7 @@ class Auth:
 
     def identify(self, request: Request) -> Identity | None:
         """The caller, or None if the request carries no identity at all."""
-        cached = request.scope.get("push.identity")
+        cached: Identity | None = request.scope.get("push.identity")
         if cached is not None:
             return cached
         identity = self._identify(request)
@@ -171,9 +171,8 @@ class Auth:
             # every POST): a CLI or script, which a forged cross-site request cannot be.
             return
         origin = request.headers.get("origin")
-        if origin and origin != "null":
-            if urlparse(origin).netloc != request.headers.get("host", ""):
-                raise NotAllowed(f"cross-site request from {origin} refused")
+        if origin and origin != "null" and urlparse(origin).netloc != request.headers.get("host", ""):
+            raise NotAllowed(f"cross-site request from {origin} refused")
         cookie = request.cookies.get(CSRF_COOKIE, "")
         submitted = submitted or request.headers.get(CSRF_HEADER, "")
         if not cookie or not submitted or not hmac.compare_digest(cookie.encode(), submitted.encode()):

@@ -11,10 +11,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from push import fleet, unitrequests
-from push.errors import NotFound, PushError
-from push.release import check_app
-from push.serverfile import check_server
-from push.server.app import server_of
+from push.names import check_app, check_server
+from push.server.app import http_status, server_of
 from push.server.auth import Identity
 from push.server.watch import DEFAULT_TIMEOUT, MAX_TIMEOUT
 
@@ -183,9 +181,7 @@ def get_server(request: Request, server: str) -> Response:
     """One server's state (404 if skiapush.conf does not list it)."""
     push = server_of(request)
     push.auth.require(request, "view")
-    check_server(server)
-    if server not in push.ctx.config.servers:
-        raise NotFound(f"server {server!r} is not in {push.ctx.config.source}")
+    push.ctx.config.require_server(server)
     states = [s for s in push.view.server_states(server) if s.server == server]
     return json_bytes(states[0].json_bytes)
 
@@ -301,8 +297,15 @@ def deploy_all(request: Request, app: str, body: DeployAllRequest) -> dict[str, 
     for o in outcomes:
         if o.change is not None:
             _count(request, o.change)
-    return {"app": app, "release": body.release, "outcomes": [o.to_json() for o in outcomes],
+    return {"app": app, "release": body.release, "outcomes": [_outcome(o) for o in outcomes],
             "ok": all(o.error is None for o in outcomes)}
+
+
+def _outcome(outcome: fleet.Outcome) -> dict[str, object]:
+    data = outcome.to_json()
+    if outcome.error is not None:
+        data["status"] = http_status(outcome.error)
+    return data
 
 
 @router.post(f"{API}/servers/{{server}}/units/{{unit}}/{{action}}", tags=["units"], responses=WRITE_REFUSALS)
@@ -329,10 +332,7 @@ async def watch(request: Request, server: str, since: str | None = None,
     soon as the revision differs, else after `timeout` seconds with changed=false. The
     revision changes when server/{server}.json or its unit requests change, whoever wrote
     them. No authentication: it reveals only an opaque revision."""
-    try:
-        check_server(server)
-    except PushError as e:
-        raise NotFound(str(e)) from None
+    check_server(server)
     rev, changed = await server_of(request).hub.wait(server, since, timeout)
     return {"rev": rev, "changed": changed}
 

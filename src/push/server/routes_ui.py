@@ -18,11 +18,12 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
 from push import fleet, serverfile, unitrequests
-from push.errors import NotFound, PushError
-from push.release import Release, check_app
-from push.server.app import PushServer, server_of, set_csrf_cookie
+from push.errors import InvalidRequest, NotFound, PushError
+from push.names import check_app, check_server
+from push.release import Release
+from push.server.app import PushServer, RetryForm, error_response, server_of, set_csrf_cookie
 from push.server.auth import Identity
-from push.serverfile import ServerFile, check_server
+from push.serverfile import ServerFile
 
 router = APIRouter(include_in_schema=False)
 
@@ -61,7 +62,8 @@ def setup_filters(push: PushServer) -> None:
                            short=fleet.short)
 
 
-def _page(request: Request, template: str, identity: Identity | None, status: int = 200, **context: Any) -> HTMLResponse:
+def _page(request: Request, template: str, identity: Identity | None, status: int = 200,
+          **context: Any) -> HTMLResponse:
     push = server_of(request)
     setup_filters(push)
     html = push.templates.get_template(template).render(
@@ -109,9 +111,7 @@ def _after_change(push: PushServer, change: fleet.Change, url: str) -> RedirectR
 
 
 def _allowed(push: PushServer, server: str, app: str | None = None) -> None:
-    check_server(server)
-    if server not in push.ctx.config.servers:
-        raise NotFound(f"server {server!r} is not in {push.ctx.config.source}")
+    push.ctx.config.require_server(server)
     if app is not None:
         check_app(app)
 
@@ -167,11 +167,12 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
     if since and since == digest and request.headers.get("hx-request"):
         return Response(status_code=204)
     live_params = {**params, **({"page": str(page)} if page > 1 else {}), **({"all": "1"} if all else {})}
-    context = dict(rows=rows, count=len(states), server=server, app=app,
+    context: dict[str, Any] = dict(rows=rows, count=len(states), server=server, app=app,
                    live_link="/?" + urlencode({**live_params, "since": digest}),
                    problems=problems, total=len(push.ctx.config.servers),
                    with_problems=sum(1 for s in states if s.data["problems"]),
-                   first=(page - 1) * PER_PAGE + 1 if not all else 1, last=(page - 1) * PER_PAGE + len(shown) if not all else len(states),
+                   first=(page - 1) * PER_PAGE + 1 if not all else 1,
+                   last=(page - 1) * PER_PAGE + len(shown) if not all else len(states),
                    pages=1 if all else pages, page=page,
                    prev_link=link(page - 1) if page > 1 and not all else None,
                    next_link=link(page + 1) if page < pages and not all else None,
@@ -185,7 +186,7 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
 def server_page(request: Request, server: str, done: str | None = None) -> Response:
     push, identity = _viewer(request)
     _allowed(push, server)
-    state = [s for s in push.view.server_states(server) if s.server == server][0]
+    state = next(s for s in push.view.server_states(server) if s.server == server)
     units = fleet.units_of(push.ctx, server, push.view.report(server))
     states = {}
     for app_state in state.data["apps"]:
@@ -214,7 +215,7 @@ def app_page(request: Request, app: str, done: str | None = None) -> Response:
 def picker(request: Request, server: str, app: str, done: str | None = None) -> Response:
     push, identity = _viewer(request)
     _allowed(push, server, app)
-    state = [s for s in push.view.server_states(server) if s.server == server][0]
+    state = next(s for s in push.view.server_states(server) if s.server == server)
     app_state = next((a for a in state.data["apps"] if a["app"] == app), None)
     if app_state is None:
         raise NotFound(f"{app} is not allowed on {server} (see {push.ctx.config.source})")
@@ -230,16 +231,18 @@ def confirm_deploy(request: Request, server: str, app: str, release: str) -> Res
     push.ctx.config.check_allowed(server, app)
     target = push.ctx.catalog.get(release)
     if target.app != app:
-        raise PushError(f"{release} is not a release of {app}")
+        raise InvalidRequest(f"{release} is not a release of {app}")
     sf = _fresh_file(push, server)
     current = sf.release_of(app)
     current_info = _release_info(push, current.name if current else None)
     newest = push.ctx.catalog.latest(app)
     where = push.view.release_servers().get(release, ([], []))
+    # One look at the report: a refresh between two could leave None for the second.
+    report = push.view.report(server)
     return _page(request, "confirm.html", identity, server=server, app=app, target=target,
                  current=current_info, current_name=current.name if current else None,
                  newest=newest, desired_on=where[0], running_on=where[1],
-                 report=(push.view.report(server).apps.get(app) if push.view.report(server) else None))
+                 report=report.apps.get(app) if report is not None else None)
 
 
 @router.post("/servers/{server}/apps/{app}/deploy")
@@ -250,10 +253,10 @@ def post_deploy(request: Request, server: str, app: str, release: str = Form(...
         change = fleet.deploy(push.ctx, identity.name, server, app, release,
                               expected_from=expected_from or None, note=note)
     except fleet.ChangedMeanwhile as e:
-        e.retry = {"action": f"/servers/{server}/apps/{app}/deploy", "release": release,  # type: ignore[attr-defined]
-                   "expected_from": e.current or "", "note": note,
-                   "review": f"/servers/{server}/apps/{app}/confirm?" + urlencode({"release": release})}
-        raise
+        return error_response(request, e, RetryForm(
+            review=f"/servers/{server}/apps/{app}/confirm?" + urlencode({"release": release}),
+            action=f"/servers/{server}/apps/{app}/deploy", release=release, expected_from=e.current or "",
+            note=note))
     return _after_change(push, change, f"/servers/{server}/apps/{app}")
 
 
@@ -275,8 +278,7 @@ def post_rollback(request: Request, server: str, app: str, expected_from: str = 
         change = fleet.rollback(push.ctx, identity.name, server, app, expected_from=expected_from or None,
                                 expected_to=expected_to or None, note=note)
     except fleet.ChangedMeanwhile as e:
-        e.retry = {"review": f"/servers/{server}/apps/{app}/rollback"}  # type: ignore[attr-defined]
-        raise
+        return error_response(request, e, RetryForm(review=f"/servers/{server}/apps/{app}/rollback"))
     return _after_change(push, change, f"/servers/{server}/apps/{app}")
 
 
@@ -296,8 +298,7 @@ def post_remove(request: Request, server: str, app: str, expected_from: str = Fo
     try:
         change = fleet.remove(push.ctx, identity.name, server, app, expected_from=expected_from or None, note=note)
     except fleet.ChangedMeanwhile as e:
-        e.retry = {"review": f"/servers/{server}/apps/{app}/remove"}  # type: ignore[attr-defined]
-        raise
+        return error_response(request, e, RetryForm(review=f"/servers/{server}/apps/{app}/remove"))
     return _after_change(push, change, f"/servers/{server}")
 
 
@@ -307,7 +308,7 @@ def confirm_deploy_all(request: Request, app: str, release: str) -> Response:
     check_app(app)
     target = push.ctx.catalog.get(release)
     if target.app != app:
-        raise PushError(f"{release} is not a release of {app}")
+        raise InvalidRequest(f"{release} is not a release of {app}")
     rows = []
     for server in fleet.servers_running(push.ctx, app):
         current = _fresh_file(push, server).release_of(app)
@@ -363,8 +364,9 @@ def history_page(request: Request, server: str = "", app: str = "", before: str 
     records = push.ctx.history.records(server or None, app or None, limit=100, before=before or None)
     older = None
     if len(records) == 100:
-        older = "/history?" + urlencode({k: v for k, v in (("server", server), ("app", app), ("before", records[-1].id)) if v})
-    context = dict(records=records, server=server, app=app, older=older,
+        query = (("server", server), ("app", app), ("before", records[-1].id))
+        older = "/history?" + urlencode({k: v for k, v in query if v})
+    context: dict[str, Any] = dict(records=records, server=server, app=app, older=older,
                    servers=list(push.ctx.config.servers),
                    apps=sorted({a for apps in push.ctx.config.servers.values() for a in apps}))
     if request.headers.get("hx-request") and request.headers.get("hx-target") == "history":

@@ -10,6 +10,7 @@ refreshed every `catalog_interval` seconds, each in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -47,10 +48,8 @@ class WatchHub:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            except (asyncio.CancelledError, Exception):
-                pass
         self._tasks = []
         for waiters in self._waiters.values():
             for fut in waiters:

@@ -3,6 +3,12 @@
 A generation is an opaque string that changes on every write of a key (a counter on the
 local store, the object generation on GCS, the ETag on S3). Writes can be made
 conditional on it, which is what makes compare-and-swap on server files possible.
+
+The contract every backend keeps (tests/test_store_contract.py): only Push's errors leave
+it. A missing object is NotFound, a failed precondition Conflict, a bad key InvalidKey,
+and everything the client library or the operating system raises is StoreUnavailable (or
+CorruptObject for a failed checksum), with the key in the message. Callers never need to
+catch a client library's exceptions.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO
 
-from push.errors import Conflict, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, InvalidKey, NotFound, StoreUnavailable
 
 __all__ = [
     "CHUNK_SIZE",
@@ -37,11 +44,11 @@ _BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
 
 def check_key(key: str) -> str:
-    """Return `key` if it is a safe object key, else raise PushError."""
+    """Return `key` if it is a safe object key, else raise InvalidKey."""
     if not key or key.startswith("/") or key.endswith("/") or _BAD_KEY_CHARS.search(key):
-        raise PushError(f"invalid object key {key!r}")
+        raise InvalidKey(f"invalid object key {key!r}", key=key)
     if any(part in ("", ".", "..") for part in key.split("/")):
-        raise PushError(f"invalid object key {key!r}")
+        raise InvalidKey(f"invalid object key {key!r}", key=key)
     return key
 
 
@@ -115,8 +122,10 @@ class Store(abc.ABC):
         """Start a streaming read of `key`; NotFound if absent."""
 
     def get(self, key: str, if_generation_not_match: str | None = None) -> tuple[bytes, ObjectInfo] | None:
-        """Read a small object whole. Returns None, downloading nothing, when its
-        generation still equals `if_generation_not_match`."""
+        """Read a small object whole, with the generation of exactly those bytes. Returns
+        None, downloading nothing, when its generation still equals `if_generation_not_match`.
+        An object replaced while it is read is read again (a reader of a report that is
+        rewritten often never fails for that), a few times at most."""
         if if_generation_not_match is not None:
             info = self.stat(key)
             if info.generation == if_generation_not_match:
@@ -141,6 +150,23 @@ class Store(abc.ABC):
         `if_generation_match` only if its generation is still that one. Otherwise the
         write raises Conflict and nothing changes.
         """
+
+    def put_file(self, key: str, path: Path, metadata: dict[str, str] | None = None, *, if_absent: bool = False,
+                 content_type: str = "application/octet-stream", adopt: bool = False) -> ObjectInfo:
+        """Write `key` from the file at `path`, as `put` does (streamed; create-only with `if_absent`).
+
+        With `adopt` the caller hands the file over: a store that can make the file itself the
+        object does so instead of copying it (the local store, for a file in `adoption_dir()`),
+        and the caller must not use `path` afterwards, whatever the outcome. Other stores upload
+        it as `put` would.
+        """
+        with open(path, "rb") as f:
+            return self.put(key, f, metadata, if_absent=if_absent, content_type=content_type)
+
+    def adoption_dir(self) -> Path | None:
+        """Where to write a file that `put_file(..., adopt=True)` can take without copying; None
+        when the store has no such place (a cloud bucket)."""
+        return None
 
     @abc.abstractmethod
     def list_page(self, prefix: str, token: str | None = None, page_size: int = 1000,

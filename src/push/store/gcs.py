@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import random
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -26,7 +28,7 @@ from google.cloud import storage
 from google.cloud.storage.exceptions import DataCorruption, InvalidResponse
 from google.cloud.storage.retry import DEFAULT_RETRY
 
-from push.errors import Conflict, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, CorruptObject, NotFound, StoreError, StoreUnavailable
 from push.store.base import CHUNK_SIZE, ObjectInfo, Page, Reader, Store, check_key, read_full
 
 # Transient faults (connection refused, 429, 5xx) are retried for a few seconds only, so
@@ -46,6 +48,14 @@ _UNAVAILABLE = (
     requests.exceptions.Timeout,
     google.auth.exceptions.GoogleAuthError,
 )
+# Whatever else the client or the network may raise: an endpoint that is not GCS (its
+# answer is no JSON), a connection dropped mid-body, a socket error.
+_UNEXPECTED = (requests.exceptions.RequestException, ValueError, OSError)
+# How often a whole-object read starts again when the object is replaced while it is read
+# (an agent's report is rewritten often): a short random pause between tries keeps a
+# reader from falling into step with a writer.
+_GET_ATTEMPTS = 10
+_GET_PAUSE = 0.005
 
 
 def _make_client(bucket: str) -> storage.Client:
@@ -149,13 +159,14 @@ class _GCSReader(Reader):
         with self._store._errors(self.info.key, missing="generation"):
             data = self._blob.download_as_bytes(start=start, end=end, raw_download=True, checksum=None,
                                                 retry=_RETRY, timeout=_TIMEOUT)
+        key, url = self.info.key, self._store.url
         if len(data) != end - start + 1:
-            raise StoreUnavailable(f"short read of {self.info.key} from {self._store.url}")
+            raise StoreUnavailable(f"short read of {key} from {url}", store=url, key=key)
         self._fetched += len(data)
         self._crc.update(data)
-        if self._fetched == self.info.size and self._expected_crc is not None:
-            if base64.b64encode(self._crc.digest()).decode() != self._expected_crc:
-                raise PushError(f"{self.info.key} from {self._store.url} failed its CRC32C check")
+        if (self._fetched == self.info.size and self._expected_crc is not None
+                and base64.b64encode(self._crc.digest()).decode() != self._expected_crc):
+            raise CorruptObject(f"{key} from {url} failed its CRC32C check", store=url, key=key)
         self._buf, self._off = self._buf[self._off :] + data, 0
 
     def read(self, size: int = -1) -> bytes:
@@ -213,27 +224,34 @@ class GCSStore(Store):
             yield
         except gexc.NotFound as e:
             if missing == "bucket" or _NO_BUCKET in str(e).lower():
-                raise StoreUnavailable(f"GCS bucket {self.bucket_name} does not exist") from None
+                raise StoreUnavailable(f"GCS bucket {self.bucket_name} does not exist (using {key})",
+                                       store=self.url, key=key) from None
             if missing == "generation":
-                raise Conflict(f"{key} changed in {self.url} while it was being read") from None
-            raise NotFound(f"{key} not found in {self.url}") from None
+                raise Conflict(f"{key} changed in {self.url} while it was being read", key=key) from None
+            raise NotFound(f"{key} not found in {self.url}", key=key) from None
         except gexc.PreconditionFailed:
-            raise Conflict(f"{key} in {self.url} was changed by someone else") from None
+            raise Conflict(f"{key} in {self.url} was changed by someone else", key=key) from None
         except DataCorruption as e:
-            raise PushError(f"{key}: transfer to or from {self.url} failed its CRC32C check") from e
+            raise CorruptObject(f"{key}: transfer to or from {self.url} failed its CRC32C check",
+                                store=self.url, key=key) from e
         except InvalidResponse as e:
             raise StoreUnavailable(f"GCS bucket {self.bucket_name}{self._at} gave an unexpected answer for "
-                                   f"{key}: {_first_line(e)}") from e
+                                   f"{key}: {_first_line(e)}", store=self.url, key=key) from e
         except _UNAVAILABLE as e:
-            raise StoreUnavailable(f"cannot use GCS bucket {self.bucket_name}{self._at}: {_reason(e)}") from e
+            raise StoreUnavailable(f"cannot use GCS bucket {self.bucket_name}{self._at} for {key}: {_reason(e)}",
+                                   store=self.url, key=key) from e
         except gexc.GoogleAPICallError as e:
-            raise PushError(f"GCS refused an operation on {key} in {self.url}: {_first_line(e)}") from e
+            raise StoreError(f"GCS refused an operation on {key} in {self.url}: {_first_line(e)}",
+                             store=self.url, key=key) from e
+        except _UNEXPECTED as e:
+            raise StoreUnavailable(f"GCS bucket {self.bucket_name}{self._at} gave an unexpected answer for "
+                                   f"{key}: {type(e).__name__}: {_first_line(e)}", store=self.url, key=key) from e
 
     def _get_blob(self, key: str, name: str) -> storage.Blob:
         with self._errors(key):
             blob = self._bucket.get_blob(name, retry=_RETRY, timeout=_TIMEOUT)
         if blob is None:
-            raise NotFound(f"{key} not found in {self.url}")
+            raise NotFound(f"{key} not found in {self.url}", key=key)
         return blob
 
     # -- the Store interface ---------------------------------------------------------------
@@ -251,7 +269,9 @@ class GCSStore(Store):
         # Look first, then download exactly the generation looked at: when it is unchanged
         # this costs one metadata request and moves no contents at all (fake-gcs-server
         # ignores ifGenerationNotMatch on downloads, so a 304 alone could not promise that).
-        for _ in range(5):
+        for attempt in range(_GET_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, _GET_PAUSE * attempt))
             blob = self._get_blob(key, name)
             if if_generation_not_match is not None and str(blob.generation) == if_generation_not_match:
                 return None
@@ -261,9 +281,9 @@ class GCSStore(Store):
                     data = pinned.download_as_bytes(raw_download=True, checksum="crc32c",
                                                     retry=_RETRY, timeout=_TIMEOUT)
             except Conflict:
-                continue  # replaced between the look and the download: look again
+                continue  # replaced between the look and the download: look again, at the new one
             return data, self._info(blob)
-        raise Conflict(f"{key} in {self.url} keeps changing; could not read it")
+        raise Conflict(f"{key} in {self.url} was replaced {_GET_ATTEMPTS} times while being read", key=key)
 
     def put(self, key: str, data: bytes | BinaryIO, metadata: dict[str, str] | None = None, *,
             if_generation_match: str | None = None, if_absent: bool = False,
@@ -275,13 +295,13 @@ class GCSStore(Store):
             try:
                 condition = int(if_generation_match)
             except ValueError:
-                raise Conflict(f"{key}: {if_generation_match!r} is not a GCS generation") from None
+                raise Conflict(f"{key}: {if_generation_match!r} is not a GCS generation", key=key) from None
         else:
             condition = None
         blob = self._bucket.blob(name, chunk_size=CHUNK_SIZE)
         blob.metadata = dict(metadata or {})
         if isinstance(data, (bytes, bytearray, memoryview)):
-            stream: BinaryIO = io.BytesIO(bytes(data))
+            stream: io.IOBase = io.BytesIO(bytes(data))
             size: int | None = len(data)
         else:
             # A stream that fits one chunk goes up in a single request; anything longer as
@@ -319,7 +339,7 @@ class GCSStore(Store):
             try:
                 condition = int(if_generation_match)
             except ValueError:
-                raise Conflict(f"{key}: {if_generation_match!r} is not a GCS generation") from None
+                raise Conflict(f"{key}: {if_generation_match!r} is not a GCS generation", key=key) from None
         with self._errors(key):
             self._bucket.delete_blob(name, if_generation_match=condition, retry=_RETRY, timeout=_TIMEOUT)
 

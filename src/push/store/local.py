@@ -4,6 +4,13 @@ Each object is one file whose first line is a JSON header (generation and metada
 followed by the contents, so a write is a single atomic rename: contents and metadata
 never disagree, even after a crash. Compare-and-swap holds across processes because the
 precondition check and the rename happen under an exclusive lock on a per-key lock file.
+
+A large file written in `adoption_dir()` (a freshly built package) becomes an object without
+being copied: `put_file(..., adopt=True)` moves it into the store's temp directory, inserts
+room for the header in front of its contents (fallocate's FALLOC_FL_INSERT_RANGE: ext4 and
+XFS move extents, no data), writes the header there padded with spaces to whole blocks
+(JSON allows the spaces; readers are unchanged), fsyncs it and renames it into place like
+any other write. Where the file system cannot insert a range, the file is copied instead.
 """
 
 from __future__ import annotations
@@ -17,24 +24,28 @@ import os
 import stat
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from push.errors import Conflict, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, CorruptObject, NotFound, StoreUnavailable
 from push.store.base import CHUNK_SIZE, ObjectInfo, Page, Reader, Store, check_key
 
 
 class _FileReader(Reader):
-    def __init__(self, f: BinaryIO, info: ObjectInfo) -> None:
+    def __init__(self, f: BinaryIO, info: ObjectInfo, url: str) -> None:
         self._f = f
         self.info = info
+        self._url = url
 
     def read(self, size: int = -1) -> bytes:
-        return self._f.read(size)
+        try:
+            return self._f.read(size)
+        except OSError as e:
+            raise StoreUnavailable(f"cannot read {self.info.key} from {self._url}: {e.strerror}",
+                                   store=self._url, key=self.info.key) from e
 
     def close(self) -> None:
         self._f.close()
@@ -51,30 +62,39 @@ class LocalStore(Store):
         self._tmp = self.root / ".tmp"
         self._cursors: dict[tuple[str, str], Iterator[str]] = {}
         self._cursors_lock = threading.Lock()
-        if self.root.exists() and not self.root.is_dir():
-            raise StoreUnavailable(f"local store {self.root} is not a directory")
+        try:
+            not_a_directory = self.root.exists() and not self.root.is_dir()
+        except OSError as e:
+            raise StoreUnavailable(f"cannot use local store {self.root}: {e.strerror}", store=self.url) from e
+        if not_a_directory:
+            raise StoreUnavailable(f"local store {self.root} is not a directory", store=self.url)
 
-    def _make_dirs(self) -> None:
+    def _unavailable(self, doing: str, key: str, e: OSError) -> StoreUnavailable:
+        if e.errno == errno.ENOSPC:
+            return StoreUnavailable(f"no space left {doing} {key} in {self.url}", store=self.url, key=key)
+        return StoreUnavailable(f"cannot {doing} {key} in {self.url}: {e.strerror or e}", store=self.url, key=key)
+
+    def _make_dirs(self, key: str) -> None:
         # Created on first write, so reading a store that does not exist creates nothing.
         try:
             for d in (self._objects, self._locks, self._tmp):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StoreUnavailable(f"cannot use local store {self.root}: {e.strerror}") from e
+            raise self._unavailable("write", key, e) from e
 
     # -- paths and headers -------------------------------------------------------------
 
     def _path(self, key: str) -> Path:
         return self._objects / check_key(key)
 
-    @staticmethod
-    def _read_header(f: BinaryIO, key: str, path: Path) -> ObjectInfo:
+    def _read_header(self, f: BinaryIO, key: str, path: Path) -> ObjectInfo:
         line = f.readline()
         try:
             header = json.loads(line)
             generation, metadata = str(header["generation"]), dict(header["metadata"])
         except (ValueError, KeyError, TypeError) as e:
-            raise PushError(f"corrupt object file {path}: bad header") from e
+            raise CorruptObject(f"{key} in {self.url} is damaged: {path} has no valid header",
+                                store=self.url, key=key) from e
         st = os.fstat(f.fileno())
         return ObjectInfo(
             key=key,
@@ -90,20 +110,26 @@ class LocalStore(Store):
             f = open(path, "rb")  # noqa: SIM115 - handed to the caller
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             # NotADirectoryError: a key below an object, e.g. "a/b" when "a" is an object.
-            raise NotFound(f"{key} not found in {self.url}") from None
+            raise NotFound(f"{key} not found in {self.url}", key=key) from None
         except OSError as e:
-            raise StoreUnavailable(f"cannot read {path}: {e.strerror}") from e
+            raise self._unavailable("read", key, e) from e
         try:
             return f, self._read_header(f, key, path)
+        except OSError as e:
+            f.close()
+            raise self._unavailable("read", key, e) from e
         except BaseException:
             f.close()
             raise
 
     @contextmanager
     def _locked(self, key: str) -> Iterator[None]:
-        self._make_dirs()
+        self._make_dirs(key)
         lock_path = self._locks / hashlib.sha256(key.encode()).hexdigest()[:40]
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise self._unavailable("lock", key, e) from e
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -122,10 +148,10 @@ class LocalStore(Store):
     def _check_precondition(key: str, current: str | None, if_generation_match: str | None,
                             if_absent: bool) -> None:
         if if_absent and current is not None:
-            raise Conflict(f"{key} already exists")
+            raise Conflict(f"{key} already exists", key=key)
         if if_generation_match is not None and current != if_generation_match:
             now = "is absent" if current is None else f"is at generation {current}"
-            raise Conflict(f"{key} changed: expected generation {if_generation_match}, it {now}")
+            raise Conflict(f"{key} changed: expected generation {if_generation_match}, it {now}", key=key)
 
     # -- the Store interface -------------------------------------------------------------
 
@@ -136,7 +162,7 @@ class LocalStore(Store):
 
     def open(self, key: str) -> Reader:
         f, info = self._open_object(key)
-        return _FileReader(f, info)
+        return _FileReader(f, info, self.url)
 
     def put(self, key: str, data: bytes | BinaryIO, metadata: dict[str, str] | None = None, *,
             if_generation_match: str | None = None, if_absent: bool = False,
@@ -145,8 +171,8 @@ class LocalStore(Store):
         generation = str(time.time_ns())
         header = json.dumps({"generation": generation, "metadata": metadata or {},
                              "content_type": content_type}).encode() + b"\n"
-        self._make_dirs()
-        tmp = self._tmp / f"{os.getpid()}-{uuid.uuid4().hex}"
+        self._make_dirs(key)
+        tmp = self._tmp / f"{os.getpid()}-{os.urandom(16).hex()}"
         try:
             # The contents are written before the lock is taken, so a slow upload never
             # holds up other writers; only the check and the rename are serialised.
@@ -166,11 +192,55 @@ class LocalStore(Store):
                 os.rename(tmp, path)
                 _fsync_dir(path.parent)
         except OSError as e:
+            raise self._unavailable("write", key, e) from e
+        finally:
+            tmp.unlink(missing_ok=True)
+        return ObjectInfo(key=key, generation=generation, size=size,
+                          metadata=dict(metadata or {}), updated=datetime.now(timezone.utc))
+
+    def adoption_dir(self) -> Path:
+        self._make_dirs("a built file")
+        return self._tmp
+
+    def put_file(self, key: str, path: Path, metadata: dict[str, str] | None = None, *, if_absent: bool = False,
+                 content_type: str = "application/octet-stream", adopt: bool = False) -> ObjectInfo:
+        if not adopt:
+            return super().put_file(key, path, metadata, if_absent=if_absent, content_type=content_type)
+        final = self._path(key)
+        generation = str(time.time_ns())
+        header = json.dumps({"generation": generation, "metadata": metadata or {},
+                             "content_type": content_type}).encode()
+        self._make_dirs(key)
+        tmp = self._tmp / f"{os.getpid()}-{os.urandom(16).hex()}"
+        try:
+            try:
+                os.rename(path, tmp)  # ours from here on, and out of the caller's way
+            except OSError as e:
+                if e.errno != errno.EXDEV:
+                    raise
+                return super().put_file(key, path, metadata, if_absent=if_absent, content_type=content_type)
+            with open(tmp, "r+b") as f:
+                size = os.fstat(f.fileno()).st_size
+                block = os.fstatvfs(f.fileno()).f_bsize
+                room = -(-(len(header) + 1) // block) * block
+                if not _insert_range(f.fileno(), room):
+                    f.seek(0)
+                    return self.put(key, f, metadata, if_absent=if_absent, content_type=content_type)
+                f.write(header + b" " * (room - len(header) - 1) + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            with self._locked(key):
+                self._check_precondition(key, self._current_generation(key), None, if_absent)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(tmp, final)
+                _fsync_dir(final.parent)
+        except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise StoreUnavailable(f"no space left writing {key} to {self.url}") from e
             raise StoreUnavailable(f"cannot write {key} to {self.url}: {e.strerror}") from e
         finally:
             tmp.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         return ObjectInfo(key=key, generation=generation, size=size,
                           metadata=dict(metadata or {}), updated=datetime.now(timezone.utc))
 
@@ -179,11 +249,17 @@ class LocalStore(Store):
         after = max(filter(None, (token, start_after)), default=None)
         # A listing that goes on from the page this process just served continues the same
         # walk, instead of re-reading and re-sorting every directory up to where it was.
-        keys = self._cursors.pop((prefix, after), None) if token else None
+        keys = self._cursors.pop((prefix, after), None) if token and after is not None else None
         if keys is None:
             keys = self._walk_keys(prefix, after)
         items: list[ObjectInfo] = []
-        for key in keys:
+        while True:
+            try:
+                key = next(keys, None)
+            except OSError as e:
+                raise self._unavailable("list", prefix or "the keys", e) from e
+            if key is None:
+                break
             try:
                 items.append(self.stat(key))
             except NotFound:  # deleted while we listed
@@ -232,9 +308,12 @@ class LocalStore(Store):
         with self._locked(key):
             current = self._current_generation(key)
             if current is None:
-                raise NotFound(f"{key} not found in {self.url}")
+                raise NotFound(f"{key} not found in {self.url}", key=key)
             self._check_precondition(key, current, if_generation_match, False)
-            path.unlink()
+            try:
+                path.unlink()
+            except OSError as e:
+                raise self._unavailable("delete", key, e) from e
 
 
 def _copy_stream(src: BinaryIO, dst: BinaryIO) -> None:
@@ -267,6 +346,28 @@ def _copy_stream(src: BinaryIO, dst: BinaryIO) -> None:
         dst.seek(out)
     while chunk := src.read(CHUNK_SIZE):
         dst.write(chunk)
+
+
+_FALLOC_FL_INSERT_RANGE = 0x20
+_fallocate: list[Callable[[int, int, int, int], int] | None] = []  # found on first use
+
+
+def _insert_range(fd: int, length: int) -> bool:
+    """Insert `length` bytes (whole blocks) of hole at the start of the file, shifting its
+    contents without copying them. False where the system or file system cannot."""
+    if not _fallocate:
+        import ctypes
+
+        try:
+            call = ctypes.CDLL(None, use_errno=True).fallocate
+            call.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+            call.restype = ctypes.c_int
+            _fallocate.append(call)
+        except (OSError, AttributeError):  # not Linux
+            _fallocate.append(None)
+    fallocate = _fallocate[0]
+    # Any failure (EOPNOTSUPP on tmpfs or btrfs, EINVAL for an empty file) leaves the file as it was.
+    return fallocate is not None and fallocate(fd, _FALLOC_FL_INSERT_RANGE, 0, length) == 0
 
 
 def _fsync_dir(path: Path) -> None:

@@ -13,10 +13,12 @@ metadata names. Metadata values that are not printable ASCII are stored RFC 2047
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
-from datetime import datetime, timezone
+import threading
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any, BinaryIO
 
 import boto3
@@ -31,7 +33,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from push.errors import Conflict, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, NotFound, PushError, StoreError, StoreUnavailable
 from push.store.base import CHUNK_SIZE, ObjectInfo, Page, Reader, Store, check_key, read_full
 
 # A few quick retries and short connect timeouts: an unreachable endpoint is reported in
@@ -50,6 +52,21 @@ _UNAVAILABLE = (BotoConnectionError, NoCredentialsError, PartialCredentialsError
                 CredentialRetrievalError, NoRegionError)
 
 _ENCODED = re.compile(r"^=\?utf-8\?b\?([A-Za-z0-9+/=]*)\?=$", re.IGNORECASE)
+
+
+_session: boto3.session.Session | None = None
+_session_lock = threading.Lock()
+
+
+def _client(endpoint: str | None) -> Any:
+    """An S3 client from one boto3 session shared by every store: a new session loads
+    botocore's service models again (a tenth of a second or more), a warm one makes a
+    client in milliseconds. Sessions are not thread-safe, so clients are made under a lock."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            _session = boto3.session.Session()
+        return _session.client("s3", endpoint_url=endpoint, config=_CONFIG)
 
 
 def _encode_value(value: str) -> str:
@@ -84,9 +101,11 @@ class _S3Reader(Reader):
 
     def read(self, size: int = -1) -> bytes:
         try:
-            return self._body.read(None if size is None or size < 0 else size)
+            data: bytes = self._body.read(None if size is None or size < 0 else size)
+            return data
         except (BotoCoreError, OSError) as e:
-            raise StoreUnavailable(f"reading {self.info.key} from {self._store.url} failed: {e}") from e
+            raise StoreUnavailable(f"reading {self.info.key} from {self._store.url} failed: {e}",
+                                   store=self._store.url, key=self.info.key) from e
 
     def close(self) -> None:
         self._body.close()
@@ -105,7 +124,7 @@ class S3Store(Store):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         self.endpoint = endpoint
         try:
-            self._s3 = boto3.session.Session().client("s3", endpoint_url=endpoint, config=_CONFIG)
+            self._s3 = _client(endpoint)
         except (BotoCoreError, ValueError) as e:
             raise StoreUnavailable(f"cannot set up S3 for {self.url}: {e}") from e
 
@@ -119,30 +138,39 @@ class S3Store(Store):
 
     def _error(self, e: Exception, key: str) -> PushError:
         """Translate an S3 fault into Push's errors, once, here."""
+        url = self.url
         if isinstance(e, ClientError):
             err = e.response.get("Error", {})
             code = str(err.get("Code", ""))
             status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
             message = err.get("Message") or code
             if code == "NoSuchBucket":
-                return StoreUnavailable(f"{self._where()} does not exist")
+                return StoreUnavailable(f"{self._where()} does not exist (using {key})", store=url, key=key)
             if code in _NOT_FOUND:
-                return NotFound(f"{key} not found in {self.url}")
+                return NotFound(f"{key} not found in {url}", key=key)
             if code in _CONFLICT or status == 412:
-                return Conflict(f"{key} in {self.url} was changed by someone else")
+                return Conflict(f"{key} in {url} was changed by someone else", key=key)
             if code in _REFUSED or status in (401, 403):
-                return StoreUnavailable(f"{self._where()} refused our credentials: {message}")
+                return StoreUnavailable(f"{self._where()} refused our credentials for {key}: {message}",
+                                        store=url, key=key)
             if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError"):
-                return StoreUnavailable(f"{self._where()} is unavailable: {message}")
-            return PushError(f"S3 refused an operation on {key} in {self.url}: {message}")
+                return StoreUnavailable(f"{self._where()} is unavailable ({key}): {message}", store=url, key=key)
+            return StoreError(f"S3 refused an operation on {key} in {url}: {message}", store=url, key=key)
         if isinstance(e, _UNAVAILABLE):
-            return StoreUnavailable(f"cannot reach {self._where()}: {e}")
-        return PushError(f"S3 operation on {key} in {self.url} failed: {e}")
+            return StoreUnavailable(f"cannot reach {self._where()} for {key}: {e}", store=url, key=key)
+        return StoreUnavailable(f"S3 operation on {key} in {url} failed: {e}", store=url, key=key)
+
+    def _generation_of(self, key: str, response: dict[str, Any]) -> str:
+        etag = response.get("ETag")
+        if not isinstance(etag, str) or not etag:
+            raise StoreUnavailable(f"{self._where()} gave an unexpected answer for {key} (no ETag): "
+                                   "is the endpoint S3?", store=self.url, key=key)
+        return _generation(etag)
 
     def _info(self, key: str, response: dict[str, Any]) -> ObjectInfo:
         return ObjectInfo(
             key=key,
-            generation=_generation(response["ETag"]),
+            generation=self._generation_of(key, response),
             size=int(response.get("ContentLength", 0)),
             metadata={k: _decode_value(v) for k, v in (response.get("Metadata") or {}).items()},
             updated=response.get("LastModified"),
@@ -212,9 +240,9 @@ class S3Store(Store):
         except (ClientError, BotoCoreError) as e:
             error = self._error(e, key)
             if isinstance(error, NotFound) and if_generation_match is not None:
-                error = Conflict(f"{key} in {self.url} was deleted by someone else")
+                error = Conflict(f"{key} in {self.url} was deleted by someone else", key=key)
             raise error from e
-        return ObjectInfo(key=key, generation=_generation(response["ETag"]), size=size,
+        return ObjectInfo(key=key, generation=self._generation_of(key, response), size=size,
                           metadata=meta, updated=datetime.now(timezone.utc))
 
     def _put_multipart(self, common: dict[str, str], conditions: dict[str, str], s3_meta: dict[str, str],
@@ -237,10 +265,8 @@ class S3Store(Store):
                 UploadId=upload_id, MultipartUpload={"Parts": parts}, **common, **conditions)
         except BaseException:
             # Nothing half-written may remain: drop the parts whatever went wrong.
-            try:
+            with contextlib.suppress(ClientError, BotoCoreError):
                 self._s3.abort_multipart_upload(UploadId=upload_id, **common)
-            except (ClientError, BotoCoreError):
-                pass
             raise
         return response, size
 

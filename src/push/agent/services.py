@@ -2,7 +2,8 @@
 
 One interface, two implementations: `SystemdManager` (systemctl, for real servers) and
 `push.agent.supervisor.SandboxSupervisor` (child processes, for sandbox roots, where there
-is no systemd). This module is the only one that runs systemctl.
+is no systemd). This module is the only one that runs systemctl; which files are units and
+which to start is `push.units`.
 """
 
 from __future__ import annotations
@@ -11,36 +12,12 @@ import abc
 import logging
 import os
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from push.agent.errors import UnitError
+from push.units import ACTIONS
 
 log = logging.getLogger(__name__)
-
-# Where packages put unit files, relative to the root.
-UNIT_DIRS = ("/etc/systemd/system/", "/lib/systemd/system/", "/usr/lib/systemd/system/")
-UNIT_SUFFIXES = (".service", ".socket", ".timer", ".path")
-# A service with one of these beside it is started by it, not directly (as push release does).
-ACTIVATORS = (".socket", ".timer", ".path")
-ACTIONS = ("start", "stop", "restart")
-
-
-def units_in(paths: Iterable[str]) -> list[str]:
-    """The unit names among a package's files (template units `foo@.service` left out)."""
-    units: list[str] = []
-    for path in paths:
-        for d in UNIT_DIRS:
-            if path.startswith(d) and "/" not in path[len(d):]:
-                name = path[len(d):]
-                if name.endswith(UNIT_SUFFIXES) and "@." not in name and name not in units:
-                    units.append(name)
-    return units
-
-
-def units_to_start(units: Sequence[str]) -> list[str]:
-    """The units to (re)start after an install: activators, and services nothing activates."""
-    activated = {u.rsplit(".", 1)[0] + ".service" for u in units if u.endswith(ACTIVATORS)}
-    return [u for u in units if u not in activated]
 
 
 class ServiceManager(abc.ABC):
@@ -76,12 +53,14 @@ class ServiceManager(abc.ABC):
         `wait=False` only queues the job where the manager can (the agent's own unit: waiting
         for it to stop would wait for the very process that asks).
         """
-        if action == "start" or action == "restart":
-            self.restart([unit]) if action == "restart" else self.start([unit])
-        elif action == "stop":
-            self.stop([unit])
-        else:
+        if action not in ACTIONS:
             raise UnitError(f"unknown unit action {action!r}")
+        if action == "restart":
+            self.restart([unit])
+        elif action == "start":
+            self.start([unit])
+        else:
+            self.stop([unit])
 
     def start(self, units: Sequence[str]) -> None:
         """Start `units` if they are not running."""

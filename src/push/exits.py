@@ -1,0 +1,41 @@
+"""Exit codes of Push's commands (`push` and `pulld`): one table, looked up by error class.
+
+The command-line edge; docs/push-server.md lists the codes. The most specific class wins,
+so a new error takes the code of its nearest listed ancestor.
+"""
+
+from __future__ import annotations
+
+from push.errors import (
+    AccessDenied,
+    Conflict,
+    InvalidConfig,
+    InvalidSigningKey,
+    InvalidStoreURL,
+    PushError,
+    StoreError,
+    Untrusted,
+)
+
+USAGE = 2  # also argparse's own code for a bad command line
+INTERRUPTED = 130
+
+EXIT_CODES: dict[type[PushError], int] = {
+    PushError: 1,            # not found, invalid input, a failed build, ...
+    InvalidConfig: USAGE,
+    InvalidStoreURL: USAGE,
+    Conflict: 3,
+    StoreError: 4,           # the store (or the push server) cannot be used
+    AccessDenied: 5,
+    InvalidSigningKey: USAGE,
+    Untrusted: 6,        # a signature or statement that does not hold (docs/trust.md)
+}
+
+
+def exit_code(error: PushError) -> int:
+    """The exit code for `error`: that of the most specific class in EXIT_CODES."""
+    for cls in type(error).__mro__:
+        code = EXIT_CODES.get(cls)
+        if code is not None:
+            return code
+    return 1

@@ -1,0 +1,65 @@
+"""push.status: agent reports in the bucket, read by the push server and `push status`."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from push import status, timestamps
+from push.errors import InvalidData
+from push.status import AgentStatus, AppStatus
+from push.store import Store
+
+
+def report(step: int) -> AgentStatus:
+    return AgentStatus(server="web-1", agent_version="1", time=timestamps.now_text(), step=step,
+                       apps={"web": AppStatus(desired="d", installed="d")})
+
+
+def test_roundtrip_and_missing(store: Store) -> None:
+    assert status.read(store, "web-1") is None
+    status.write(store, report(1))
+    got = status.read(store, "web-1")
+    assert got is not None and got.step == 1 and got.apps["web"].installed == "d"
+    assert not got.is_stale()
+
+
+def test_a_report_rewritten_while_it_is_read_is_read_whole(store: Store) -> None:
+    # An agent rewrites its report after every step; `push status` and the push server
+    # read it meanwhile. This once failed on GCS with "changed while it was being read".
+    status.write(store, report(0))
+    stop = threading.Event()
+
+    def agent() -> None:
+        step = 0
+        while not stop.wait(0.005):
+            step += 1
+            status.write(store, report(step))
+
+    writer = threading.Thread(target=agent)
+    writer.start()
+    try:
+        steps = []
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            got = status.read(store, "web-1")
+            assert got is not None
+            steps.append(got.step)
+    finally:
+        stop.set()
+        writer.join()
+    assert steps == sorted(steps) and steps[-1] > steps[0]
+
+
+def test_old_whole_second_times_still_read() -> None:
+    old = AgentStatus(server="web-1", agent_version="0", time="2026-01-02T03:04:05Z")
+    assert old.reported_at == timestamps.parse("2026-01-02T03:04:05.000000Z")
+
+
+@pytest.mark.parametrize("data", [b"not json", b"[]", b'{"server": "web-1", "apps": []}'])
+def test_a_damaged_report_is_invalid_data(data: bytes) -> None:
+    with pytest.raises(InvalidData) as e:
+        status.parse(data, "status/web-1.json")
+    assert e.value.key == "status/web-1.json"
