@@ -46,7 +46,8 @@ def test_real_root_installs_missing_depends_with_apt_get_satisfy(tmp_path: Path)
     fields = DebFields("push-x", "1.0", depends="dpkg, no-such-package-push-test (>= 2) | other-missing")
     assert d.ensure_depends(fields) is False
     assert calls.read_text().split("\n")[0] == (
-        "satisfy -y -q --no-install-recommends no-such-package-push-test (>= 2) | other-missing")
+        "-o DPkg::Lock::Timeout=120 satisfy -y -q --no-install-recommends "
+        "no-such-package-push-test (>= 2) | other-missing")
 
 
 def test_apt_get_failure_is_a_clear_error_with_its_words(tmp_path: Path) -> None:

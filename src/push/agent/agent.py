@@ -197,10 +197,16 @@ class Agent:
                     record=self.state, metadata=self.executor.metadata, failures=self.failures.apps,
                     now=time.monotonic(), self_app=self.options.self_app)
 
+    def units_of_app(self, app: str) -> list[str]:
+        """The units of what is installed for `app` (see Executor.units_of_app)."""
+        desired = self._server_file.releases.get(app) if self._server_file is not None else None
+        return self.executor.units_of_app(app, desired)
+
     def _unit_requests(self) -> None:
         self._requests_checked = time.monotonic()
         try:
-            act_on_requests(self.store, self.server, self.services, self.executor.units_of_app, self.options.hostname)
+            act_on_requests(self.store, self.server, self.services, self.units_of_app, self.options.hostname,
+                            own_app=self.options.self_app)
         except PushError as e:
             log.warning("cannot read unit requests", extra={"event": "unit.request-error", "error": str(e)})
 

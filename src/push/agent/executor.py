@@ -20,7 +20,7 @@ from push.agent.dpkg import Dpkg, InstalledPackage
 from push.agent.errors import AgentError, DpkgError, DpkgLocked, UnitError, VerificationFailed
 from push.agent.failures import Failures
 from push.agent.metrics import Metrics
-from push.agent.plan import Action, AppPlan, Plan
+from push.agent.plan import Action, AppPlan, Plan, installed_release
 from push.agent.services import ServiceManager
 from push.agent.state import AgentState
 from push.errors import InvalidRelease, NotFound, PushError
@@ -69,10 +69,12 @@ class Executor:
             units = self._units[key] = units_in(self.dpkg.files(package))
         return units
 
-    def units_of_app(self, app: str) -> list[str]:
-        """The units of the package Push installed for `app` (none if it is not installed)."""
-        rec = self.record.apps.get(app)
-        row = self.installed().get(rec.package or "") if rec is not None else None
+    def units_of_app(self, app: str, desired: Release | None) -> list[str]:
+        """The units of what is installed for `app`, found as the report finds it (so also for a
+        release installed by something else, such as pulld by the startup script); none if
+        nothing is installed. `desired` is the app's release in the server file, if any."""
+        info = self.metadata.get(desired.name) if desired is not None else None
+        _, row = installed_release(app, info, self.installed(), self.record)
         return self.units_of(row.package, row.version) if row is not None and row.ok else []
 
     def unit_states(self, row: InstalledPackage) -> dict[str, str]:
