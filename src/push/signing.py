@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from push.errors import InvalidRelease, InvalidSigningKey, PushError, Untrusted
+from push.health import HEALTH_METADATA
 from push.layout import server_file_key, server_signature_key
 from push.names import check_server
 from push.release import ReleaseInfo
@@ -398,6 +399,10 @@ class ReleaseStatement:
     dirty: bool
     note: str
     services: tuple[str, ...]
+    # The declared health check, as stored in the metadata (push.health): a signature covers
+    # it, so nobody can change what the agent checks or switch a revert off. None: no check
+    # (and then no "health" key in the statement, so older statements verify unchanged).
+    health: str | None = None
 
     @classmethod
     def from_info(cls, info: ReleaseInfo) -> ReleaseStatement:
@@ -413,13 +418,14 @@ class ReleaseStatement:
         assert info.sha256 is not None and info.size is not None
         return cls(release=info.name, app=info.app, package=info.extra["package"], version=info.extra["version"],
                    architecture=info.extra["architecture"], sha256=info.sha256, size=info.size,
-                   built=info.release.timestamp, dirty=info.dirty, note=info.note, services=info.services)
+                   built=info.release.timestamp, dirty=info.dirty, note=info.note, services=info.services,
+                   health=info.extra.get(HEALTH_METADATA))
 
     def to_json(self) -> dict[str, Any]:
         return {"type": self.TYPE, "release": self.release, "app": self.app, "package": self.package,
                 "version": self.version, "architecture": self.architecture, "sha256": self.sha256,
                 "size": self.size, "built": self.built, "dirty": self.dirty, "note": self.note,
-                "services": list(self.services)}
+                "services": list(self.services), **({"health": self.health} if self.health is not None else {})}
 
     def encode(self) -> bytes:
         return canonical_json(self.to_json())

@@ -28,7 +28,8 @@ from push import catalog
 from push.builder import checks, control, debarchive, dpkgdeb, git, manifest, python, staging
 from push.builder.background import Background
 from push.builder.errors import BuildError
-from push.errors import Conflict, NotFound
+from push.errors import Conflict, InvalidRelease, NotFound
+from push.health import HEALTH_METADATA, HealthCheck
 from push.names import check_app
 from push.release import Release, ReleaseInfo
 from push.store import ObjectInfo, Store
@@ -63,6 +64,9 @@ class BuildRequest:
     lintian: bool = True
     # Signs the release statement into the metadata (docs/trust.md); None: an unsigned release.
     signing_key: SigningKey | None = None
+    # The health check's settings from the command line (http, command, within, timeout,
+    # revert), laid over the manifest's [health] table.
+    health: dict[str, Any] = field(default_factory=dict)
     # Who and when; taken from the environment and the clock when not given.
     user: str | None = None
     host: str | None = None
@@ -218,6 +222,7 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adopt
             options = ", ".join("--" + name.replace("_", "-") for name in shaping)
             raise BuildError(f"{options}: a prebuilt package (--deb) is uploaded as it is, and cannot be changed")
     settings = _PackageSettings.resolve(req, loaded) if req.deb is None else None
+    health = _health_metadata(req, loaded)
 
     warnings: list[str] = []
     source = _source_state(req, loaded)
@@ -263,12 +268,37 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adopt
             path.unlink(missing_ok=True)
         raise
     info = ReleaseInfo(release=release, dirty=bool(source and source.dirty), note=note, services=services,
-                       sha256=sha256, size=size, extra=extra)
+                       sha256=sha256, size=size, extra={**extra, **health})
+    if health:
+        _check_metadata_size(info)
     if req.signing_key is not None:
         from push.signing import sign_release
 
         info = sign_release(info, req.signing_key)
     return BuiltRelease(info=info, path=path, warnings=warnings, owned=settings is not None)
+
+
+def _health_metadata(req: BuildRequest, loaded: manifest.Manifest | None) -> dict[str, str]:
+    """The release's `health` metadata: the manifest's [health] with the flags laid over it
+    (none if neither declares one). Checked before any work, so a bad check fails at once."""
+    declared = loaded.health.to_dict() if loaded is not None and loaded.health is not None else {}
+    if not declared and not req.health:
+        return {}
+    try:
+        check = HealthCheck.from_dict({**declared, **req.health}, "health check")
+        return {HEALTH_METADATA: check.encode()}
+    except InvalidRelease as e:
+        raise BuildError(str(e)) from None
+
+
+def _check_metadata_size(info: ReleaseInfo) -> None:
+    """A health check adds to the metadata S3 limits to 2 KB: one clear error before uploading."""
+    from push.signing import METADATA_LIMIT, metadata_size
+
+    size = metadata_size(info.to_metadata())
+    if size > METADATA_LIMIT:
+        raise BuildError(f"release {info.name}: its metadata would be {size} bytes with the health check, over "
+                         f"the {METADATA_LIMIT} that S3 allows: shorten the note or the health check")
 
 
 class _Sealing:

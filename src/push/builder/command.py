@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -71,6 +72,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--signing-key", metavar="FILE", default=os.environ.get("PUSH_SIGNING_KEY") or None,
                    help="sign the release with this release key (a NAME.key from push keys generate; "
                         "default: $PUSH_SIGNING_KEY; unset: the release is unsigned). See docs/trust.md")
+    health = p.add_argument_group("health check (or [health] in push.toml; see docs/release-builder.md)")
+    health.add_argument("--health-http", metavar="URL",
+                        help="healthy when this URL on the server answers 2xx, e.g. "
+                             "'http://127.0.0.1:${PORT}/' (${VAR} from the server's /etc/default/APP)")
+    health.add_argument("--health-command", metavar="CMD",
+                        help="healthy when this command exits 0 on the server; one string split into "
+                             "arguments as a POSIX shell would (quotes kept), never run through a shell")
+    health.add_argument("--health-within", metavar="SECONDS", type=float,
+                        help="seconds after the units start by which the release must be healthy (default 30)")
+    health.add_argument("--health-interval", metavar="SECONDS", type=float,
+                        help="seconds between checks while the release runs (default 30)")
+    health.add_argument("--health-timeout", metavar="SECONDS", type=float,
+                        help="seconds one check may take before it is killed and fails (default 10)")
+    health.add_argument("--no-revert", dest="health_revert", action="store_false", default=None,
+                        help="report a release that is not healthy in time, but leave it installed "
+                             "(after a schema migration, say)")
     p.add_argument("-o", "--output", metavar="FILE", type=Path, default=None, help="also keep the .deb here")
     p.add_argument("--no-upload", action="store_true", help="only build and check (with -o FILE)")
     p.set_defaults(func=cmd_release, parser=p)
@@ -113,6 +130,28 @@ def _keep(built: BuiltRelease, output: Path, copy: bool) -> None:
     print(f"push: wrote {output}", file=sys.stderr)
 
 
+def _health_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The health settings given on the command line, as [health] in push.toml spells them."""
+    flags: dict[str, object] = {}
+    if args.health_http is not None:
+        flags["http"] = args.health_http
+    if args.health_command is not None:
+        try:
+            command = shlex.split(args.health_command)
+        except ValueError as e:
+            args.parser.error(f"--health-command: {e}")
+        if not command:
+            args.parser.error("--health-command: no command given")
+        flags["command"] = command
+    for name in ("within", "interval", "timeout"):
+        value = getattr(args, f"health_{name}")
+        if value is not None:
+            flags[name] = value
+    if args.health_revert is not None:
+        flags["revert"] = args.health_revert
+    return flags
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     from push.builder import BuildRequest, build, upload
     from push.store import open_store
@@ -133,6 +172,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
         signing_key = SigningKey.load(Path(args.signing_key))
     request = BuildRequest(
+        health=_health_flags(args),
         app=args.app, root=args.root, manifest=args.manifest, deb=args.deb, note=args.note,
         note_from_git=args.note_from_git, depends=args.depends, package_prefix=args.package_prefix,
         architecture=args.architecture, maintainer=args.maintainer, description=args.description,

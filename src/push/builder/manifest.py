@@ -16,6 +16,14 @@
     project = "."
     target = "/usr/lib/hello"
 
+    [health]                                        # how pulld tells that the release works
+    http = "http://127.0.0.1:${PORT}/health"        # 2xx = healthy; ${VAR} from /etc/default/APP
+    command = ["/usr/local/bin/hello", "--check"]   # exit 0 = healthy
+    within = 30                                     # seconds after the units start (default 30)
+    interval = 30                                   # seconds between checks while it runs
+    timeout = 10                                    # seconds one check may take
+    revert = true                                   # not healthy in time: go back (default true)
+
 Every mistake is reported with the file and what is wrong in it.
 """
 
@@ -28,14 +36,15 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from push.builder.errors import BuildError
-from push.errors import InvalidName
+from push.errors import InvalidName, InvalidRelease
+from push.health import HealthCheck
 from push.names import check_unit
 
 MANIFEST_NAME = "push.toml"
 
 _TOP_KEYS = frozenset({
     "app", "description", "package_prefix", "architecture", "maintainer", "depends", "units",
-    "restart_units", "compression", "compression_level", "files", "python",
+    "restart_units", "compression", "compression_level", "files", "python", "health",
 })
 _PATH_RE = re.compile(r"/[A-Za-z0-9._+/-]*")
 
@@ -72,6 +81,7 @@ class Manifest:
     compression_level: int | None = None
     files: tuple[FileSpec, ...] = ()
     python: PythonSpec | None = None
+    health: HealthCheck | None = None
 
     @property
     def directory(self) -> Path:
@@ -176,6 +186,17 @@ def _python(path: Path, value: Any) -> PythonSpec:
     return PythonSpec(project=project_dir, target=_dest(path, target))
 
 
+def _health(path: Path, value: Any) -> HealthCheck:
+    if not isinstance(value, dict):
+        raise _fail(path, "[health] must be a table (http, command, within, interval, timeout, revert)")
+    try:
+        check = HealthCheck.from_dict(value, "[health]")
+        check.encode()  # its size in the release's metadata
+    except InvalidRelease as e:
+        raise _fail(path, str(e)) from None
+    return check
+
+
 def _parse(path: Path, data: dict[str, Any]) -> Manifest:
     unknown = set(data) - set(_TOP_KEYS)
     if unknown:
@@ -210,6 +231,7 @@ def _parse(path: Path, data: dict[str, Any]) -> Manifest:
         compression_level=level,
         files=_files(path, data.get("files", {})),
         python=_python(path, data["python"]) if "python" in data else None,
+        health=_health(path, data["health"]) if "health" in data else None,
     )
     if not manifest.files and manifest.python is None:
         raise _fail(path, "nothing to package: add a [files] table (or [python])")
