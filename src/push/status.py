@@ -34,6 +34,12 @@ class AppStatus:
     attempts: int = 0                 # consecutive failures (drives the backoff)
     next_retry: str | None = None
     units: dict[str, str] = field(default_factory=dict)  # unit -> active/inactive/failed/...
+    # Health, beside the sync state above (push.health; docs/pulld.md#health).
+    health: str = "unknown"           # healthy | progressing | unhealthy | unknown
+    health_detail: str | None = None  # why, in words: the failing check's output, the unit's last log lines
+    reverted_from: str | None = None  # the release the agent refused (not healthy in time) and reverted
+    health_since: str | None = None   # UTC: when the judgement of the installed release started (its units started)
+    health_deadline: str | None = None  # UTC: by when it must be healthy (None once it has been, or not judged)
 
 
 @dataclass
