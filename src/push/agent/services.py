@@ -12,12 +12,25 @@ import abc
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from push.agent.errors import UnitError
 from push.units import ACTIONS
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class UnitFacts:
+    """What the service manager knows of one unit, for judging health (push.agent.judge)."""
+
+    state: str                        # ActiveState: active | activating | failed | inactive | ...
+    sub_state: str = ""               # SubState: running, auto-restart, exited, ...
+    restarts: int = 0                 # automatic restarts since it was last started (NRestarts)
+    active_for: float | None = None   # seconds since it last became active (None: not active)
+    last_exit: int | None = None      # the main process's last exit status, if it exited
 
 
 class ServiceManager(abc.ABC):
@@ -46,6 +59,14 @@ class ServiceManager(abc.ABC):
     @abc.abstractmethod
     def states(self, units: Sequence[str]) -> dict[str, str]:
         """unit -> active | inactive | failed | activating | deactivating | not-found."""
+
+    @abc.abstractmethod
+    def facts(self, units: Sequence[str]) -> dict[str, UnitFacts]:
+        """unit -> its state, restarts, time active and last exit (for health)."""
+
+    @abc.abstractmethod
+    def log_tail(self, unit: str, lines: int) -> list[str]:
+        """The unit's last `lines` lines of output (the journal, or the supervisor's log)."""
 
     def act(self, action: str, unit: str, *, wait: bool = True) -> None:
         """start / stop / restart one unit (unit requests from the push server).
@@ -132,6 +153,39 @@ class SystemdManager(ServiceManager):
     def disable(self, units: Sequence[str]) -> None:
         if units:
             self._run("disable", "--now", "--quiet", *units, check=False)
+
+    def facts(self, units: Sequence[str]) -> dict[str, UnitFacts]:
+        if not units:
+            return {}
+        proc = self._run("show", "--property=Id,LoadState,ActiveState,SubState,NRestarts,"
+                         "ActiveEnterTimestampMonotonic,ExecMainStatus,ExecMainExitTimestampMonotonic",
+                         "--", *units, check=False)
+        now = time.monotonic()  # systemd's monotonic clock is this one (CLOCK_MONOTONIC)
+        out: dict[str, UnitFacts] = {}
+        for block, unit in zip(proc.stdout.strip().split("\n\n"), units, strict=False):
+            props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            state = "not-found" if props.get("LoadState") == "not-found" else props.get("ActiveState", "unknown")
+            entered = props.get("ActiveEnterTimestampMonotonic", "0")
+            active_for = (max(0.0, now - int(entered) / 1e6)
+                          if state == "active" and entered.isdigit() and int(entered) else None)
+            status = props.get("ExecMainStatus", "")
+            exited = props.get("ExecMainExitTimestampMonotonic", "0")
+            restarts = props.get("NRestarts", "0")
+            out[unit] = UnitFacts(state=state, sub_state=props.get("SubState", ""),
+                                  restarts=int(restarts) if restarts.isdigit() else 0, active_for=active_for,
+                                  last_exit=int(status) if status.isdigit() and exited not in ("", "0") else None)
+        for unit in units:
+            out.setdefault(unit, UnitFacts(state="unknown"))
+        return out
+
+    def log_tail(self, unit: str, lines: int) -> list[str]:
+        argv = ["journalctl", "--no-pager", "--quiet", "-o", "cat", "-n", str(lines), "-u", unit]
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+                                  timeout=10, env={**os.environ, "SYSTEMD_PAGER": "", "LC_ALL": "C"})
+        except (subprocess.TimeoutExpired, OSError) as e:
+            return [f"(cannot read the journal of {unit}: {e})"]
+        return proc.stdout.splitlines()[-lines:]
 
     def states(self, units: Sequence[str]) -> dict[str, str]:
         if not units:

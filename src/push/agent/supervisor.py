@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from push.agent.errors import UnitError
-from push.agent.services import ServiceManager
+from push.agent.services import ServiceManager, UnitFacts
 from push.units import UNIT_DIRS
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,22 @@ class _Service:
     stopping: bool = False
     restart_at: float | None = None
     starts: collections.deque[float] = field(default_factory=lambda: collections.deque(maxlen=START_LIMIT_BURST))
+    restarts: int = 0                  # automatic restarts (Restart=) since it was last started by the agent
+    active_since: float | None = None  # time.monotonic() of its last start (None: adopted, see _active_for)
+    last_exit: int | None = None       # its main process's last exit code
+
+
+def _active_for(svc: _Service) -> float | None:
+    """Seconds since the unit's process started: our own clock, else its start time in /proc."""
+    if svc.active_since is not None:
+        return time.monotonic() - svc.active_since
+    if svc.start_ticks is None:
+        return None
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, uptime - svc.start_ticks / os.sysconf("SC_CLK_TCK"))
 
 
 class SandboxSupervisor(ServiceManager):
@@ -273,6 +289,7 @@ class SandboxSupervisor(ServiceManager):
         svc.start_ticks = _start_ticks(popen.pid)
         svc.state, svc.exit_code, svc.stopping, svc.restart_at = "active", None, False, None
         svc.starts.append(time.monotonic())
+        svc.active_since = svc.starts[-1]
         self._write_pid_file(svc)
         log.info("unit started", extra={"event": "unit.start", "unit": unit, "pid": popen.pid})
 
@@ -347,6 +364,7 @@ class SandboxSupervisor(ServiceManager):
                         svc.restart_at = None
                         try:
                             self._start(svc.unit)
+                            svc.restarts += 1
                         except UnitError as e:
                             log.warning("unit restart failed", extra={"event": "unit.fail", "unit": svc.unit,
                                                                       "error": str(e)})
@@ -356,7 +374,8 @@ class SandboxSupervisor(ServiceManager):
                 alive, code = self._alive(svc)
                 if alive:
                     continue
-                svc.exit_code = code
+                svc.exit_code = svc.last_exit = code
+                svc.active_since = None
                 failed = code != 0  # an adopted process whose status we cannot know counts as failed
                 svc.state = "failed" if failed else "inactive"
                 svc.popen, svc.pid = None, None
@@ -395,6 +414,7 @@ class SandboxSupervisor(ServiceManager):
                     self._stop(svc)
                 try:
                     self._start(unit)
+                    self._services[unit].restarts = 0
                 except UnitError as e:
                     errors.append(str(e))
         if errors:
@@ -426,6 +446,32 @@ class SandboxSupervisor(ServiceManager):
                 else:
                     out[unit] = "inactive" if self.unit_path(unit) is not None else "not-found"
             return out
+
+    def facts(self, units: Sequence[str]) -> dict[str, UnitFacts]:
+        states = self.states(units)
+        with self._lock:
+            out = {}
+            for unit in units:
+                svc = self._services.get(unit)
+                if svc is None:
+                    out[unit] = UnitFacts(state=states[unit])
+                    continue
+                sub = {"active": "running", "activating": "auto-restart", "failed": "failed"}.get(svc.state, "dead")
+                out[unit] = UnitFacts(state=svc.state, sub_state=sub, restarts=svc.restarts,
+                                      active_for=_active_for(svc) if svc.state == "active" else None,
+                                      last_exit=svc.last_exit)
+            return out
+
+    def log_tail(self, unit: str, lines: int) -> list[str]:
+        """The last lines of ROOT/var/log/push-units/UNIT.log (read from its last 64 KiB)."""
+        path = self.log_dir / f"{unit}.log"
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 65536))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-lines:]
 
     def pids(self) -> dict[str, int]:
         """unit -> pid of the units running now (tests stop what they started by pid)."""
