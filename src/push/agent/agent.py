@@ -5,8 +5,10 @@ conditional read of the server file (nothing is downloaded when it did not chang
 (`push.agent.plan`, a pure function of what the agent knows); the executor that carries it
 out with dpkg and units (`push.agent.executor`); unit requests; and a report built from a
 fresh plan (`push.agent.report`, pure), which `push.agent.publisher` writes to
-`status/{server}.json`. A failing release is reported with the failing tool's words and
-retried with backoff (`push.agent.failures`); it never blocks the others.
+`status/{server}.json`. The health of what runs is judged by `push.agent.judge`'s workers;
+their verdicts are facts the plan reads (a release not healthy in time is reverted). A
+failing release is reported with the failing tool's words and retried with backoff
+(`push.agent.failures`); it never blocks the others.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from push.agent.dpkg import Dpkg, InstalledPackage
 from push.agent.errors import AgentStateError
 from push.agent.executor import Executor
 from push.agent.failures import Failures
+from push.agent.judge import FAST, Judge, Subject, Verdict, units_judged
 from push.agent.metrics import Metrics
 from push.agent.plan import Plan, plan
 from push.agent.publisher import Publisher
 from push.agent.services import ServiceManager
-from push.agent.state import AgentState
+from push.agent.state import AgentState, Judgement
 from push.agent.unitactions import act_on_requests
-from push.errors import InvalidServerFile, NotFound, PushError
+from push.errors import InvalidRelease, InvalidServerFile, NotFound, PushError
+from push.health import DEFAULT_SETTLE, Health, HealthCheck
 from push.layout import server_file_key
 from push.serverfile import ServerFile
 from push.status import AgentStatus
@@ -53,6 +57,7 @@ class AgentOptions:
     requests_interval: float = 60.0            # look for unit requests at least this often when polling
     self_app: str = SELF_APP
     hostname: str = field(default_factory=socket.gethostname)
+    settle: float = DEFAULT_SETTLE             # without a declared check: how long units must stay up
 
     @property
     def sandbox_root(self) -> Path | None:
@@ -95,6 +100,7 @@ class Agent:
                                  self_app=options.self_app, metrics=self.metrics,
                                  rate_limit=options.download_rate_limit)
         self.publisher = Publisher(store, interval=options.report_interval, metrics=self.metrics)
+        self.judge = Judge(services, options.sandbox_root, settle=options.settle)
         self.step_count = 0
         # The server file as last read, and its generation (for conditional reads).
         self._server_file: ServerFile | None = None
@@ -103,6 +109,7 @@ class Agent:
         self._recovered = False
         self._requests_checked = float("-inf")
         self._last_error: str | None = None
+        self.in_sync = False                       # what the last step found
 
     @property
     def restart_requested(self) -> bool:
@@ -135,7 +142,8 @@ class Agent:
                 log.info("plan", extra={"event": "plan", "changes": planned.summary()})
                 self.publisher.publish(self._report(None, planned, working=True), force=True)
             self.executor.carry_out(planned)
-            if set(reasons) - {"poll"} or started - self._requests_checked >= self.options.requests_interval:
+            self._judge_installed()
+            if set(reasons) - {"poll", "health"} or started - self._requests_checked >= self.options.requests_interval:
                 self._unit_requests()
             done = self._report(None)
         except Exception as e:  # the step's one guard: dpkg-query failing, the state dir unwritable, a bug
@@ -190,12 +198,97 @@ class Agent:
             self.executor.read_metadata(decided)
             decided = self._decide()
         self.failures.forget(decided.forget)
+        self._forget_refusals(decided)
         return decided
 
     def _decide(self, installed: Mapping[str, InstalledPackage] | None = None) -> Plan:
         return plan(self._server_file, installed=self.executor.installed() if installed is None else installed,
                     record=self.state, metadata=self.executor.metadata, failures=self.failures.apps,
-                    now=time.monotonic(), self_app=self.options.self_app)
+                    now=time.monotonic(), self_app=self.options.self_app, health=self.judge.verdicts())
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def _forget_refusals(self, decided: Plan) -> None:
+        """The server file changed since a release was refused: it may be tried again."""
+        changed = False
+        for app in decided.forget_refusals:
+            rec = self.state.apps.get(app)
+            if rec is not None and rec.refused is not None:
+                log.info("refusal over", extra={"event": "health.refusal-over", "app": app,
+                                                "release": rec.refused.release})
+                rec.refused = None
+                changed = True
+        if changed:
+            self.state.save()
+
+    def _judge_installed(self) -> None:
+        """Hand every installed release to the judge (resuming a judgement the record holds),
+        and record the ones judged healthy once (from then on they are never reverted)."""
+        installed = self.executor.installed()
+        verdicts = self.judge.verdicts()
+        subjects = self.judge.subjects()
+        dirty = False
+        for app, rec in self.state.apps.items():
+            row = installed.get(rec.package or "")
+            if rec.release is None or row is None or not row.ok or row.version != rec.version:
+                if app in subjects:
+                    self.judge.forget(app)
+                continue
+            j = rec.judgement
+            if j is None or j.release != rec.release:
+                # Installed before the agent judged health (an older pulld): judged as it runs, never reverted.
+                info = self.executor.metadata.get(rec.release)
+                try:
+                    check = HealthCheck.of_release(info) if info is not None else None
+                except InvalidRelease:
+                    check = None
+                now = time.time()
+                j = rec.judgement = Judgement(rec.release, timestamps.now_text(), now, now,
+                                              check=check.encode() if check is not None else None,
+                                              revert=False, healthy=True)
+                dirty = True
+            v = verdicts.get(app)
+            if v is not None and v.release == j.release and v.healthy_once and not j.healthy:
+                j.healthy = True
+                dirty = True
+            try:
+                check = HealthCheck.decode(j.check) if j.check is not None else None
+            except InvalidRelease:
+                check = None
+            self.judge.judge(Subject(app, j.release, units_judged(self.executor.units_of(row.package, row.version)),
+                                     check, j.since, j.since_epoch, j.deadline_epoch, j.revert, j.healthy))
+        for app in set(subjects) - set(self.state.apps):
+            self.judge.forget(app)
+        if dirty:
+            self.state.save()
+
+    def await_health(self) -> bool:
+        """`--once`: wait for the verdict on each release in its install window (until it is
+        healthy or final, or its deadline passed), revert what must be (one more step), and
+        say whether every installed app is then healthy and none was refused."""
+        subjects = self.judge.subjects()
+        slack = max((s.check.timeout for s in subjects.values() if s.check is not None), default=0.0) + 1.0
+        deadline = max((s.deadline_epoch for s in subjects.values()), default=time.time())
+
+        def judged(verdicts: dict[str, Verdict]) -> bool:
+            for app in subjects:
+                v = verdicts.get(app)
+                if v is None or v.health is Health.PROGRESSING or v.health is Health.UNKNOWN:
+                    return False
+            return True
+
+        verdicts = self.judge.wait(judged, max(0.0, deadline - time.time()) + slack + FAST)
+        if any(v.final and v.revert for v in verdicts.values()):
+            self.step(("health",))
+            verdicts = self.judge.verdicts()
+        else:
+            self.heartbeat()  # the report with the verdicts
+        refused = [app for app, rec in self.state.apps.items() if rec.refused is not None]
+        unhealthy = [app for app, v in verdicts.items() if v.health is not Health.HEALTHY]
+        return not refused and not unhealthy
+
+    def close(self) -> None:
+        self.judge.close()
 
     def units_of_app(self, app: str) -> list[str]:
         """The units of what is installed for `app` (see Executor.units_of_app)."""
@@ -227,6 +320,7 @@ class Agent:
 
     def _finish(self, done: AgentStatus, started: float) -> bool:
         self._last_error = done.error
+        self.in_sync = done.in_sync
         self.publisher.publish(done)
         self.metrics.steps.labels("in_sync" if done.in_sync else "not_in_sync").inc()
         self.metrics.step_seconds.observe(time.monotonic() - started)

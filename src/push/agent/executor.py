@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from push import timestamps
 from push.agent import download
 from push.agent.dpkg import Dpkg, InstalledPackage
 from push.agent.errors import AgentError, DpkgError, DpkgLocked, UnitError, VerificationFailed
@@ -22,8 +24,9 @@ from push.agent.failures import Failures
 from push.agent.metrics import Metrics
 from push.agent.plan import Action, AppPlan, Plan, installed_release
 from push.agent.services import ServiceManager
-from push.agent.state import AgentState
+from push.agent.state import AgentState, Judgement, Refusal
 from push.errors import InvalidRelease, NotFound, PushError
+from push.health import HealthCheck
 from push.release import Release, ReleaseInfo
 from push.store import Store
 from push.units import units_in, units_to_start
@@ -116,6 +119,8 @@ class Executor:
         for p in plan.changes:
             if p.action is Action.REMOVE:
                 self._remove_app(p)
+            elif p.action is Action.REVERT:
+                self._revert(p, plan.generation)
             else:
                 self._install(p)
         for app in plan.restart_units:
@@ -139,6 +144,7 @@ class Executor:
         path: Path | None = None
         started = time.monotonic()
         try:
+            check = HealthCheck.of_release(info)  # a malformed check fails the install before any work
             path = download.fetch(self.store, info, self.downloads, rate_limit=self.rate_limit,
                                   on_bytes=self.metrics.download_bytes.inc)
             fields = self.dpkg.deb_fields(path)
@@ -194,7 +200,39 @@ class Executor:
             return
         self._start_units(app, fields.package, fields.version, installed_at=installed_at)
         rec.units_pending = False
+        rec.judgement = self._judgement(rel.name, check, revert=p.action is not Action.REVERT)
         self.record.save()
+
+    # -- health ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _judgement(release: str, check: HealthCheck | None, *, revert: bool) -> Judgement:
+        """The judgement of a release whose units just (re)started: its deadline is `within` from now."""
+        now = time.time()
+        within = check.within if check is not None else HealthCheck().within
+        return Judgement(release=release, since=timestamps.now_text(), since_epoch=now, deadline_epoch=now + within,
+                         check=check.encode() if check is not None else None,
+                         revert=revert and (check.revert if check is not None else True))
+
+    def _revert(self, p: AppPlan, generation: str | None) -> None:
+        """Refuse the installed release (recorded first, so a crash does not retry it), then
+        install the release that ran before, fetched again and verified like any release."""
+        assert p.revert_to is not None and p.desired is not None
+        rec = self.record.app(p.app)
+        if rec.refused is None or rec.refused.release != p.desired.name:
+            reason = p.verdict.detail if p.verdict is not None else "not healthy"
+            rec.refused = Refusal(release=p.desired.name, generation=generation, reason=reason,
+                                  reverted_to=p.revert_to, time=timestamps.now_text())
+            self.record.save()
+            log.warning("reverting", extra={"event": "health.revert", "app": p.app, "release": p.desired.name,
+                                            "to": p.revert_to, "reason": reason})
+        try:
+            back = Release.parse(p.revert_to)
+            info = self.release_info(back)
+        except PushError as e:
+            self._install_failed(p.app, p.revert_to, f"cannot revert to {p.revert_to}: {e}")
+            return
+        self._install(replace(p, desired=back, info=info))
 
     def _install_failed(self, app: str, release: str, error: str) -> None:
         self.failures.fail(app, release, error)

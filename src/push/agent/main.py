@@ -204,16 +204,20 @@ def run(args: argparse.Namespace) -> int:
     if args.once:
         try:
             ok = agent.step()
+            healthy = agent.await_health()
+            ok = ok and healthy and agent.in_sync
         finally:
+            agent.close()
             if isinstance(services, SandboxSupervisor):
                 services.detach()  # the units keep running; the next pulld adopts them
             lock.release()
             store.close()
-        log.info("step done", extra={"event": "once.done", "in_sync": ok})
+        log.info("step done", extra={"event": "once.done", "in_sync": agent.in_sync, "healthy": healthy})
         return 0 if ok else 1
 
     wakeup = Wakeup()
     stopping = False
+    agent.judge.on_change = lambda: wakeup.set("health")  # a new verdict: plan (revert?) and report now
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
@@ -264,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 agent.heartbeat()  # nothing to do but say that we are alive
     finally:
+        agent.close()
         for t in triggers:
             t.stop()
         metrics.close()

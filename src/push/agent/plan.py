@@ -2,9 +2,11 @@
 
 `plan(...)` takes the server file as parsed, what dpkg says is installed, the agent's record
 of what Push installed, the release metadata it has read, the failures with their retry
-times, the clock and the agent's own app name. For each app it decides: install, upgrade,
-downgrade, remove, read the release's metadata first, or leave it (in sync, nothing chosen,
-or backing off until a time), and says why. It reads nothing and changes nothing:
+times, the clock, the agent's own app name and the health verdicts of what runs. For each app
+it decides: install, upgrade, downgrade, remove, revert a release that was not healthy in time
+(see `_judged`), read the release's metadata first, or leave it (in sync, nothing chosen,
+backing off until a time, or a refused release not retried until the file changes), and
+says why. It reads nothing and changes nothing:
 `push.agent.executor` carries a plan out, `push.agent.report` turns one into the report.
 """
 
@@ -16,8 +18,10 @@ from dataclasses import dataclass, field, replace
 
 from push.agent.dpkg import InstalledPackage
 from push.agent.failures import Failure
-from push.agent.state import AgentState
+from push.agent.judge import Verdict
+from push.agent.state import AgentState, Refusal
 from push.errors import InvalidRelease
+from push.health import Health
 from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile
 
@@ -29,10 +33,11 @@ class Action(enum.StrEnum):
     REMOVE = "remove"          # the file no longer lists the app: purge what Push installed for it
     METADATA = "metadata"      # the wanted release's metadata is not known yet: read it, then plan again
     LEAVE = "leave"            # nothing to do now: in sync, nothing chosen, or backing off (`until`)
+    REVERT = "revert"          # the installed release was not healthy in time: go back to `revert_to`
 
 
 INSTALLS = frozenset({Action.INSTALL, Action.UPGRADE, Action.DOWNGRADE})
-CHANGES = INSTALLS | {Action.REMOVE}
+CHANGES = INSTALLS | {Action.REMOVE, Action.REVERT}
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,9 @@ class AppPlan:
     row: InstalledPackage | None = None  # dpkg's row of the app's package, installed or not (fully)
     attempt: int = 1                     # a change after n failures of the same release is attempt n+1
     until: float | None = None           # LEAVE while backing off: when the retry is due (the clock of `now`)
+    revert_to: str | None = None         # REVERT: the release that ran before, to install again
+    refused: Refusal | None = None       # the desired release was reverted and is not retried until the file changes
+    verdict: Verdict | None = None       # the health of the installed release, as last judged
 
     @property
     def changes(self) -> bool:
@@ -84,6 +92,8 @@ class Plan:
     forget: frozenset[str] = frozenset()     # apps whose recorded failure no longer applies
     restart_units: tuple[str, ...] = ()      # apps a killed agent installed and did not (re)start the units of
     has_file: bool = True                    # False: no server file to follow, everything is left as it is
+    forget_refusals: frozenset[str] = frozenset()  # apps whose refused release no longer applies (the file changed)
+    generation: str | None = None            # the server file's generation (a refusal holds until it changes)
     _by_app: dict[str, AppPlan] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -148,42 +158,101 @@ def installed_release(app: str, info: ReleaseInfo | None, installed: Mapping[str
 
 def plan(server_file: ServerFile | None, *, installed: Mapping[str, InstalledPackage], record: AgentState,
          metadata: Mapping[str, ReleaseInfo], failures: Mapping[str, Failure], now: float,
-         self_app: str) -> Plan:
+         self_app: str, health: Mapping[str, Verdict] | None = None) -> Plan:
     """Decide, for every app the file names or the record knows, what to do now.
 
     `server_file` None means there is none to follow (missing or unreadable): everything is
     left as it is. `metadata` is by release name; `failures` by app, with `retry_at` on the
-    clock of `now`.
+    clock of `now`; `health` by app, the latest verdict on its installed release.
     """
+    health = health or {}
     if server_file is None:
-        return Plan(tuple(_without_file(app, installed, record) for app in sorted(record.apps)), has_file=False)
+        return Plan(tuple(_with_verdict(_without_file(app, installed, record), health)
+                          for app in sorted(record.apps)), has_file=False)
     desired = server_file.releases
     listed = server_file.apps
-    stale = {app for app, f in failures.items() if _no_longer_applies(f, app, listed, desired)}
+    refusals = {app: rec.refused for app, rec in record.apps.items() if rec.refused is not None}
+    standing = {app for app, r in refusals.items() if _refusal_stands(r, desired.get(app), server_file.generation)}
+    stale = {app for app, f in failures.items() if _no_longer_applies(f, app, listed, desired, refusals.get(app))}
     live = {app: f for app, f in failures.items() if app not in stale}
     decisions = []
     for app in listed:
         rel = desired.get(app)
         if rel is None:
-            decisions.append(_placeholder(app, installed, record))
+            decisions.append(_with_verdict(_placeholder(app, installed, record), health))
             continue
         decision, over = _for_release(app, rel, metadata.get(rel.name), live.get(app), installed, record, now)
+        decision = _judged(decision, record, health.get(app), refusals.get(app) if app in standing else None,
+                           live.get(app), now)
         decisions.append(decision)
-        if over:
+        if over and decision.action is not Action.REVERT:
             stale.add(app)
-    decisions += [_not_listed(app, live.get(app), installed, record, now)
+    decisions += [_with_verdict(_not_listed(app, live.get(app), installed, record, now), health)
                   for app in sorted(record.apps) if app not in listed]
     removals = sorted((p for p in decisions if p.action is Action.REMOVE), key=lambda p: p.app)
-    installs = sorted((p for p in decisions if p.installs), key=lambda p: (p.app == self_app, p.app))
+    installs = sorted((p for p in decisions if p.installs or p.action is Action.REVERT),
+                      key=lambda p: (p.app == self_app, p.app))
     pending_units = tuple(sorted(app for app, rec in record.apps.items() if rec.units_pending))
-    return Plan(tuple(decisions), tuple(removals + installs), frozenset(stale), pending_units)
+    return Plan(tuple(decisions), tuple(removals + installs), frozenset(stale), pending_units,
+                forget_refusals=frozenset(set(refusals) - standing), generation=server_file.generation)
 
 
-def _no_longer_applies(failure: Failure, app: str, listed: list[str], desired: Mapping[str, Release]) -> bool:
+def _no_longer_applies(failure: Failure, app: str, listed: list[str], desired: Mapping[str, Release],
+                       refusal: Refusal | None = None) -> bool:
     if failure.release is None:  # a removal that failed: the app is listed again
         return app in listed
     rel = desired.get(app)
+    if (refusal is not None and rel is not None and refusal.release == rel.name
+            and failure.release == refusal.reverted_to):
+        return False  # a revert that failed: retried while the refusal stands
     return rel is None or failure.release != rel.name  # another release (or none) is wanted now
+
+
+# -- health: revert what was not healthy in time, and do not retry it --------------------------
+
+
+def _refusal_stands(refusal: Refusal, rel: Release | None, generation: str | None) -> bool:
+    """A refused release is not retried until the server file changes (a new generation)."""
+    return rel is not None and rel.name == refusal.release and generation == refusal.generation
+
+
+def _with_verdict(p: AppPlan, health: Mapping[str, Verdict]) -> AppPlan:
+    verdict = health.get(p.app)
+    return replace(p, verdict=verdict) if verdict is not None and verdict.release == p.installed else p
+
+
+def _judged(p: AppPlan, record: AgentState, verdict: Verdict | None, refusal: Refusal | None,
+            failure: Failure | None, now: float) -> AppPlan:
+    """The health rule over a listed release's decision.
+
+    - The release was refused (reverted) and the file has not changed since: leave it, or
+      finish the revert if what is installed is not the release it went back to.
+    - It is installed, in its install window, and its verdict is final (a unit failed, or
+      its deadline passed) and allows a revert: go back to the release that ran before, if
+      there was one.
+    """
+    if verdict is not None and verdict.release != p.installed:
+        verdict = None  # a verdict on another release (just replaced) says nothing of this one
+    p = replace(p, verdict=verdict)
+    if refusal is not None:
+        p = replace(p, refused=refusal)
+        words = f"{refusal.release} was reverted (not healthy): not retried until the server file changes"
+        if p.installed == refusal.reverted_to:
+            return replace(p, action=Action.LEAVE, why=words, attempt=1, until=None)
+        if failure is not None and failure.release == refusal.reverted_to and now < failure.retry_at:
+            return replace(p, action=Action.LEAVE, why=f"{words}; going back to {refusal.reverted_to} "
+                                                       f"{_backing_off(failure)}", until=failure.retry_at)
+        attempt = failure.attempts + 1 if failure is not None and failure.release == refusal.reverted_to else 1
+        return replace(p, action=Action.REVERT, revert_to=refusal.reverted_to, attempt=attempt,
+                       why=f"{words}; going back to {refusal.reverted_to}")
+    if (p.action is not Action.LEAVE or p.desired is None or p.installed != p.desired.name or verdict is None
+            or verdict.health is not Health.UNHEALTHY or not verdict.final or not verdict.revert):
+        return p
+    previous = record.apps[p.app].previous if p.app in record.apps else None
+    if previous is None or previous == p.installed:
+        return replace(p, why=f"not healthy, and no release ran before it to revert to: {verdict.detail}")
+    return replace(p, action=Action.REVERT, revert_to=previous,
+                   why=f"{p.installed} is not healthy: reverting to {previous}")
 
 
 def _backing_off(failure: Failure) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from push import __version__
 from push.agent.failures import Failure
 from push.agent.plan import Action, AppPlan, Plan
+from push.health import Health
 from push.status import AgentStatus, AppStatus
 
 
@@ -54,4 +55,29 @@ def _app(p: AppPlan, failure: Failure | None, unit_error: str | None, units: Map
         st.state = "pending"
     if p.placeholder:
         st.state = "ok"  # nothing chosen, nothing to do
+    _health(st, p, working)
     return st
+
+
+def _health(st: AppStatus, p: AppPlan, working: bool) -> None:
+    """The app's health beside its state: the verdict on its installed release, or the
+    release it refused (reverted), which also makes its state `failed`."""
+    v = p.verdict
+    if v is not None:
+        st.health, st.health_detail, st.health_since, st.health_deadline = str(v.health), v.detail, v.since, v.deadline
+    if p.refused is not None:
+        r = p.refused
+        st.health, st.reverted_from = str(Health.UNHEALTHY), r.release
+        st.health_detail = f"{r.release} was not healthy and was reverted to {r.reverted_to} at {r.time}: {r.reason}"
+        if v is not None:
+            st.health_detail += f"\nnow {r.reverted_to} is {v.health}: {v.detail}"
+        if not (working and p.changes):
+            st.state = "failed"
+            st.error = st.error or f"{r.release} was not healthy: reverted to {r.reverted_to}"
+        return
+    if working and p.changes:
+        st.health, st.health_detail = str(Health.PROGRESSING), f"{p.action}: {p.why}"
+        st.health_since = st.health_deadline = None
+    elif v is None:
+        st.health = str(Health.UNKNOWN)
+        st.health_detail = "nothing installed" if p.installed is None else "not judged yet"

@@ -22,6 +22,31 @@ LOCK_FILE = "lock"
 
 
 @dataclass
+class Judgement:
+    """The health judgement of the release installed last (push.agent.judge), kept so that a
+    restarted agent keeps its deadline, its check and whether it was ever healthy."""
+
+    release: str
+    since: str                  # UTC text: when its units (re)started after the install
+    since_epoch: float          # the same, in seconds since the epoch (survives a restart; monotonic would not)
+    deadline_epoch: float       # by when it must be healthy
+    check: str | None = None    # the declared check, as in the release's metadata (push.health); None: units only
+    revert: bool = True         # not healthy by the deadline: revert it (False: a revert, or revert = false)
+    healthy: bool = False       # it has been judged healthy once: from then on never reverted
+
+
+@dataclass
+class Refusal:
+    """A release the agent reverted (not healthy in time), not retried until the server file changes."""
+
+    release: str                # the release refused
+    generation: str | None      # the server file's generation when it was refused
+    reason: str                 # why, in words (the check's output, the unit's last log lines)
+    reverted_to: str            # the release that ran before, installed again
+    time: str                   # UTC text: when
+
+
+@dataclass
 class AppRecord:
     """What Push installed for one app."""
 
@@ -31,9 +56,14 @@ class AppRecord:
     version: str | None = None
     pending: dict[str, str] | None = None   # the release being installed (written before dpkg -i)
     units_pending: bool = False     # installed, its units not (re)started yet (cleared once they are)
+    previous: str | None = None     # the release that ran before `release` (what a revert goes back to)
+    judgement: Judgement | None = None  # the health judgement of `release`
+    refused: Refusal | None = None      # a release reverted and not to be retried until the file changes
 
     def installed(self, release: str, package: str, version: str) -> None:
         """Record that `release` (that package and version) is now installed, with success."""
+        if self.release is not None and self.release != release:
+            self.previous = self.release
         self.release, self.package, self.version = release, package, version
         if package not in self.packages:
             self.packages.insert(0, package)
@@ -59,6 +89,13 @@ class AgentState:
         apps = {}
         for app, rec in dict(data.get("apps") or {}).items():
             known = {k: v for k, v in dict(rec).items() if k in AppRecord.__dataclass_fields__}
+            try:
+                if known.get("judgement") is not None:
+                    known["judgement"] = Judgement(**known["judgement"])
+                if known.get("refused") is not None:
+                    known["refused"] = Refusal(**known["refused"])
+            except TypeError as e:
+                raise AgentStateError(f"cannot read agent state {path}: app {app}: {e}") from None
             apps[app] = AppRecord(**known)
         return cls(path, apps=apps, debs=dict(data.get("debs") or {}))
 
