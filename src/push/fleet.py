@@ -28,7 +28,7 @@ from push.history import History, Record, new_record
 from push.names import check_app, check_server, check_unit
 from push.release import Release, ReleaseInfo, app_of
 from push.serverfile import ServerFile
-from push.status import AgentStatus
+from push.status import AgentStatus, AppStatus
 from push.store import Store
 from push.triggers import Triggers
 from push.units import is_template
@@ -649,7 +649,11 @@ class FleetView:
             if app_report is not None and app_report.state == "failed":
                 marks.append("failed")
                 error = app_report.error or "failed (the agent gave no reason)"
-            if any(m in marks for m in ("drift", "failed", "not_allowed", "unknown_release")):
+            if app_report is not None and app_report.health == "unhealthy":
+                marks.append("unhealthy")  # health (issue 12): an unhealthy or reverted app is a problem
+            if app_report is not None and app_report.reverted_from:
+                marks.append("reverted")
+            if any(m in marks for m in ("drift", "failed", "not_allowed", "unknown_release", "unhealthy", "reverted")):
                 problems += 1
             app_states.append({
                 "app": app,
@@ -660,6 +664,7 @@ class FleetView:
                 "state": app_report.state if app_report is not None else None,
                 "error": error,
                 "units": dict(app_report.units) if app_report is not None else {},
+                **_health_of(app_report),
                 "latest": newest,
                 "marks": marks,
             })
@@ -740,6 +745,15 @@ class FleetView:
             out.append({**info.to_json(), "short_hash": info.release.short_hash,
                         "desired_on": sorted(desired_on), "running_on": sorted(running_on)})
         return out
+
+
+def _health_of(app: AppStatus | None) -> dict[str, Any]:
+    """An app's health as its agent reported it (push.health; docs/pulld.md#health)."""
+    return {"health": app.health if app is not None else None,
+            "health_detail": app.health_detail if app is not None else None,
+            "reverted_from": app.reverted_from if app is not None else None,
+            "health_since": app.health_since if app is not None else None,
+            "health_deadline": app.health_deadline if app is not None else None}
 
 
 @functools.lru_cache(maxsize=4096)
