@@ -3,7 +3,7 @@
 Each test app `APP` is a package `push-APP` with a version file, a postinst, and a unit
 /etc/systemd/system/APP.service whose ExecStart runs /usr/local/bin/APP (a shell script
 that records its version and port, then sleeps). Published like the release builder does:
-metadata with sha256, size, and the Debian package and version.
+metadata with sha256, size, the Debian package and version, and a declared health check.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from push.catalog import publish
+from push.health import HEALTH_METADATA, HealthCheck
 from push.release import Release, ReleaseInfo
 from push.store import Store
 
@@ -107,7 +108,7 @@ def release_for(app: str, n: int) -> Release:
 
 def publish_deb(store: Store, app: str, n: int, deb: Path, *, version: str | None = None,
                 package: str | None = None, legacy: bool = False, tamper: bool = False,
-                note: str = "") -> ReleaseInfo:
+                note: str = "", health: HealthCheck | None = None) -> ReleaseInfo:
     """Upload `deb` as release number `n` of `app`, with the metadata the builder writes.
 
     `legacy`: only the original's metadata (no sha256/size/package/version).
@@ -124,7 +125,8 @@ def publish_deb(store: Store, app: str, n: int, deb: Path, *, version: str | Non
     else:
         info = ReleaseInfo(release=rel, note=note, services=(f"{app}.service",),
                            sha256=digest.hexdigest(), size=size,
-                           extra={"package": package or f"push-{app}", "version": version or f"1.{n}"})
+                           extra={"package": package or f"push-{app}", "version": version or f"1.{n}",
+                                  **({HEALTH_METADATA: health.encode()} if health is not None else {})})
     if tamper:
         data = bytearray(deb.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -139,11 +141,12 @@ def make_release(store: Store, workdir: Path, app: str, n: int, **build: object)
     """Build and publish release `n` of `app` (Debian version 1.n)."""
     legacy = bool(build.pop("legacy", False))
     tamper = bool(build.pop("tamper", False))
+    health = build.pop("health", None)
     version = str(build.pop("version", f"1.{n}"))
     deb = build_deb(workdir, app, version, **build)  # type: ignore[arg-type]
     try:
         return publish_deb(store, app, n, deb, version=version, package=build.get("package"),  # type: ignore[arg-type]
-                           legacy=legacy, tamper=tamper)
+                           legacy=legacy, tamper=tamper, health=health)  # type: ignore[arg-type]
     finally:
         deb.unlink(missing_ok=True)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from push.agent.dpkg import InstalledPackage
 from push.agent.failures import Failure
+from push.agent.judge import Verdict
 from push.agent.plan import Plan, plan
 from push.agent.state import AgentState, AppRecord
 from push.release import Release, ReleaseInfo
@@ -46,12 +47,14 @@ def installed_by_push(r: Release, package: str | None = None, version: str | Non
 def decide(entries: list[str] | None, *, installed: Sequence[InstalledPackage] = (),
            record: Mapping[str, AppRecord] | None = None, debs: Mapping[str, list[str]] | None = None,
            metadata: Sequence[ReleaseInfo] = (), failures: Mapping[str, Failure] | None = None,
-           self_app: str = "pulld") -> Plan:
-    """The plan for a server file of `entries` (None: no server file) and these inputs, at NOW."""
-    server_file = ServerFile("s1", tuple(entries)) if entries is not None else None
+           self_app: str = "pulld", health: Mapping[str, Verdict] | None = None, generation: str | None = "g1") -> Plan:
+    """The plan for a server file of `entries` (None: no server file) at `generation`, and
+    these inputs, at NOW."""
+    server_file = ServerFile("s1", tuple(entries), generation) if entries is not None else None
     state = AgentState(Path("/nonexistent/state.json"), apps=dict(record or {}), debs=dict(debs or {}))
     return plan(server_file, installed={p.package: p for p in installed}, record=state,
-                metadata={i.name: i for i in metadata}, failures=dict(failures or {}), now=NOW, self_app=self_app)
+                metadata={i.name: i for i in metadata}, failures=dict(failures or {}), now=NOW, self_app=self_app,
+                health=health)
 
 
 def failure(r: Release | None, *, attempts: int = 1, due_in: float = 60.0, error: str = "boom") -> Failure:

@@ -185,7 +185,7 @@ def plan(server_file: ServerFile | None, *, installed: Mapping[str, InstalledPac
         decision = _judged(decision, record, health.get(app), refusals.get(app) if app in standing else None,
                            live.get(app), now)
         decisions.append(decision)
-        if over and decision.action is not Action.REVERT:
+        if over and app not in standing:  # a failed revert is not over while its refusal stands
             stale.add(app)
     decisions += [_with_verdict(_not_listed(app, live.get(app), installed, record, now), health)
                   for app in sorted(record.apps) if app not in listed]
