@@ -64,7 +64,7 @@ def run(check: HealthCheck, app: str, root: Path | None) -> CheckResult:
             return CheckResult(False, failed, time.monotonic() - started)
     if argv:
         left = max(0.1, check.timeout - (time.monotonic() - started))
-        failed = _command(argv, left, env, root)
+        failed = _command(argv, left, env, root, limit=check.timeout)
         if failed:
             return CheckResult(False, failed, time.monotonic() - started)
     return CheckResult(True, "", time.monotonic() - started)
@@ -92,7 +92,7 @@ def _http(url: str, timeout: float) -> str | None:
     return None
 
 
-def _command(argv: list[str], timeout: float, env: dict[str, str], root: Path | None) -> str | None:
+def _command(argv: list[str], timeout: float, env: dict[str, str], root: Path | None, limit: float) -> str | None:
     """None if the command exits 0 within `timeout`; else its exit and output's tail. A
     command still running at the timeout is killed with its whole process group."""
     run_env = {k: os.environ[k] for k in ("PATH", "LANG", "TZ") if k in os.environ}
@@ -120,7 +120,8 @@ def _command(argv: list[str], timeout: float, env: dict[str, str], root: Path | 
             proc.kill()
             out = b""
         text = _tail(out.decode(errors="replace"))
-        return f"{shown} did not finish within {timeout:g}s: killed" + (f"; its output: {text}" if text else "")
+        killed = f"{shown} did not finish within its {limit:g}s timeout: killed"
+        return killed + (f"; its output: {text}" if text else "")
     text = _tail(out.decode(errors="replace"))
     if proc.returncode != 0:
         return f"{shown} exited {proc.returncode}" + (f": {text}" if text else "")

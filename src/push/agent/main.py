@@ -30,6 +30,7 @@ from push.agent.supervisor import SandboxSupervisor
 from push.agent.triggers import GceMetadataTrigger, Wakeup, WatchTrigger, gce_instance_name
 from push.errors import InvalidRequest, PushError
 from push.exits import INTERRUPTED, exit_code
+from push.health import DEFAULT_SETTLE
 from push.names import check_server
 from push.store import open_store
 
@@ -125,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-interval", type=float, default=60.0,
                    help="publish the status report at least this often, seconds (default 60); "
                         "it is published at once whenever it changes")
+    p.add_argument("--settle", type=float, default=DEFAULT_SETTLE, metavar="S",
+                   help="health without a declared check: units must be active this long without a restart "
+                        f"(default {DEFAULT_SETTLE:g})")
     p.add_argument("--service-manager", choices=("auto", "systemd", "sandbox"), default="auto",
                    help="auto: systemd on /, the sandbox supervisor with --root")
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="log lines (default json)")
@@ -186,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     options = AgentOptions(server=server, root=args.root.absolute() if sandbox else None, state_dir=args.state_dir,
                            backoff=Backoff(base=args.backoff, cap=args.backoff_max),
                            download_rate_limit=args.download_rate_limit, report_interval=args.report_interval,
-                           self_app=SELF_APP)
+                           self_app=SELF_APP, settle=args.settle)
     lock = StateLock(options.resolved_state_dir())
     manager = args.service_manager
     if manager == "auto":
