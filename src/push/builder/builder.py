@@ -270,7 +270,12 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adopt
     info = ReleaseInfo(release=release, dirty=bool(source and source.dirty), note=note, services=services,
                        sha256=sha256, size=size, extra={**extra, **health})
     if health:
-        _check_metadata_size(info)
+        try:
+            _check_metadata_size(info)
+        except BuildError:
+            if settings is not None:
+                path.unlink(missing_ok=True)  # nothing is left in the store's adoption directory
+            raise
     if req.signing_key is not None:
         from push.signing import sign_release
 
