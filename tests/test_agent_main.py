@@ -46,6 +46,8 @@ class Pulld:
         self.log_path = root.parent / f"pulld-{time.monotonic_ns()}.log"
         argv = [sys.executable, "-m", "push.agent.main", "--store", store_url, "--root", str(root),
                 "--metrics-port", "0", *args]
+        if "--settle" not in args:
+            argv += ["--settle", "0.3"]  # health without a check: units settled after 0.3 s, not 5
         if server:
             argv += ["--server", server]
         full_env = {**os.environ, **(env or {})}

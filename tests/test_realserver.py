@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.systemd, pytest.mark.slow, pytest.mark.gcs, pytest.mar
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = "web-1"
-APPS = ["pulld", "hello", "clock", "treeview"]
+APPS = ["pulld", "hello", "clock", "treeview", "quotes"]
 # Small, in bookworm main, not in the minimal root: what pulld must get from Debian with apt.
 DEBIAN_DEPENDENCY = "tree"
 # The second pulld release says so in its agent_version: proof that the new code runs.
@@ -340,6 +340,52 @@ def test_deploy_upgrade_rollback_remove(fleet: Fleet, server: RealServer, joined
     assert server.run(["test", "-e", "/etc/systemd/system/hello.service"], check=False).returncode == 1
     assert server.run(["test", "-e", "/usr/local/bin/hello"], check=False).returncode == 1
     assert server.unit_state("hello.service") == "inactive"
+
+
+CRASH = """#!/bin/sh
+echo "quotes: cannot read /var/lib/quotes/quotes.db: no such file" >&2
+exit 1
+"""
+
+
+def test_health_reverts_a_crashing_release_and_a_hung_check(fleet: Fleet, server: RealServer,
+                                                            joined: dict[str, Any]) -> None:
+    """Health under systemd: judged through systemctl show; a release whose unit crash-loops
+    (Restart=always, until systemd's start limit) is reverted with its journal lines, and so is
+    one whose check command hangs past its timeout (killed). Shown by push status --json."""
+    port = fleet.ports["quotes"] = free_port()
+    server.copy_in(f"PORT={port}\n", "/etc/default/quotes")
+    check = ("--health-http", "http://127.0.0.1:${PORT}/", "--health-within", "20", "--no-lintian")
+    v1 = release_app(fleet, "quotes", "1", *check)
+    crash_tree = stage("quotes", "2", fleet.workdir / "src/quotes-crash")
+    (crash_tree / "usr/local/bin/quotes").write_text(CRASH)
+    crash = release_app(fleet, "quotes", "2", *check, tree=crash_tree)
+    hang = release_app(fleet, "quotes", "1", "--health-command", "/bin/sleep 31.5", "--health-timeout", "1",
+                       "--health-within", "3", "--no-lintian", tree=stage("quotes", "1", fleet.workdir / "src/q-h"))
+
+    fleet.push("deploy", SERVER, "quotes", v1)
+    state = converge(fleet, server, lambda st: app_of(st, "quotes")["actual"] == v1
+                     and app_of(st, "quotes")["health"] == "healthy", "quotes v1 healthy")
+    assert "health check passed" in app_of(state, "quotes")["health_detail"]
+
+    fleet.push("deploy", SERVER, "quotes", crash)
+    state = converge(fleet, server, lambda st: app_of(st, "quotes")["reverted_from"] == crash
+                     and app_of(st, "quotes")["actual"] == v1, "the crashing quotes reverted to v1", timeout=180)
+    quotes = app_of(state, "quotes")
+    assert quotes["health"] == "unhealthy" and {"unhealthy", "reverted"} <= set(quotes["marks"])
+    assert "cannot read /var/lib/quotes/quotes.db" in quotes["health_detail"], quotes["health_detail"]
+    wait_for(lambda: (answer(port) or {}).get("version") == "1", "quotes v1 answering again", server, fleet)
+    assert server.unit_state("quotes.service") == "active"
+
+    fleet.push("deploy", SERVER, "quotes", hang)  # the file changes: a new release is tried
+    state = converge(fleet, server, lambda st: app_of(st, "quotes")["reverted_from"] == hang
+                     and app_of(st, "quotes")["actual"] == v1, "quotes with a hung check reverted", timeout=120)
+    assert "did not finish within its 1s timeout: killed" in app_of(state, "quotes")["health_detail"]
+    cmdlines = server.run(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"], check=False).stdout
+    assert "sleep 31.5" not in cmdlines  # the hung check was killed
+
+    fleet.remove("quotes")  # leave the server in sync for the tests after this one
+    converge(fleet, server, lambda st: app_of(st, "quotes")["actual"] is None, "quotes removed")
 
 
 def test_a_debian_dependency_is_installed_with_apt(fleet: Fleet, server: RealServer,

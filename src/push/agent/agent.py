@@ -236,16 +236,17 @@ class Agent:
                 continue
             j = rec.judgement
             if j is None or j.release != rec.release:
-                # Installed before the agent judged health (an older pulld): judged as it runs, never reverted.
+                # Installed without a judgement: by an older pulld, or finished by recovery after
+                # a crash. Judged from now, with its deadline, but never reverted.
                 info = self.executor.metadata.get(rec.release)
                 try:
                     check = HealthCheck.of_release(info) if info is not None else None
                 except InvalidRelease:
                     check = None
                 now = time.time()
-                j = rec.judgement = Judgement(rec.release, timestamps.now_text(), now, now,
-                                              check=check.encode() if check is not None else None,
-                                              revert=False, healthy=True)
+                within = check.within if check is not None else HealthCheck().within
+                j = rec.judgement = Judgement(rec.release, timestamps.now_text(), now, now + within,
+                                              check=check.encode() if check is not None else None, revert=False)
                 dirty = True
             v = verdicts.get(app)
             if v is not None and v.release == j.release and v.healthy_once and not j.healthy:
@@ -268,7 +269,11 @@ class Agent:
         say whether every installed app is then healthy and none was refused."""
         subjects = self.judge.subjects()
         slack = max((s.check.timeout for s in subjects.values() if s.check is not None), default=0.0) + 1.0
-        deadline = max((s.deadline_epoch for s in subjects.values()), default=time.time())
+        # A release in its install window until its deadline; one that was healthy before (a
+        # unit just restarted) for a settle time.
+        now = time.time()
+        deadline = max((now + self.options.settle if s.healthy else s.deadline_epoch for s in subjects.values()),
+                       default=now)
 
         def judged(verdicts: dict[str, Verdict]) -> bool:
             for app in subjects:
