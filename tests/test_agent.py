@@ -63,6 +63,7 @@ class Sandbox:
         return self.supervisor.pids().get(unit)
 
     def close(self) -> None:
+        self.agent.close()  # its health workers
         self.supervisor.close(stop_units=True)
 
 
@@ -480,12 +481,15 @@ def test_reports_are_published_on_change_and_as_heartbeat(sandbox: Sandbox, tmp_
     h1 = make_release(sandbox.store, tmp_path, "hello", 1)
     set_server_file(sandbox.store, SERVER, [h1.name])
     sandbox.step()
+    # Its health is judged from the step on: once the first look at it is in, a step reports it.
+    wait_for(lambda: sandbox.agent.judge.verdicts()["hello"].probes, 5, "hello's first health probe")
+    sandbox.step()
     first = sandbox.report()
     sandbox.step()
     assert sandbox.report().time == first.time  # nothing new, heartbeat not due
     sandbox.agent.publisher.interval = 0
     sandbox.step()
-    assert sandbox.report().time != first.time and sandbox.report().step == 3
+    assert sandbox.report().time != first.time and sandbox.report().step == 4
 
 
 def test_state_directory_is_locked(tmp_path: Path) -> None:

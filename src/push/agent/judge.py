@@ -81,7 +81,11 @@ def _describe(unit: str, f: UnitFacts) -> str:
 
 def probe(subject: Subject, services: ServiceManager, root: Path | None, *, settle: float,
           now_epoch: float) -> tuple[Health, str, bool]:
-    """One look at `subject`: (health, detail, final). Blocks for at most the check's timeout."""
+    """One look at `subject`: (health, detail, final). Blocks for at most the check's timeout.
+
+    The detail's words stay the same while nothing changes (no seconds counting up): a report
+    is published when it differs from the last, so they must not make every step a new one.
+    """
     in_window = not subject.healthy
     past_deadline = now_epoch >= subject.deadline_epoch
     try:
@@ -98,8 +102,8 @@ def probe(subject: Subject, services: ServiceManager, root: Path | None, *, sett
     if subject.check is None or not subject.check.declared:
         young = {u: f for u, f in facts.items() if (f.active_for or 0.0) < settle}
         if young:
-            detail = "; ".join(f"{_describe(u, f)}, active for {f.active_for or 0.0:.1f}s "
-                               f"of the {settle:g}s settle time" for u, f in young.items())
+            detail = "; ".join(f"{_describe(u, f)}, not yet for the {settle:g}s settle time"
+                               for u, f in young.items())
             if not in_window:  # restarted while running (a unit request, Restart=): settling again
                 return Health.PROGRESSING, detail, False
             return _not_yet(subject, detail, past_deadline)
@@ -107,7 +111,7 @@ def probe(subject: Subject, services: ServiceManager, root: Path | None, *, sett
         return Health.HEALTHY, f"{what} active" + (f" for at least {settle:g}s" if facts else ""), False
     result = checks.run(subject.check, subject.app, root)
     if result.ok:
-        return Health.HEALTHY, f"health check passed in {result.seconds:.2f}s", False
+        return Health.HEALTHY, "health check passed", False
     if not in_window:
         return Health.UNHEALTHY, f"health check failed: {result.detail}", False
     return _not_yet(subject, f"health check failed: {result.detail}", past_deadline)
