@@ -287,3 +287,23 @@ def test_pulld_once_exits_0_only_when_healthy(store: Store, tmp_path: Path) -> N
         assert once() == 1  # still refused: the server does not match its file
     finally:
         SandboxSupervisor(root).close(stop_units=True)
+
+
+def test_a_check_on_its_own(tmp_path: Path) -> None:
+    """push.agent.checks without an agent: variables, refusals, exits and a hung command."""
+    from push.agent import checks
+
+    root = tmp_path / "root"
+    (root / "etc/default").mkdir(parents=True)
+    (root / "etc/default/app").write_text("PORT=9\nNAME='x y'\n")
+    unset = checks.run(HealthCheck(http="http://127.0.0.1:${NOPE}/"), "app", root)
+    assert not unset.ok
+    assert unset.detail == f"the health check uses ${{NOPE}}, which {root}/etc/default/app does not set"
+    refused = checks.run(HealthCheck(http="http://127.0.0.1:${PORT}/"), "app", root)  # port 9: nothing listens
+    assert not refused.ok and refused.detail.startswith("GET http://127.0.0.1:9/: ")
+    said = checks.run(HealthCheck(command=("/bin/sh", "-c", 'echo "$NAME at $PUSH_ROOT"; exit 3')), "app", root)
+    assert not said.ok and said.detail.endswith(f"exited 3: x y at {root}")
+    assert checks.run(HealthCheck(command=("test", "-d", "${PUSH_ROOT}/etc")), "app", root).ok
+    hung = checks.run(HealthCheck(command=("/bin/sh", "-c", "sleep 41.75 & sleep 41.75"), timeout=0.3), "app", root)
+    assert not hung.ok and "killed" in hung.detail and hung.seconds < 3
+    assert not _processes_with("sleep 41.75")  # the whole process group, the background child too
