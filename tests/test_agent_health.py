@@ -307,3 +307,11 @@ def test_a_check_on_its_own(tmp_path: Path) -> None:
     hung = checks.run(HealthCheck(command=("/bin/sh", "-c", "sleep 41.75 & sleep 41.75"), timeout=0.3), "app", root)
     assert not hung.ok and "killed" in hung.detail and hung.seconds < 3
     assert not _processes_with("sleep 41.75")  # the whole process group, the background child too
+
+
+def test_an_app_without_units_is_healthy_once_installed(store: Store, tmp_path: Path, sandbox: Sandbox) -> None:
+    data = make_release(store, tmp_path, "data", 1, with_unit=False)
+    set_server_file(store, SERVER, [data.name])
+    assert sandbox.step()
+    v = sandbox.verdict("data", healthy, "data healthy")
+    assert v.detail == "installed, with no units to run"

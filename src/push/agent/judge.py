@@ -107,8 +107,9 @@ def probe(subject: Subject, services: ServiceManager, root: Path | None, *, sett
             if not in_window:  # restarted while running (a unit request, Restart=): settling again
                 return Health.PROGRESSING, detail, False
             return _not_yet(subject, detail, past_deadline)
-        what = ", ".join(sorted(facts)) or "no units"
-        return Health.HEALTHY, f"{what} active" + (f" for at least {settle:g}s" if facts else ""), False
+        if not facts:
+            return Health.HEALTHY, "installed, with no units to run", False
+        return Health.HEALTHY, f"{', '.join(sorted(facts))} active for at least {settle:g}s", False
     result = checks.run(subject.check, subject.app, root)
     if result.ok:
         return Health.HEALTHY, "health check passed", False
