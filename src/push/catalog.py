@@ -199,6 +199,16 @@ class Catalog:
             raise NotFound(f"no releases of app {app!r}")
         return releases[0]
 
+    def newest(self, app: str) -> ReleaseInfo | None:
+        """The newest release of `app` the cache holds (no copy, no store call: the fleet
+        view asks this for every app on every poll)."""
+        infos = self._by_app.get(app)
+        return infos[0] if infos else None
+
+    def cached(self, name: str) -> ReleaseInfo | None:
+        """The release called `name` if the cache holds it (no store call, unlike `get`)."""
+        return self._by_name.get(name)
+
     def get(self, name: str) -> ReleaseInfo:
         """The release called `name`; looks in the store if the cache does not know it."""
         self._ensure_loaded()
