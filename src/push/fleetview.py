@@ -32,7 +32,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -184,6 +184,7 @@ class FleetView:
     def __init__(self, sources: Sources) -> None:
         self.sources = sources
         self._lock = threading.Lock()      # one builder at a time
+        self._first = threading.Lock()     # one first load, however many readers wait for it
         self._snapshot: Snapshot | None = None
         # For /metrics and the benchmarks.
         self.refreshes = 0
@@ -207,7 +208,9 @@ class FleetView:
 
     def ensure_loaded(self) -> None:
         if self._snapshot is None:
-            self.refresh(include_catalog=True)
+            with self._first:
+                if self._snapshot is None:
+                    self.refresh(include_catalog=True)
 
     # -- the three looks at the bucket --------------------------------------------------------
 
@@ -229,8 +232,7 @@ class FleetView:
         """Re-read one server's file and unit requests (after a write by this process);
         returns the servers whose watch revision changed."""
         check_server(server)
-        if self._snapshot is None:  # never loaded: a first full look sees the write too
-            return self.refresh(include_catalog=True)
+        self.ensure_loaded()  # (a first load that listed before the write is followed by this look)
         return self._advance(lambda seen: self._look_at_server(seen, server))
 
     def refresh_catalog(self) -> bool:
@@ -253,7 +255,7 @@ class FleetView:
 
     # -- building ---------------------------------------------------------------------------
 
-    def _advance(self, look: _Look) -> set[str]:
+    def _advance(self, look: Callable[[Seen], Seen]) -> set[str]:
         """Look at the bucket, build the next snapshot from the last, swap it in; returns the
         servers whose watch revision changed. The one place snapshots are built."""
         with self._lock:
@@ -431,7 +433,3 @@ def _same(a: Seen, b: Seen) -> bool:
     pairs: tuple[tuple[Mapping[str, object], Mapping[str, object]], ...] = (
         (a.files, b.files), (a.file_errors, b.file_errors), (a.reports, b.reports), (a.requests, b.requests))
     return all(x.keys() == y.keys() and all(v is y[k] or v == y[k] for k, v in x.items()) for x, y in pairs)
-
-
-class _Look(Protocol):
-    def __call__(self, prev: Seen, /) -> Seen: ...
