@@ -161,10 +161,13 @@ def test_a_local_write_is_seen_by_the_next_read(ctx, rels):
     snapshot show the write, without waiting for a poll."""
     view = FleetView(ctx)
     view.refresh()
+    before = view.snapshot
     rev = view.rev("web-1")
     fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
     assert view.refresh_server("web-1") == {"web-1"} and view.rev("web-1") != rev
     assert apps_of(view, "web-1")["hello"].desired == rels[0].name
+    # Only that server was looked at and re-checked: the others are carried over as they were.
+    assert view.snapshot.servers["web-2"] is before.servers["web-2"] and view.object_reads == 1
     fleet.unit_action(ctx, "a", "web-1", "hello.service", "stop")
     rev = view.rev("web-1")
     assert view.refresh_server("web-1") == {"web-1"} and view.rev("web-1") != rev

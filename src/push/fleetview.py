@@ -233,7 +233,7 @@ class FleetView:
         returns the servers whose watch revision changed."""
         check_server(server)
         self.ensure_loaded()  # (a first load that listed before the write is followed by this look)
-        return self._advance(lambda seen: self._look_at_server(seen, server))
+        return self._advance(lambda seen: self._look_at_server(seen, server), only=server)
 
     def refresh_catalog(self) -> bool:
         """The catalogue's incremental refresh; True if there are new releases."""
@@ -255,9 +255,13 @@ class FleetView:
 
     # -- building ---------------------------------------------------------------------------
 
-    def _advance(self, look: Callable[[Seen], Seen]) -> set[str]:
+    def _advance(self, look: Callable[[Seen], Seen], only: str | None = None) -> set[str]:
         """Look at the bucket, build the next snapshot from the last, swap it in; returns the
-        servers whose watch revision changed. The one place snapshots are built."""
+        servers whose watch revision changed. The one place snapshots are built.
+
+        `only`: the look re-read that one server, so only it is re-checked (a local write
+        costs the same whatever the fleet's size); every other server is carried over as
+        the last snapshot had it, and the next poll re-checks them all."""
         with self._lock:
             prev = self._snapshot
             prev_seen = prev.seen if prev is not None else EMPTY
@@ -265,53 +269,68 @@ class FleetView:
                 seen = look(prev_seen)
             except PushError:
                 if prev is not None:
-                    self._snapshot = self._build(prev, prev_seen)
+                    self._snapshot = self._build(prev, prev_seen, only)
                 raise
-            new = self._build(prev, seen)
+            new = self._build(prev, seen, only)
             self._snapshot = new
         if prev is None:
             return set(new.revs)
         return {s for s in new.revs.keys() | prev.revs.keys() if new.rev(s) != prev.rev(s)}
 
-    def _build(self, prev: Snapshot | None, seen: Seen) -> Snapshot:
+    def _build(self, prev: Snapshot | None, seen: Seen, only: str | None) -> Snapshot:
         now = timestamps.now()
         config = self.sources.config
-        catalog = self.sources.catalog
         old = prev.servers if prev is not None else {}
-        servers: dict[str, ServerView] = {}
-        for name in config.servers:
-            allowed = tuple(config.apps_for(name))
-            file = seen.files.get(name)
-            file_error = seen.file_errors.get(name)
-            report = seen.reports.get(name)
-            stale = report[1].is_stale(now) if report is not None else None
-            apps = allowed + tuple(a for a in (file.apps if file is not None else ()) if a not in allowed)
-            newest = tuple(catalog.newest(a) for a in apps)
-            desired = tuple(file.releases.values()) if file is not None else ()
-            known = tuple(catalog.cached(r.name) for r in desired)
-            key = (file.generation if file is not None else None, file_error, report[0] if report else None,
-                   stale, allowed, newest, known)
-            view = old.get(name)
-            if view is None or view.key != key:
-                infos: dict[str, ReleaseInfo] = {}
-                for r in desired:
-                    # Not in the bucket (or not readable now): the state marks it unknown.
-                    with contextlib.suppress(PushError):
-                        infos[r.name] = catalog.get(r.name)
-                state = server_state(name, allowed=allowed, file=file, file_error=file_error[1] if file_error else None,
-                                     report=report[1] if report else None, releases=infos,
-                                     newest={i.app: i.name for i in newest if i is not None}, now=now)
-                view = ServerView.of(state, key)
-            servers[name] = view
-        revs = {}
-        for server in seen.files.keys() | seen.requests.keys() | seen.file_errors.keys():
+        if only is None or prev is None or config is not prev.config:
+            servers: dict[str, ServerView] = {}
+            check = config.servers
+        else:
+            servers = dict(old)
+            check = {only: config.servers[only]} if only in config.servers else {}
+        for name, allowed in check.items():
+            servers[name] = self._view(name, allowed, seen, old.get(name), now)
+        revs = {} if only is None or prev is None else dict(prev.revs)
+        for server in (seen.files.keys() | seen.requests.keys() | seen.file_errors.keys()
+                       if only is None or prev is None else (only,)):
             sf = seen.files.get(server)
-            gen = sf.generation if sf is not None else seen.file_errors[server][0]
-            revs[server] = watch_rev(gen, seen.requests.get(server, ()))
+            err = seen.file_errors.get(server)
+            if sf is None and err is None and server not in seen.requests:
+                revs.pop(server, None)
+                continue
+            revs[server] = watch_rev(sf.generation if sf is not None else err[0] if err is not None else None,
+                                     seen.requests.get(server, ()))
         if (prev is not None and _same(seen, prev.seen) and revs == prev.revs and config is prev.config
                 and servers.keys() == old.keys() and all(old[s] is v for s, v in servers.items())):
             return prev  # nothing changed: keep what was computed from it (joined JSON, release map)
         return Snapshot(taken=now, config=config, seen=seen, servers=servers, revs=revs)
+
+    def _view(self, name: str, allowed: tuple[str, ...], seen: Seen, old: ServerView | None,
+              now: datetime) -> ServerView:
+        """The server's view: `old` again if what it was computed from is unchanged, else
+        computed afresh by fleetstate.server_state."""
+        catalog = self.sources.catalog
+        file = seen.files.get(name)
+        file_error = seen.file_errors.get(name)
+        report = seen.reports.get(name)
+        stale = report[1].is_stale(now) if report is not None else None
+        apps = allowed + tuple(a for a in (file.apps if file is not None else ()) if a not in allowed)
+        newest = tuple(catalog.newest(a) for a in apps)
+        # The release names the file lists (its entries, placeholders "app/" left out).
+        desired = tuple(e for e in file.entries if not e.endswith("/")) if file is not None else ()
+        known = tuple(catalog.cached(d) for d in desired)
+        key = (file.generation if file is not None else None, file_error, report[0] if report else None,
+               stale, allowed, newest, known)
+        if old is not None and old.key == key:
+            return old
+        infos: dict[str, ReleaseInfo] = {}
+        for d in desired:
+            # Not in the bucket (or not readable now): the state marks it unknown.
+            with contextlib.suppress(PushError):
+                infos[d] = catalog.get(d)
+        state = server_state(name, allowed=allowed, file=file, file_error=file_error[1] if file_error else None,
+                             report=report[1] if report else None, releases=infos,
+                             newest={i.app: i.name for i in newest if i is not None}, now=now)
+        return ServerView.of(state, key)
 
     # -- looking at the bucket ------------------------------------------------------------------
 
