@@ -1,24 +1,34 @@
-"""Release builder benchmark: `push release` of a 200 MB app against plain dpkg-deb.
+"""Release builder benchmark: `push release` of a 200 MB app against dpkg-deb on the same tree.
 
 The app is one large file and many small ones (default 150 MB + 5,000 x 10 KB), staged as
 a root directory, once with incompressible data and once with text. For each, in one run:
 
-  default   plain `dpkg-deb --build` of the same tree (xz, dpkg's default)
-  zstd      `dpkg-deb -Zzstd --build` of it (the floor for a zstd package: no upload)
-  build     `push release APP --root DIR --no-lintian --no-upload -o FILE`: stage, check
-            units, dpkg-deb, sha256 (what the builder adds to dpkg-deb, without the upload)
-  push      `push release APP --root DIR --no-lintian`: the same, then the streamed,
-            create-only upload to a local store on the same disk
-  push+lint the same with lintian (the default of `push release`)
+  default   plain `dpkg-deb --build` of the same tree (xz, dpkg's default); once
+  zstd      `dpkg-deb --root-owner-group -Zzstd -z3 --build` of it: the floor the builder is
+            held to (1.15x); no upload
+  build     `push release APP --root DIR --no-lintian --no-upload -o FILE`: scan, check
+            units, write the package, sha256 (what the builder adds to dpkg-deb, no upload)
+  push      `push release APP --root DIR --no-lintian`: the same, then the create-only
+            upload to a local store on the same disk (which adopts the file)
+  before/*  the same two with the builder of another source tree (--before SRC, e.g. an
+            older commit's src/ from `git archive`), measured in the same run
+  push+lint `push release` with lintian (the default); once
+  lintian   lintian alone on the package: every check, and only the error tags Push asks
+            for (what push+lint runs); once each
 
-Each fast measurement is the best of --repeat runs (3); the xz and lintian runs are run once.
-
-and prints seconds, package size and ratios. Peak memory: of the builder's own Python
-process (its VmHWM, sampled while it runs), and of the largest process of its run
-(dpkg-deb or lintian). The builder is also run at a quarter of the size, to show its
-memory does not grow with the package.
+zstd, build, push (and before/*) are run in turn, --repeat times (5), so that the machine's
+other work falls on all of them alike; each row shows the best and the median. The machine
+is shared: the load average is printed before and after. Peak memory: of the builder's own
+Python process (its VmHWM, sampled while it runs), and of the largest process of its run
+(dpkg-deb or lintian). CPU is user + system time of the command and its children, which the
+machine's other work disturbs less than the wall time. The builder is also run at a quarter
+of the size, to show its memory does not grow with the package, and on a one-file app, for
+its fixed cost (start-up, imports, git-less naming, the store), with the import time of
+`push release` from `python -X importtime`. Push's bytecode is compiled first, as
+`pip install` leaves it.
 
     .venv/bin/python benchmarks/bench_build.py [--large-mb 150] [--small-files 5000] [--skip-xz]
+        [--repeat 5] [--before /tmp/old/src] [--skip-lintian]
 """
 
 from __future__ import annotations
@@ -26,13 +36,14 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,14 +51,33 @@ MB = 1024 * 1024
 GIT_HASH = "0" * 40
 UNIT = ("[Unit]\nDescription=bench\n\n[Service]\nExecStart=/usr/local/bin/bench\n\n"
         "[Install]\nWantedBy=multi-user.target\n")
+# The installed `push` command, as a user runs it (python -m would add runpy's imports).
+PUSH = [str(Path(sys.executable).with_name("push"))] if Path(sys.executable).with_name("push").exists() \
+    else [sys.executable, "-m", "push.cli"]
 
 
 @dataclass
 class Run:
     seconds: float
     size: int
+    cpu: float = 0.0  # user + system seconds, children included
     builder_peak_mb: float | None = None  # the push process itself
     tree_peak_mb: float | None = None  # largest process of the run (self or a child)
+
+
+@dataclass
+class Series:
+    """Several runs of one measurement: the best counts, the median shows the spread."""
+
+    runs: list[Run]
+
+    @property
+    def best(self) -> Run:
+        return min(self.runs, key=lambda run: run.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(run.seconds for run in self.runs)
 
 
 def _text_block(rng: random.Random, words: list[str], size: int) -> bytes:
@@ -107,10 +137,10 @@ def _vmhwm_kb(pid: int) -> int | None:
     return None
 
 
-def timed(argv: list[str], output: Path | None = None, watch: bool = False) -> Run:
-    """Run `argv`; its wall time, the size of `output`, and peak memory (see the module doc)."""
+def timed(argv: list[str], output: Path | None = None, watch: bool = False, env: dict[str, str] | None = None) -> Run:
+    """Run `argv`; its wall time, CPU time, the size of `output`, and peak memory (see the module doc)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     peak = [0]
 
     def sample() -> None:
@@ -134,17 +164,25 @@ def timed(argv: list[str], output: Path | None = None, watch: bool = False) -> R
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv[:4])} ... failed ({proc.returncode}): {stderr}")
     size = output.stat().st_size if output is not None and output.exists() else 0
-    return Run(seconds, size, peak[0] / 1024 if watch else None, rusage.ru_maxrss / 1024)
+    return Run(seconds, size, rusage.ru_utime + rusage.ru_stime, peak[0] / 1024 if watch else None,
+               rusage.ru_maxrss / 1024)
 
 
-def push_release(tree: Path, store: Path, *extra: str) -> Run:
+def _env(src: Path | None) -> dict[str, str] | None:
+    """The environment that runs Push from `src` instead of the installed tree."""
+    return None if src is None else {**os.environ, "PYTHONPATH": str(src)}
+
+
+def push_release(tree: Path, store: Path, *extra: str, src: Path | None = None) -> Run:
     shutil.rmtree(store, ignore_errors=True)
-    argv = [sys.executable, "-m", "push.cli", "release", "bench", "--root", str(tree), "--note", "benchmark",
-            "--hash", GIT_HASH, "--store", str(store), *extra]
-    run = timed(argv, watch=True)
-    # The local store keeps each object as one file: a one-line header, then the package.
-    objects = [p for p in (store / "objects" / "debs").rglob("*") if p.is_file()]
-    run.size = objects[0].stat().st_size if objects else 0
+    argv = [*PUSH, "release", "bench", "--root", str(tree), "--note", "benchmark", "--hash", GIT_HASH,
+            "--store", str(store), *extra]
+    run = timed(argv, watch=True, env=_env(src))
+    if "--no-upload" not in extra:
+        from push.store.local import LocalStore
+
+        (info,) = LocalStore(store).list("debs/")
+        run.size = info.size
     return run
 
 
@@ -157,33 +195,90 @@ def warm(tree: Path) -> None:
                     pass
 
 
-def best(repeat: int, measure: Callable[[], Run]) -> Run:
-    """The fastest of `repeat` runs: the machine's other work only ever adds time."""
-    return min((measure() for _ in range(repeat)), key=lambda run: run.seconds)
+def lintian_alone(deb: Path, every_check: bool) -> Run:
+    from push.builder import checks
+
+    args = ["lintian", "--fail-on", "none", "--tag-display-limit", "0"]
+    if not every_check:
+        args += ["--tags", ",".join(checks.lintian_error_tags())]
+    return timed([*args, str(deb)], deb)
 
 
-def bench(kind: str, work: Path, large_mb: int, small_files: int, skip_xz: bool, repeat: int) -> dict[str, Run]:
+def bench(kind: str, work: Path, large_mb: int, small_files: int, skip_xz: bool, repeat: int,
+          before: Path | None, lint: bool) -> dict[str, Series]:
     tree = work / f"{kind}-tree"
     make_tree(tree, kind, large_mb, small_files)
     plain = debian_copy(tree, work / f"{kind}-plain")
     warm(tree)
     store = work / f"{kind}-store"
-    runs: dict[str, Run] = {}
+    zstd_deb, build_deb = work / "zstd.deb", work / "build.deb"
+    measures = {
+        "zstd": lambda: timed(["dpkg-deb", "--root-owner-group", "-Zzstd", "-z3", "--build", str(plain),
+                               str(zstd_deb)], zstd_deb, watch=True),
+        "build": lambda: push_release(tree, store, "--no-lintian", "--no-upload", "-o", str(build_deb)),
+        "push": lambda: push_release(tree, store, "--no-lintian"),
+    }
+    if before is not None:
+        measures["before/build"] = lambda: push_release(tree, store, "--no-lintian", "--no-upload", "-o",
+                                                        str(build_deb), src=before)
+        measures["before/push"] = lambda: push_release(tree, store, "--no-lintian", src=before)
+    series: dict[str, Series] = {}
     if not skip_xz:
-        runs["default"] = timed(["dpkg-deb", "--build", str(plain), str(work / "default.deb")], work / "default.deb")
-    runs["zstd"] = best(repeat, lambda: timed(["dpkg-deb", "-Zzstd", "--build", str(plain), str(work / "zstd.deb")],
-                                              work / "zstd.deb"))
-    build_deb = work / "build.deb"
-    runs["build"] = best(repeat, lambda: push_release(tree, store, "--no-lintian", "--no-upload", "-o", str(build_deb)))
-    runs["build"].size = build_deb.stat().st_size
-    runs["push"] = best(repeat, lambda: push_release(tree, store, "--no-lintian"))
-    runs["push+lint"] = push_release(tree, store)
+        series["default"] = Series([timed(["dpkg-deb", "--build", str(plain), str(work / "default.deb")],
+                                          work / "default.deb", watch=True)])
+    for _ in range(repeat):  # in turn, so the machine's other work falls on all alike
+        for name, measure in measures.items():
+            # No run pays for deleting the previous run's 200 MB output.
+            zstd_deb.unlink(missing_ok=True)
+            build_deb.unlink(missing_ok=True)
+            run = measure()
+            if name.endswith("build"):
+                run.size = build_deb.stat().st_size
+            series.setdefault(name, Series([])).runs.append(run)
+    if lint:
+        series["push+lint"] = Series([push_release(tree, store)])
+        push_release(tree, store, "--no-lintian", "--no-upload", "-o", str(build_deb))
+        series["lintian/all"] = Series([lintian_alone(build_deb, every_check=True)])
+        series["lintian/errors"] = Series([lintian_alone(build_deb, every_check=False)])
     for name in ("default.deb", "zstd.deb", "build.deb"):
         (work / name).unlink(missing_ok=True)
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(plain)
     shutil.rmtree(tree)
-    return runs
+    return series
+
+
+def fixed_cost(work: Path, repeat: int) -> tuple[Series, float]:
+    """`push release` of a one-file app (start-up, imports, naming, the store), and the import time."""
+    tree = work / "tiny"
+    (tree / "usr/local/bin").mkdir(parents=True)
+    (tree / "usr/local/bin/tiny").write_text("#!/bin/sh\necho tiny\n")
+    store = work / "tiny-store"
+    series = Series([push_release(tree, store, "--no-lintian") for _ in range(repeat)])
+    shutil.rmtree(store, ignore_errors=True)
+    script = PUSH[1:] if PUSH[0] == sys.executable else PUSH  # python -m push.cli, or the push script
+    argv = [sys.executable, "-X", "importtime", *script, "release", "tiny", "--root", str(tree), "--note", "n",
+            "--hash", GIT_HASH, "--store", str(store), "--no-lintian"]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    imports = sum(int(m[1]) for m in re.finditer(r"import time:\s+(\d+) \|", proc.stderr)) / 1e6
+    return series, imports
+
+
+def compile_bytecode(src: Path | None) -> None:
+    """Write Push's bytecode as `pip install` does, so no run compiles it (this machine sets
+    PYTHONDONTWRITEBYTECODE, which would otherwise make every run compile every module)."""
+    import compileall
+
+    if src is None:
+        import push
+
+        compileall.compile_dir(Path(push.__file__).parent, quiet=1)
+    else:
+        compileall.compile_dir(src, quiet=1)
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> int:
@@ -191,32 +286,54 @@ def main() -> int:
     parser.add_argument("--large-mb", type=int, default=150)
     parser.add_argument("--small-files", type=int, default=5000, help="of 10 KB each")
     parser.add_argument("--skip-xz", action="store_true", help="skip plain dpkg-deb (xz), the slow baseline")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each fast measurement; the best counts")
+    parser.add_argument("--skip-lintian", action="store_true", help="skip push+lint and lintian alone")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of each fast measurement, in turn")
+    parser.add_argument("--before", type=Path, default=None, metavar="SRC",
+                        help="also run the builder from this source tree (a src/ directory), for before/after")
     args = parser.parse_args()
     total_mb = args.large_mb + args.small_files * 10 / 1024
-    print(f"app: 1 file of {args.large_mb} MB + {args.small_files} files of 10 KB = {total_mb:.0f} MB")
+    compile_bytecode(None)
+    if args.before is not None:
+        compile_bytecode(args.before)
+    print(f"app: 1 file of {args.large_mb} MB + {args.small_files} files of 10 KB = {total_mb:.0f} MB; "
+          f"best of {args.repeat}; {os.cpu_count()} CPUs; {load()}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-build-") as tmp:
         work = Path(tmp)
         for kind in ("random", "text"):
-            results[kind] = runs = bench(kind, work, args.large_mb, args.small_files, args.skip_xz, args.repeat)
-            print(f"\n{kind} data")
-            print(f"  {'':10} {'seconds':>8} {'package MB':>11} {'builder peak MB':>16} {'largest process MB':>19}")
-            for name, run in runs.items():
-                builder = f"{run.builder_peak_mb:.0f}" if run.builder_peak_mb is not None else "-"
-                print(f"  {name:10} {run.seconds:8.2f} {run.size / MB:11.1f} {builder:>16} {run.tree_peak_mb:19.0f}")
-            if "default" in runs:
-                ratio = runs['default'].seconds / runs['push'].seconds
-                print(f"  push is {ratio:.1f}x faster than plain dpkg-deb (xz); "
-                      f"push+lint {runs['default'].seconds / runs['push+lint'].seconds:.1f}x")
-            zstd = runs["zstd"].seconds
-            print(f"  against dpkg-deb -Zzstd: build {runs['build'].seconds / zstd:.2f}x, "
-                  f"push {runs['push'].seconds / zstd:.2f}x, push+lint {runs['push+lint'].seconds / zstd:.2f}x")
-        # Memory against size: the same build at a quarter of the size.
+            results[kind] = series = bench(kind, work, args.large_mb, args.small_files, args.skip_xz, args.repeat,
+                                           args.before, not args.skip_lintian)
+            print(f"\n{kind} data ({load()})")
+            print(f"  {'':14} {'best s':>7} {'median s':>9} {'CPU s':>6} {'package MB':>11} {'builder MB':>11} "
+                  f"{'largest MB':>11}")
+            for name, s in series.items():
+                run = s.best
+                builder = f"{run.builder_peak_mb:.0f}" if run.builder_peak_mb else "-"
+                median = f"{s.median:9.2f}" if len(s.runs) > 1 else f"{'':9}"
+                print(f"  {name:14} {run.seconds:7.2f} {median} {run.cpu:6.2f} {run.size / MB:11.1f} {builder:>11} "
+                      f"{run.tree_peak_mb:11.0f}")
+            zstd = series["zstd"]
+            compared = [name for name in series if name not in ("zstd", "default") and not name.startswith("lintian/")]
+            print("  against dpkg-deb -Zzstd, best against best: "
+                  + ", ".join(f"{name} {series[name].best.seconds / zstd.best.seconds:.2f}x" for name in compared))
+            print("                           median against median: "
+                  + ", ".join(f"{name} {series[name].median / zstd.median:.2f}x" for name in compared
+                              if len(series[name].runs) > 1)
+                  + "; CPU, best runs: "
+                  + ", ".join(f"{name} {series[name].best.cpu / zstd.best.cpu:.2f}x" for name in compared
+                              if len(series[name].runs) > 1))
+            if "default" in series:
+                print(f"  push is {series['default'].best.seconds / series['push'].best.seconds:.0f}x faster than "
+                      f"plain dpkg-deb (xz)")
         (work / "quarter").mkdir()
-        small = bench("random", work / "quarter", args.large_mb // 4, args.small_files // 4, True, args.repeat)
-        print(f"\nbuilder peak memory (push, no lintian): {small['push'].builder_peak_mb:.0f} MB at "
-              f"{total_mb / 4:.0f} MB, {results['random']['push'].builder_peak_mb:.0f} MB at {total_mb:.0f} MB")
+        small = bench("random", work / "quarter", args.large_mb // 4, args.small_files // 4, True, args.repeat,
+                      None, False)
+        print(f"\nbuilder peak memory (push, no lintian): {small['push'].best.builder_peak_mb:.0f} MB at "
+              f"{total_mb / 4:.0f} MB, {results['random']['push'].best.builder_peak_mb:.0f} MB at {total_mb:.0f} MB")
+        tiny, imports = fixed_cost(work, args.repeat)
+        print(f"fixed cost: push release of a one-file app {tiny.best.seconds:.3f} s best, {tiny.median:.3f} s "
+              f"median; imports of push release {imports:.3f} s (-X importtime, self times summed)")
+    print(load())
     return 0
 
 

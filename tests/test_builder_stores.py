@@ -41,8 +41,10 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
     (repo / "stage/usr/local/share/hello").mkdir(parents=True)
     (repo / "stage/usr/local/share/hello/data").write_bytes(os.urandom(3 * 1024 * 1024))
+    # With -o the package is kept and the upload copies it (without, a local store adopts the
+    # file at once and there is nothing to show).
     argv = [sys.executable, "-m", "push.cli", "release", "hello", "--root", "stage", "--note", "progress",
-            "--no-lintian"]
+            "--no-lintian", "-o", str(tmp_path / "kept.deb")]
     primary, secondary = pty.openpty()
     try:
         proc = subprocess.Popen([*argv, "--store", str(tmp_path / "tty-store")], cwd=repo, stdout=subprocess.PIPE,

@@ -261,6 +261,34 @@ def test_stream_of_one_chunk_or_less(store: Store) -> None:
     assert hashlib.sha256(read_all(store, "small")).hexdigest() == stream_digest(1000)
 
 
+def test_put_file_adopted_or_uploaded_reads_back_whole(store: Store, tmp_path: Path) -> None:
+    """put_file(adopt=True): the local store takes the file, the buckets upload it; either way the
+    object is the file's bytes with its metadata, created only once."""
+    data = PatternStream(3 * MiB + 5).read(-1) + PatternStream(3 * MiB + 5, max_read=4 * MiB).read(-1)
+    built = (store.adoption_dir() or tmp_path) / "built.deb"
+    built.write_bytes(data)
+    meta = {"sha256": hashlib.sha256(data).hexdigest(), "note": "adopted ✓"}
+    info = store.put_file("debs/a/a.deb", built, meta, if_absent=True, adopt=True)
+    assert (info.size, info.metadata) == (len(data), meta)
+    with store.open("debs/a/a.deb") as r:
+        assert (r.info.size, r.info.metadata, r.info.generation) == (len(data), meta, info.generation)
+        assert hashlib.sha256(r.read()).hexdigest() == meta["sha256"]
+
+    again = tmp_path / "again.deb"
+    again.write_bytes(b"second")
+    with pytest.raises(Conflict):
+        store.put_file("debs/a/a.deb", again, {"note": "second"}, if_absent=True, adopt=True)
+    assert store.stat("debs/a/a.deb").metadata == meta
+
+
+def test_put_file_without_adopt_leaves_the_file(store: Store, tmp_path: Path) -> None:
+    built = (store.adoption_dir() or tmp_path) / "kept.deb"
+    built.write_bytes(b"kept" * 1000)
+    store.put_file("debs/k/k.deb", built, {"k": "v"})
+    assert built.read_bytes() == b"kept" * 1000
+    assert read_all(store, "debs/k/k.deb") == b"kept" * 1000
+
+
 def test_streamed_put_if_absent_conflicts(store: Store, request: pytest.FixtureRequest) -> None:
     emulator_gap(request, store, {"gs"}, "fake-gcs-server 1.54 ignores ifGenerationMatch on resumable uploads")
     existing = store.put("debs/a/a.deb", b"original")

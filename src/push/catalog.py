@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import BinaryIO
 
 from push import layout
@@ -23,15 +24,23 @@ from push.store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
+_DEB_TYPE = "application/vnd.debian.binary-package"
 # Journal entries are read back this far behind the newest one seen, so an uploader whose
 # clock lags a little is still found by the incremental refresh.
 JOURNAL_SKEW_NS = 120 * 10**9
 
 
-def publish(store: Store, info: ReleaseInfo, data: bytes | BinaryIO) -> ObjectInfo:
-    """Upload a release create-only (two uploads never overwrite each other), then journal it."""
-    obj = store.put(info.release.key, data, info.to_metadata(), if_absent=True,
-                    content_type="application/vnd.debian.binary-package")
+def publish(store: Store, info: ReleaseInfo, data: bytes | BinaryIO | Path, *, adopt: bool = False) -> ObjectInfo:
+    """Upload a release create-only (two uploads never overwrite each other), then journal it.
+
+    `data` may be the package's path; with `adopt` the store may take the file itself
+    (see Store.put_file), and the caller must not use it afterwards.
+    """
+    if isinstance(data, Path):
+        obj = store.put_file(info.release.key, data, info.to_metadata(), if_absent=True,
+                             content_type=_DEB_TYPE, adopt=adopt)
+    else:
+        obj = store.put(info.release.key, data, info.to_metadata(), if_absent=True, content_type=_DEB_TYPE)
     try:
         store.put(layout.journal_key(info.name, time.time_ns()), b"", if_absent=True)
     except PushError:  # the next full re-list finds the release anyway

@@ -8,11 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from push import catalog as catalog_mod
-from push import config as config_mod
 from push.cli import print_json
 from push.errors import NotFound
-from push.store import open_store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -24,6 +21,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 
 def cmd_releases(args: argparse.Namespace) -> int:
+    # Imported here: every `push` command registers this module, and `push release` needs neither.
+    from push import catalog as catalog_mod
+    from push import config as config_mod
+    from push.store import open_store
+
     catalog = catalog_mod.Catalog(open_store(args.store))
     releases = catalog.releases(args.app)
     if catalog.skipped:

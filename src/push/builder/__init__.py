@@ -4,8 +4,9 @@
     built = build(BuildRequest(app="hello", root=Path("stage"), note="first"), workdir, store)
     upload(store, built)
 
-Modules: staging (the tree dpkg-deb builds from), manifest (push.toml), control (DEBIAN/),
-dpkgdeb, git, python (pip) and checks (systemd-analyze, lintian), each running its one tool;
+Modules: staging (the tree a package is built from), manifest (push.toml), control (DEBIAN/),
+debarchive (the .deb, written in one pass by tar and zstd), dpkgdeb, git, python (pip) and
+checks (systemd-analyze, lintian), each running its own tools; background (overlapping them);
 builder puts them in order; command is the CLI front.
 """
 

@@ -1,8 +1,12 @@
 """Build one release, check it, name it, and upload it: the steps of `push release`, in order.
 
 Cheap checks come first (app name, source state, the store answers and the name is free),
-then staging, the unit check, dpkg-deb and lintian. Only a package that passed everything
-is uploaded, create-only, streamed from disk, and journalled through `catalog.publish`.
+then the scan or staging of the files, the package (push.builder.debarchive, or dpkg-deb where
+the compressor's command is missing) with the unit check running meanwhile, and lintian,
+which reads the package while it is hashed from the page cache and flushed to disk. Only a
+package that passed everything is uploaded, create-only, and journalled through
+`catalog.publish`; a local store adopts the file (written in its `adoption_dir()`) instead
+of copying it.
 """
 
 from __future__ import annotations
@@ -13,20 +17,24 @@ import os
 import re
 import socket
 import textwrap
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from push import catalog
-from push.builder import checks, control, dpkgdeb, git, manifest, python, staging
+from push.builder import checks, control, debarchive, dpkgdeb, git, manifest, python, staging
+from push.builder.background import Background
 from push.builder.errors import BuildError
 from push.errors import Conflict, NotFound
 from push.names import check_app
 from push.release import Release, ReleaseInfo
-from push.signing import SigningKey, sign_release
 from push.store import ObjectInfo, Store
+
+if TYPE_CHECKING:  # push.signing loads cryptography: imported only for a signed build
+    from push.signing import SigningKey
 
 _HASH_RE = re.compile(r"[0-9a-f]{40}")
 _HOST_CHARS = re.compile(r"[^A-Za-z0-9._-]")
@@ -68,6 +76,9 @@ class BuiltRelease:
     info: ReleaseInfo
     path: Path
     warnings: list[str] = field(default_factory=list)
+    # Whether `path` is the builder's own file, which an upload may hand over to the store
+    # (False for a prebuilt --deb, which stays the user's).
+    owned: bool = True
 
     @property
     def name(self) -> str:
@@ -184,10 +195,13 @@ class _PackageSettings:
         )
 
 
-def build(req: BuildRequest, workdir: Path, store: Store | None = None) -> BuiltRelease:
+def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adoptable: bool = False) -> BuiltRelease:
     """Build and check the release `req` describes, in `workdir` (which the caller removes).
 
-    With `store`, first make sure it answers and the release's name is free there.
+    With `store`, first make sure it answers and the release's name is free there. With
+    `adoptable`, the package is written where `store` can adopt it (its adoption_dir(), if it
+    has one) for `upload(..., adopt=True)`; it is removed if the build fails, and is the
+    caller's otherwise.
     """
     check_app(req.app)
     if len([p for p in (req.root, req.manifest, req.deb) if p is not None]) != 1:
@@ -222,37 +236,93 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None) -> Built
         assert req.deb is not None
         path, extra, services = _use_prebuilt(req.deb, workdir, warnings)
     else:
+        direct = debarchive.can_write(settings.compression, settings.level)
         if loaded is not None:
             tree = staging.stage_manifest(loaded, workdir / "tree")
         else:
             assert req.root is not None
-            tree = staging.stage_root(req.root, workdir / "tree")
+            # The archive writer reads a --root directory where it lies; dpkg-deb needs a copy
+            # with DEBIAN/ inside.
+            tree = staging.scan_root(req.root) if direct else staging.stage_root(req.root, workdir / "tree")
         dirty = source is not None and source.dirty
-        path, extra, services = _build_package(settings, tree, release, now, dirty, note, workdir, warnings)
-
-    if req.lintian:
-        checks.lintian(path)
-    with open(path, "rb") as f:
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-        size = os.fstat(f.fileno()).st_size
+        package_dir = (store.adoption_dir() if store is not None and adoptable else None) or workdir
+        path, extra, services = _build_package(settings, tree, release, now, dirty, note, workdir,
+                                               package_dir, direct, warnings)
+    lint = None
+    try:
+        sealing = _Sealing(path, durable=settings is not None)  # the user's own --deb needs no fsync
+        # lintian reads the package while it is hashed and flushed.
+        lint = Background(checks.lintian, path) if req.lintian else None
+        sha256, size = sealing.finish()
+        if lint is not None:
+            lint.result()
+    except BaseException:
+        if lint is not None:
+            lint.join()  # no lintian left running on a file about to go
+        if settings is not None:
+            path.unlink(missing_ok=True)
+        raise
     info = ReleaseInfo(release=release, dirty=bool(source and source.dirty), note=note, services=services,
                        sha256=sha256, size=size, extra=extra)
     if req.signing_key is not None:
+        from push.signing import sign_release
+
         info = sign_release(info, req.signing_key)
-    return BuiltRelease(info=info, path=path, warnings=warnings)
+    return BuiltRelease(info=info, path=path, warnings=warnings, owned=settings is not None)
+
+
+class _Sealing:
+    """The package's sha256 and size, taken while the file is flushed to disk (`durable`) in a thread.
+
+    The hash cannot be taken while the package is written (the data member's size, in the
+    header before the data, is known only at the end), so it reads the fresh file back from
+    the page cache (3-4 GB/s with SHA extensions), while the disk finishes the fsync's work.
+    """
+
+    def __init__(self, path: Path, durable: bool) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in finish()
+        self._sync = Background(os.fsync, self._file.fileno()) if durable else None
+
+    def finish(self) -> tuple[str, int]:
+        try:
+            sha256 = hashlib.file_digest(self._file, "sha256").hexdigest()
+            size = os.fstat(self._file.fileno()).st_size
+        finally:
+            if self._sync is not None:
+                self._sync.join()  # before the file it syncs is closed
+            self._file.close()
+        if self._sync is not None:
+            self._sync.result()
+        return sha256, size
+
+
+def _check_control(expect: dict[str, str]) -> Callable[[Path], None]:
+    """A check that dpkg reads `expect`'s fields back from a package's control member."""
+    def check(path: Path) -> None:
+        fields = dpkgdeb.fields(path)
+        for name, value in expect.items():
+            if fields.get(name) != value:
+                raise BuildError(f"dpkg-deb reads {name} {fields.get(name)!r} from {path.name}, not {value!r}: "
+                                 "the package is malformed")
+    return check
 
 
 def _build_package(settings: _PackageSettings, tree: staging.StagedTree, release: Release, now: datetime,
-                   dirty: bool, note: str, workdir: Path,
+                   dirty: bool, note: str, workdir: Path, package_dir: Path, direct: bool,
                    warnings: list[str]) -> tuple[Path, dict[str, str], tuple[str, ...]]:
-    """Check the staged tree's units, write its DEBIAN/ and run dpkg-deb: (package file, metadata, units)."""
+    """Check the tree's units, write DEBIAN/ and the package: (package file, metadata, units).
+
+    `direct`: the archive writer, with DEBIAN/ in the work directory; else dpkg-deb, with
+    DEBIAN/ in the staged tree.
+    """
     units = control.Units(
         shipped=tuple(tree.units),
         declared=tuple(u for u in settings.declared_units if u not in tree.units),
         installable=tuple(tree.installable),
         restart=settings.restart_units,
     )
-    warnings += checks.verify_units(tree.units, tree.ships_executable)
+    # systemd-analyze runs while the package is written; a bad unit still fails the build.
+    unit_check = Background(checks.verify_units, tree.units, tree.ships_executable)
     depends = settings.depends
     if settings.python_target is not None:
         depends = control.parse_depends([*python.depends(), *depends])
@@ -274,10 +344,26 @@ def _build_package(settings: _PackageSettings, tree: staging.StagedTree, release
         installed_size_kib=tree.installed_kib,
     )
     python_dirs = [settings.python_target] if settings.python_target else []
-    control.write_debian_dir(tree.path, fields, units, list(tree.conffiles), python_dirs)
-    path = workdir / f"{settings.package}_{version}_{architecture}.deb"
-    dpkgdeb.build(tree.path, path, settings.compression, settings.level)
-    return path, {"package": settings.package, "version": version, "architecture": architecture}, units.names
+    path = package_dir / f"{settings.package}_{version}_{architecture}.deb"
+    extra = {"package": settings.package, "version": version, "architecture": architecture}
+    try:
+        if direct:
+            control_root = workdir / "control"
+            control_root.mkdir()
+            control.write_debian_dir(control_root, fields, units, list(tree.conffiles), python_dirs)
+            # As dpkg-deb: the build time, or SOURCE_DATE_EPOCH for a reproducible build.
+            mtime = int(os.environ.get("SOURCE_DATE_EPOCH") or time.time())
+            debarchive.write(path, control_root / "DEBIAN", tree.path, tree.entries, mtime, settings.compression,
+                             settings.level, check_control=_check_control(extra))
+        else:
+            control.write_debian_dir(tree.path, fields, units, list(tree.conffiles), python_dirs)
+            dpkgdeb.build(tree.path, path, settings.compression, settings.level)
+        warnings += unit_check.result()
+    except BaseException:
+        unit_check.join()
+        path.unlink(missing_ok=True)
+        raise
+    return path, extra, units.names
 
 
 def _use_prebuilt(deb: Path, workdir: Path, warnings: list[str]) -> tuple[Path, dict[str, str], tuple[str, ...]]:
@@ -303,11 +389,18 @@ class _CountingReader:
         return getattr(self._f, name)
 
 
-def upload(store: Store, built: BuiltRelease, on_bytes: Callable[[int], None] | None = None) -> ObjectInfo:
-    """Upload `built` create-only, streaming it from disk; `on_bytes(n)` after each chunk read."""
-    with open(built.path, "rb") as f:
-        stream: BinaryIO = _CountingReader(f, on_bytes) if on_bytes else f  # type: ignore[assignment]
-        try:
+def upload(store: Store, built: BuiltRelease, on_bytes: Callable[[int], None] | None = None,
+           adopt: bool = False) -> ObjectInfo:
+    """Upload `built` create-only, streaming it from disk; `on_bytes(n)` after each chunk read.
+
+    With `adopt` (only for the builder's own file), the store may take the file instead of
+    copying it (a local store does, for a file in its adoption_dir()); it is gone afterwards.
+    """
+    try:
+        if adopt and built.owned and store.adoption_dir() is not None:
+            return catalog.publish(store, built.info, built.path, adopt=True)
+        with open(built.path, "rb") as f:
+            stream: BinaryIO = _CountingReader(f, on_bytes) if on_bytes else f  # type: ignore[assignment]
             return catalog.publish(store, built.info, stream)
-        except Conflict:
-            raise _name_taken(built.info.release, store) from None
+    except Conflict:
+        raise _name_taken(built.info.release, store) from None

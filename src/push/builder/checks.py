@@ -3,6 +3,12 @@
 lintian judges packages by what the Debian archive wants. A handful of its errors do not fit
 packages that a fleet installs from its own bucket; LINTIAN_EXCUSED lists them, each with
 the reason, and matched as narrowly as the tag allows. Every other error fails the build.
+
+Only errors decide, so lintian is asked for its error tags only (`--tags`, read from its own
+tag descriptions): it then runs only the checks that can report one, which skips the
+slowest per-file scans (embedded JavaScript and PHP libraries: warnings at most) and halves
+its time on a package of thousands of files, with the same verdict. Warnings are not
+collected.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ log = logging.getLogger(__name__)
 
 VERIFY_TIMEOUT = 120.0
 LINTIAN_TIMEOUT = 3600.0
+# Where lintian keeps its checks and tag descriptions (its LINTIAN_BASE).
+LINTIAN_BASE = Path("/usr/share/lintian")
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,8 @@ _NOT_EXECUTABLE = re.compile(r"^(?P<unit>\S+): Command (?P<path>/\S+) is not exe
 class LintianReport:
     errors: list[str]
     excused: list[str]
-    warnings: list[str]
+    warnings: list[str]  # only from a run of every check, when the error tags could not be read
+    checked_tags: int = 0  # how many error tags lintian was asked for; 0: every check ran
 
 
 def verify_units(units: Mapping[str, Path], ships_executable: Callable[[str], bool]) -> list[str]:
@@ -110,6 +119,35 @@ def _unit_relative(line: str, units: Mapping[str, Path]) -> str:
     return line
 
 
+def lintian_error_tags(base: Path | None = None) -> list[str]:
+    """Every tag lintian can report as an error, from its tag descriptions under `base`
+    (name-spaced tags by their full name, as --tags takes them); [] if there are none to read."""
+    tags = []
+    for path in ((base or LINTIAN_BASE) / "tags").rglob("*.tag"):
+        fields: dict[str, str] = {}
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    name, colon, value = line.partition(":")
+                    if name == "Explanation" or not colon:
+                        break  # the fields that matter come first
+                    fields[name] = value.strip()
+        except OSError:
+            continue
+        if fields.get("Severity") == "error" and fields.get("Tag"):
+            namespaced = fields.get("Name-Spaced") == "yes" and fields.get("Check")
+            tags.append(f"{fields['Check']}/{fields['Tag']}" if namespaced else fields["Tag"])
+    return sorted(tags)
+
+
+def _run_lintian(args: list[str]) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=LINTIAN_TIMEOUT, env={**os.environ, "LC_ALL": "C.UTF-8"})
+    except subprocess.TimeoutExpired:
+        raise BuildError(f"lintian took longer than {LINTIAN_TIMEOUT:.0f} s: gave up") from None
+
+
 def lintian(deb: Path) -> LintianReport:
     """Run lintian on `deb`; BuildError listing the errors that are not excused. Returns the report."""
     tool = shutil.which("lintian")
@@ -117,15 +155,19 @@ def lintian(deb: Path) -> LintianReport:
         raise BuildError("lintian is not installed: apt-get install lintian (or skip the check with --no-lintian)")
     # --fail-on none: the verdict is ours (errors minus excuses), lintian's exit status only
     # says whether it managed to run.
-    args = [tool, "--fail-on", "none", "--no-tag-display-limit", str(deb)]
-    try:
-        proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=LINTIAN_TIMEOUT, env={**os.environ, "LC_ALL": "C.UTF-8"})
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"lintian took longer than {LINTIAN_TIMEOUT:.0f} s: gave up") from None
+    args = [tool, "--fail-on", "none", "--tag-display-limit", "0", str(deb)]
+    tags = lintian_error_tags()
+    proc = _run_lintian([*args[:-1], "--tags", ",".join(tags), args[-1]]) if tags else None
+    if proc is None or proc.returncode != 0:
+        # No tag descriptions where they are expected, or a lintian that refuses one of them
+        # ("Unknown tag"): every check, as lintian runs by default.
+        if tags:
+            log.warning("lintian refused its own error tags (%s): running every check",
+                        stderr_summary(proc.stderr) if proc is not None else "")
+        proc = _run_lintian(args)
     if proc.returncode != 0:
         raise BuildError(f"lintian could not check {deb.name}: {stderr_summary(proc.stderr)}")
-    report = LintianReport(errors=[], excused=[], warnings=[])
+    report = LintianReport(errors=[], excused=[], warnings=[], checked_tags=len(tags))
     for line in proc.stdout.splitlines():
         m = _LINTIAN_LINE.fullmatch(line.strip())
         if m is None:
@@ -143,5 +185,9 @@ def lintian(deb: Path) -> LintianReport:
         more = len(report.errors) - 5
         shown = "; ".join(report.errors[:5]) + (f"; and {more} more" if more > 0 else "")
         raise BuildError(f"lintian found {len(report.errors)} error(s) in {deb.name}: {shown}")
-    log.info("lintian: %d warning(s), %d excused error(s)", len(report.warnings), len(report.excused))
+    if report.checked_tags:
+        log.info("lintian: no errors (%d excused) among its %d error tags", len(report.excused),
+                 report.checked_tags)
+    else:
+        log.info("lintian: %d warning(s), %d excused error(s)", len(report.warnings), len(report.excused))
     return report

@@ -98,7 +98,8 @@ class _ProgressBar:
             sys.stderr.flush()
 
     def close(self) -> None:
-        sys.stderr.write("\n")
+        if self._drawn:  # nothing drawn when the store adopted the file
+            sys.stderr.write("\n")
 
 
 def _keep(built: BuiltRelease, output: Path, copy: bool) -> None:
@@ -114,7 +115,6 @@ def _keep(built: BuiltRelease, output: Path, copy: bool) -> None:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from push.builder import BuildRequest, build, upload
-    from push.signing import SigningKey
     from push.store import open_store
 
     if args.no_upload and args.output is None:
@@ -127,7 +127,11 @@ def cmd_release(args: argparse.Namespace) -> int:
                               "(there is no push.toml here)")
         args.manifest = Path("push.toml")
     # Loaded before any work, so a bad key fails in a second, not after the build.
-    signing_key = SigningKey.load(Path(args.signing_key)) if args.signing_key else None
+    signing_key = None
+    if args.signing_key:
+        from push.signing import SigningKey  # cryptography: loaded only for a signed build
+
+        signing_key = SigningKey.load(Path(args.signing_key))
     request = BuildRequest(
         app=args.app, root=args.root, manifest=args.manifest, deb=args.deb, note=args.note,
         note_from_git=args.note_from_git, depends=args.depends, package_prefix=args.package_prefix,
@@ -136,9 +140,13 @@ def cmd_release(args: argparse.Namespace) -> int:
         git_hash=args.git_hash, require_clean=args.require_clean, lintian=args.lintian, signing_key=signing_key,
     )
     store = None if args.no_upload else open_store(args.store)
+    # Without -o, the package is built where the store can adopt it (a local store takes the
+    # file instead of copying it); with -o it is kept there and uploaded as a copy.
+    adopt = store is not None and args.output is None
+    built = None
     try:
         with tempfile.TemporaryDirectory(prefix="push-release-") as tmp:
-            built = build(request, Path(tmp), store)
+            built = build(request, Path(tmp), store, adoptable=adopt)
             for warning in built.warnings:
                 print(f"push: warning: {warning}", file=sys.stderr)
             if signing_key is not None:
@@ -148,11 +156,13 @@ def cmd_release(args: argparse.Namespace) -> int:
             if store is not None:
                 bar = _ProgressBar(built.info.size or 0, "uploading") if sys.stderr.isatty() else None
                 try:
-                    upload(store, built, bar)
+                    upload(store, built, bar, adopt=adopt)
                 finally:
                     if bar is not None:
                         bar.close()
     finally:
+        if adopt and built is not None and built.owned:
+            built.path.unlink(missing_ok=True)  # a failed upload leaves nothing in the store's temp directory
         if store is not None:
             store.close()
     print(built.name)

@@ -1,11 +1,14 @@
-"""The staged tree dpkg-deb builds from, laid out from a root directory or a manifest's files.
+"""The tree a package is built from: a --root directory as it lies, or a manifest's files staged.
 
-Files are hard-linked into a private staging directory when they can be (the same
-filesystem), else copied, so the user's tree is never written to and a large tree costs
-little to stage. Every file is opened while staging, so an unreadable one is reported here,
-by name, and not deep inside dpkg-deb. The walk also notes what the package needs to know:
-its systemd units, its files under /etc (conffiles), its size, and whether it holds
-machine code (then it is not Architecture: all).
+A --root directory is only scanned (`scan_root`): the package is archived from it directly,
+with DEBIAN/ written elsewhere, so nothing is copied or linked and the user's tree is never
+written to. A manifest's files are staged into a private directory, hard-linked when they can
+be (the same filesystem), else copied (`stage_manifest`; `stage_root` does the same for a
+root, for the dpkg-deb fallback that needs DEBIAN/ inside the tree). Every file is opened on
+the way, so an unreadable one is reported here, by name, and not deep inside tar or dpkg-deb.
+The walk also notes what the package needs to know: its entries in archive order, its systemd
+units, its files under /etc (conffiles), its size, and whether it holds machine code (then it
+is not Architecture: all).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ class StagedTree:
     has_machine_code: bool = False
     installed_kib: int = 0
     files: int = 0
+    # Paths relative to `path` in dpkg-deb's order: by name, each directory's contents right after
+    # it, and every symlink last (so that none is unpacked before its target).
+    entries: list[str] = field(default_factory=list)
+    _symlinks: list[str] = field(default_factory=list)
 
     def ships_executable(self, path: str) -> bool:
         """Whether the package puts an executable file at `path` (absolute, as on the target)."""
@@ -82,7 +89,45 @@ class StagedTree:
                 else:
                     self.installed_kib += 1
 
+    def scan(self) -> None:
+        """Take note of the tree at `path` as it lies, staging nothing."""
+        self._scan_dir(self.path, "")
+        self.entries = _archive_order(self.entries, self._symlinks)
+
+    def list_entries(self) -> None:
+        """Fill `entries` from what is staged at `path` (after a manifest's files are in)."""
+        others: list[str] = []
+        symlinks: list[str] = []
+        _walk(self.path, "", others, symlinks)
+        self.entries = _archive_order(others, symlinks)
+
     # -- internals ---------------------------------------------------------------------------
+
+    def _scan_dir(self, directory: Path, rel: str) -> None:
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as e:
+            raise BuildError(f"cannot read directory {directory}: {e.strerror}") from None
+        for entry in entries:
+            name = f"{rel}/{entry.name}" if rel else entry.name
+            if not rel and entry.name == "DEBIAN":
+                raise BuildError(f"{entry.path} exists: Push writes DEBIAN/ itself (use --deb for a prebuilt package)")
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                raise BuildError(f"cannot read {entry.path}: {e.strerror}") from None
+            if stat.S_ISDIR(st.st_mode):
+                self.entries.append(name)
+                self.installed_kib += 1
+                self._scan_dir(Path(entry.path), name)
+            elif stat.S_ISREG(st.st_mode):
+                self.entries.append(name)
+                self._note(name, _read_head(entry.path), st.st_size)
+            elif stat.S_ISLNK(st.st_mode):
+                self._symlinks.append(name)
+                self.installed_kib += 1
+            else:
+                raise BuildError(f"cannot package {entry.path}: not a regular file, directory or symlink")
 
     def _target(self, dest: str) -> Path:
         pure = PurePosixPath(dest)
@@ -129,18 +174,7 @@ class StagedTree:
     def _copy_entry(self, src: Path, target: Path, st: os.stat_result, mode: int | None) -> None:
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
             raise BuildError(f"cannot package {src}: not a regular file, directory or symlink")
-        head = b""
-        if stat.S_ISREG(st.st_mode):
-            # Opened here so an unreadable file is named now, not deep in dpkg-deb's output;
-            # the first bytes tell machine code apart. (os.open: thousands of files, no buffers.)
-            try:
-                fd = os.open(src, os.O_RDONLY)
-                try:
-                    head = os.read(fd, 4)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                raise BuildError(f"cannot read {src}: {e.strerror}") from None
+        head = _read_head(src) if stat.S_ISREG(st.st_mode) else b""
         try:
             self._place(src, target, st, mode)
         except FileExistsError:
@@ -192,14 +226,18 @@ class StagedTree:
         return path.relative_to(self.path).as_posix()
 
     def _note_file(self, path: Path, head: bytes, size: int) -> None:
+        self._note(self._rel(path), head, size)
+
+    def _note(self, rel: str, head: bytes, size: int) -> None:
+        """Take note of the regular file at `rel` (relative to the tree, as in the package)."""
         self.files += 1
         self.installed_kib += (size + 1023) // 1024 or 1
         self.has_machine_code |= head == _ELF_MAGIC
-        rel = self._rel(path)
         if rel.startswith("etc/"):
             self.conffiles["/" + rel] = None
         name = unit_of_path(rel)
         if name is not None:
+            path = self.path / rel
             self.units[name] = path
             try:
                 text = path.read_text(errors="replace")
@@ -207,6 +245,53 @@ class StagedTree:
                 raise BuildError(f"cannot read unit {path}: {e.strerror}") from None
             if any(line.strip() == "[Install]" for line in text.splitlines()):
                 self.installable[name] = None
+
+
+def _read_head(path: str | Path) -> bytes:
+    """The first bytes of a file (machine code starts with ELF's magic); BuildError naming it if unreadable.
+
+    os.open and os.read: this runs for thousands of files, and needs no buffers.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return os.read(fd, 4)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise BuildError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _archive_order(others: list[str], symlinks: list[str]) -> list[str]:
+    """dpkg-deb's order: each directory in name order, its contents right after it; symlinks last."""
+    def by_path(name: str) -> list[str]:
+        return name.split("/")
+
+    return sorted(others, key=by_path) + sorted(symlinks, key=by_path)
+
+
+def _walk(root: Path, rel: str, others: list[str], symlinks: list[str]) -> None:
+    for entry in os.scandir(root / rel if rel else root):
+        name = f"{rel}/{entry.name}" if rel else entry.name
+        if entry.is_symlink():
+            symlinks.append(name)
+        else:
+            others.append(name)
+            if entry.is_dir(follow_symlinks=False):
+                _walk(root, name, others, symlinks)
+
+
+def scan_root(src: Path) -> StagedTree:
+    """The directory `src`, laid out as the target filesystem, taken as it lies (nothing is staged)."""
+    if not src.exists():
+        raise BuildError(f"root directory {src} does not exist")
+    if not src.is_dir():
+        raise BuildError(f"root {src} is not a directory")
+    scanned = StagedTree(src.absolute())
+    scanned.scan()
+    if scanned.files == 0 and not scanned.units:
+        raise BuildError(f"root directory {src} holds no files: nothing to package")
+    return scanned
 
 
 def stage_root(src: Path, tree: Path) -> StagedTree:
@@ -220,6 +305,7 @@ def stage_root(src: Path, tree: Path) -> StagedTree:
     staged.add_tree(src, "/")
     if staged.files == 0 and not staged.units:
         raise BuildError(f"root directory {src} holds no files: nothing to package")
+    staged.list_entries()
     return staged
 
 
@@ -241,6 +327,7 @@ def stage_manifest(manifest: Manifest, tree: Path) -> StagedTree:
         target = staged.path / manifest.python.target.lstrip("/")
         python.vendor(manifest.python, target)
         staged.account_tree(target)
+    staged.list_entries()
     return staged
 
 

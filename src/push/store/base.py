@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import BinaryIO
 
 from push.errors import Conflict, InvalidKey, NotFound, StoreUnavailable
@@ -149,6 +150,23 @@ class Store(abc.ABC):
         `if_generation_match` only if its generation is still that one. Otherwise the
         write raises Conflict and nothing changes.
         """
+
+    def put_file(self, key: str, path: Path, metadata: dict[str, str] | None = None, *, if_absent: bool = False,
+                 content_type: str = "application/octet-stream", adopt: bool = False) -> ObjectInfo:
+        """Write `key` from the file at `path`, as `put` does (streamed; create-only with `if_absent`).
+
+        With `adopt` the caller hands the file over: a store that can make the file itself the
+        object does so instead of copying it (the local store, for a file in `adoption_dir()`),
+        and the caller must not use `path` afterwards, whatever the outcome. Other stores upload
+        it as `put` would.
+        """
+        with open(path, "rb") as f:
+            return self.put(key, f, metadata, if_absent=if_absent, content_type=content_type)
+
+    def adoption_dir(self) -> Path | None:
+        """Where to write a file that `put_file(..., adopt=True)` can take without copying; None
+        when the store has no such place (a cloud bucket)."""
+        return None
 
     @abc.abstractmethod
     def list_page(self, prefix: str, token: str | None = None, page_size: int = 1000,
