@@ -164,8 +164,9 @@ class Snapshot:
         """release name -> (servers whose file lists it, servers whose agent reports it installed)."""
         out: dict[str, tuple[list[str], list[str]]] = {}
         for server, sf in self.seen.files.items():
-            for release in sf.releases.values():
-                out.setdefault(release.name, ([], []))[0].append(server)
+            for name in sf.entries:
+                if not name.endswith("/"):  # a placeholder "app/" names no release
+                    out.setdefault(name, ([], []))[0].append(server)
         for server, (_, report) in self.seen.reports.items():
             for app_status in report.apps.values():
                 if app_status.installed:
