@@ -62,6 +62,9 @@ class Catalog:
         self._last_full = 0.0
         self._journal_cursor_ns = 0
         self._loaded = False
+        # Changes whenever the cache does (a new release, a full re-list, one found by get):
+        # the fleet view re-checks its servers against the catalogue only then.
+        self.generation = 0
         # Counters, for the benchmark and /metrics.
         self.metadata_reads = 0
         self.list_pages = 0
@@ -170,6 +173,7 @@ class Catalog:
             infos.sort(key=newest_first_key, reverse=True)
         self._by_app = by_app
         self._all = None
+        self.generation += 1
 
     def _insert(self, info: ReleaseInfo) -> None:
         # New releases are nearly always the newest, so this stops at the first element.
@@ -180,6 +184,7 @@ class Catalog:
             i += 1
         infos.insert(i, info)
         self._all = None
+        self.generation += 1
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:

@@ -75,17 +75,20 @@ class Sources(Protocol):
 
 @dataclass(frozen=True, eq=False)
 class ServerView:
-    """One server in a snapshot: its state, what it was computed from (`key`), its JSON
-    text, and pages rendered from it (filled in by the web front end, carried over with it)."""
+    """One server in a snapshot: its state, what it was computed from (`inputs`: its file's
+    and report's generations, stale flag, allowed apps; `facts`: the catalogue's newest
+    release of each app and its record of each desired release), its JSON text, and pages
+    rendered from it (filled in by the web front end, carried over with it)."""
 
     state: ServerState
-    key: tuple[object, ...]
+    inputs: tuple[object, ...]
+    facts: tuple[object, ...]
     json: bytes
     fragments: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, state: ServerState, key: tuple[object, ...] = ()) -> ServerView:
-        return cls(state, key, state.to_bytes())
+    def of(cls, state: ServerState, inputs: tuple[object, ...] = (), facts: tuple[object, ...] = ()) -> ServerView:
+        return cls(state, inputs, facts, state.to_bytes())
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +111,7 @@ class Snapshot:
 
     taken: datetime
     config: Config
+    catalog_generation: int             # the catalogue's generation its states were checked against
     seen: Seen
     servers: Mapping[str, ServerView]   # every server in skiapush.conf, in its order
     revs: Mapping[str, str]
@@ -281,6 +285,8 @@ class FleetView:
     def _build(self, prev: Snapshot | None, seen: Seen, only: str | None) -> Snapshot:
         now = timestamps.now()
         config = self.sources.config
+        generation = self.sources.catalog.generation  # read before any lookup: a change meanwhile shows next time
+        catalog_changed = prev is None or generation != prev.catalog_generation
         old = prev.servers if prev is not None else {}
         if only is None or prev is None or config is not prev.config:
             servers: dict[str, ServerView] = {}
@@ -288,8 +294,10 @@ class FleetView:
         else:
             servers = dict(old)
             check = {only: config.servers[only]} if only in config.servers else {}
+            generation = prev.catalog_generation  # the others were checked against that one
+            catalog_changed = False
         for name, allowed in check.items():
-            servers[name] = self._view(name, allowed, seen, old.get(name), now)
+            servers[name] = self._view(name, allowed, seen, old.get(name), now, catalog_changed)
         revs = {} if only is None or prev is None else dict(prev.revs)
         for server in (seen.files.keys() | seen.requests.keys() | seen.file_errors.keys()
                        if only is None or prev is None else (only,)):
@@ -301,12 +309,14 @@ class FleetView:
             revs[server] = watch_rev(sf.generation if sf is not None else err[0] if err is not None else None,
                                      seen.requests.get(server, ()))
         if (prev is not None and _same(seen, prev.seen) and revs == prev.revs and config is prev.config
+                and generation == prev.catalog_generation
                 and servers.keys() == old.keys() and all(old[s] is v for s, v in servers.items())):
             return prev  # nothing changed: keep what was computed from it (joined JSON, release map)
-        return Snapshot(taken=now, config=config, seen=seen, servers=servers, revs=revs)
+        return Snapshot(taken=now, config=config, catalog_generation=generation, seen=seen, servers=servers,
+                        revs=revs)
 
     def _view(self, name: str, allowed: tuple[str, ...], seen: Seen, old: ServerView | None,
-              now: datetime) -> ServerView:
+              now: datetime, catalog_changed: bool) -> ServerView:
         """The server's view: `old` again if what it was computed from is unchanged, else
         computed afresh by fleetstate.server_state."""
         catalog = self.sources.catalog
@@ -314,14 +324,16 @@ class FleetView:
         file_error = seen.file_errors.get(name)
         report = seen.reports.get(name)
         stale = report[1].is_stale(now) if report is not None else None
+        inputs = (file.generation if file is not None else None, file_error, report[0] if report else None,
+                  stale, allowed)
+        if old is not None and old.inputs == inputs and not catalog_changed:
+            return old
         apps = allowed + tuple(a for a in (file.apps if file is not None else ()) if a not in allowed)
         newest = tuple(catalog.newest(a) for a in apps)
         # The release names the file lists (its entries, placeholders "app/" left out).
         desired = tuple(e for e in file.entries if not e.endswith("/")) if file is not None else ()
-        known = tuple(catalog.cached(d) for d in desired)
-        key = (file.generation if file is not None else None, file_error, report[0] if report else None,
-               stale, allowed, newest, known)
-        if old is not None and old.key == key:
+        facts = (newest, tuple(catalog.cached(d) for d in desired))
+        if old is not None and old.inputs == inputs and old.facts == facts:
             return old
         infos: dict[str, ReleaseInfo] = {}
         for d in desired:
@@ -331,7 +343,7 @@ class FleetView:
         state = server_state(name, allowed=allowed, file=file, file_error=file_error[1] if file_error else None,
                              report=report[1] if report else None, releases=infos,
                              newest={i.app: i.name for i in newest if i is not None}, now=now)
-        return ServerView.of(state, key)
+        return ServerView.of(state, inputs, facts)
 
     # -- looking at the bucket ------------------------------------------------------------------
 
