@@ -184,3 +184,25 @@ def test_release_state_is_the_release_entry_and_where_it_runs() -> None:
     assert {k: v for k, v in got.to_json().items() if k in entry} == entry
     assert (got.short_hash, got.desired_on, got.running_on) == (HELLO1.release.short_hash, ["web-1", "web-2"], [])
     assert entry["datetime"] == HELLO1.release.timestamp and entry["extra"] == {"package": "hello"}
+
+
+def test_health_unhealthy_and_reverted_are_problems_progressing_is_not() -> None:
+    """Issue 12: health beside sync. A release converging within its deadline is no problem."""
+    rep = report({"hello": HELLO2.name, "pulld": PULLD1.name})
+    rep.apps["hello"].health, rep.apps["hello"].health_deadline = "progressing", "2026-03-04T12:00:30.000000Z"
+    s = state(HELLO2.name, PULLD1.name, rep=rep)
+    hello = app(s, "hello")
+    assert (hello.health, hello.health_deadline, hello.marks, s.problems) == (
+        "progressing", "2026-03-04T12:00:30.000000Z", [], 0)
+
+    rep.apps["hello"].health, rep.apps["hello"].health_detail = "unhealthy", "GET http://127.0.0.1:8001/: HTTP 503"
+    s = state(HELLO2.name, PULLD1.name, rep=rep)
+    assert app(s, "hello").marks == ["unhealthy"] and s.problems == 1  # in sync, and not working
+
+    back = report({"hello": HELLO1.name, "pulld": PULLD1.name}, failed={"hello": f"{HELLO2.name} was not healthy"})
+    back.apps["hello"].health, back.apps["hello"].reverted_from = "unhealthy", HELLO2.name
+    s = state(HELLO2.name, PULLD1.name, rep=back)
+    hello = app(s, "hello")
+    assert hello.reverted_from == HELLO2.name and {"drift", "failed", "unhealthy", "reverted"} <= set(hello.marks)
+    assert s.problems == 1
+    assert app(state(HELLO2.name, PULLD1.name), "hello").health is None  # no report: not known
