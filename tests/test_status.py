@@ -63,3 +63,17 @@ def test_a_damaged_report_is_invalid_data(data: bytes) -> None:
     with pytest.raises(InvalidData) as e:
         status.parse(data, "status/web-1.json")
     assert e.value.key == "status/web-1.json"
+
+
+def test_trust_field_roundtrip_and_reports_without_it() -> None:
+    rep = report(1)
+    rep.trust = status.TrustStatus(releases="verified", server_files="off", refused=[
+        {"subject": "hello/x", "reason": "unsigned", "message": "release hello/x is not signed", "app": "hello"}])
+    doc = rep.to_json()
+    assert doc["trust"]["refused"][0]["reason"] == "unsigned"  # type: ignore[index]
+    back = AgentStatus.from_json(doc)
+    assert back.trust == rep.trust and back.trust is not None and back.trust.mode == "releases only"
+    # A report from an agent before signatures has none; a newer agent's extra trust fields are ignored.
+    assert AgentStatus.from_json({k: v for k, v in doc.items() if k != "trust"}).trust is None
+    newer = AgentStatus.from_json({**doc, "trust": {"releases": "off", "server_files": "off", "later": 1}})
+    assert newer.trust is not None and newer.trust.mode == "off"

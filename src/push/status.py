@@ -37,6 +37,31 @@ class AppStatus:
 
 
 @dataclass
+class TrustStatus:
+    """What the agent verifies (docs/trust.md), the server-file statement it follows, what it refused."""
+
+    releases: str = "off"             # verified | off: release signatures checked before dpkg
+    server_files: str = "off"         # verified | off: the server file followed only if its statement holds
+    version: int | None = None        # the version of the server-file statement followed
+    keyid: str | None = None          # ... the deploy key that signed it
+    expires: str | None = None        # ... and when it expires (unless re-signed)
+    # What is refused now: {"subject": server/NAME.json or a release, "reason": unsigned |
+    # rollback | expired | ... (push.errors.Untrusted), "message": ..., "app": for a release}
+    refused: list[dict[str, str]] = field(default_factory=list)
+    note: str | None = None           # e.g. a statement accepted with no memory of earlier versions
+
+    @property
+    def mode(self) -> str:
+        """verified (both), off (neither), or which one is verified."""
+        both = (self.releases, self.server_files)
+        if both == ("verified", "verified"):
+            return "verified"
+        if both == ("off", "off"):
+            return "off"
+        return "releases only" if self.releases == "verified" else "server files only"
+
+
+@dataclass
 class AgentStatus:
     server: str
     agent_version: str
@@ -47,6 +72,7 @@ class AgentStatus:
     step: int = 0
     apps: dict[str, AppStatus] = field(default_factory=dict)
     error: str | None = None           # an error not tied to one app (store unreachable, bad server file)
+    trust: TrustStatus | None = None   # None: an agent from before signatures
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -58,8 +84,11 @@ class AgentStatus:
             if not isinstance(raw_apps, dict):
                 raise TypeError("'apps' is not an object")
             apps = {name: AppStatus(**app) for name, app in raw_apps.items()}
-            fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "apps"}
-            return cls(apps=apps, **fields)  # type: ignore[arg-type]
+            raw_trust = data.get("trust")
+            trust = (TrustStatus(**{k: v for k, v in raw_trust.items() if k in TrustStatus.__dataclass_fields__})
+                     if isinstance(raw_trust, dict) else None)
+            fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k not in ("apps", "trust")}
+            return cls(apps=apps, trust=trust, **fields)  # type: ignore[arg-type]
         except (TypeError, ValueError, AttributeError) as e:
             raise InvalidData(f"{key or 'status report'}: malformed status report: {e}", key=key) from None
 
