@@ -9,7 +9,7 @@ from typing import ClassVar
 import pytest
 
 from fleetdata import make_config, make_release, report
-from push import fleet, serverfile, unitrequests
+from push import fleet, serverfile, status, unitrequests
 from push.errors import Conflict, InvalidName, NotAllowed, NotFound, PushError
 from push.store.local import LocalStore
 from push.triggers import Triggers
@@ -275,6 +275,26 @@ def test_fleet_state_marks(ctx, bucket, rels, tmp_path):
     # Filters: substrings of server and app names.
     assert [s["server"] for s in view.state(server="web")["servers"]] == ["web-1", "web-2"]
     assert [[a["app"] for a in s["apps"]] for s in view.state(app="pull")["servers"]] == [["pulld"]] * 3
+
+
+def test_fleet_state_shows_what_agents_refused_to_trust(ctx, bucket, rels):
+    """A refusal (docs/trust.md) is a problem, with its reason: a mark on the app, the
+    reason in the error, and the server's list of what is untrusted."""
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[1].name)
+    fleet.deploy(ctx, "a", "web-2", "hello", rels[1].name)
+    error = f"untrusted (unsigned): release {rels[1].name} is not signed"
+    report(bucket, "web-1", {"hello": rels[0].name}, failed={"hello": error})
+    st = status.read(bucket, "web-1")
+    st.trust = status.TrustStatus(releases="verified", server_files="verified", refused=[
+        {"subject": rels[1].name, "reason": "unsigned", "message": error[len("untrusted (unsigned): "):],
+         "app": "hello"}])
+    status.write(bucket, st)
+    report(bucket, "web-2", {"hello": rels[1].name})
+    servers = {s["server"]: s for s in fleet.FleetView(ctx).state()["servers"]}
+    w1, w2 = servers["web-1"], servers["web-2"]
+    assert w1["trust"] == "verified" and w1["untrusted"] == [f"{rels[1].name}: unsigned"] and w1["problems"] == 1
+    assert "untrusted" in w1["apps"][0]["marks"] and w1["apps"][0]["error"] == error
+    assert w2["trust"] is None and w2["untrusted"] == [] and w2["problems"] == 0  # an agent from before
 
 
 def test_fleet_view_refresh_reads_only_what_changed(ctx, bucket, rels):

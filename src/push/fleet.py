@@ -346,7 +346,7 @@ def unit_action(ctx: Context, who: str, server: str, unit: str, action: str, *,
 # -- the read side ----------------------------------------------------------------------
 
 
-MARKS = ("out_of_date", "dirty", "drift", "failed", "not_allowed", "no_report", "unknown_release")
+MARKS = ("out_of_date", "dirty", "drift", "failed", "not_allowed", "no_report", "unknown_release", "untrusted")
 
 
 @dataclass
@@ -623,6 +623,9 @@ class FleetView:
 
         app_states = []
         problems = 0
+        trust = report.trust if report is not None else None
+        # What the agent refused to trust (docs/trust.md): the reason is in the error, the mark says which.
+        untrusted_apps = {r.get("app") for r in trust.refused} if trust is not None else set()
         for app, newest in zip(apps, latest, strict=True):
             release = sf.release_of(app) if sf is not None else None
             desired = release.name if release is not None else None
@@ -649,6 +652,8 @@ class FleetView:
             if app_report is not None and app_report.state == "failed":
                 marks.append("failed")
                 error = app_report.error or "failed (the agent gave no reason)"
+            if app in untrusted_apps:
+                marks.append("untrusted")
             if any(m in marks for m in ("drift", "failed", "not_allowed", "unknown_release")):
                 problems += 1
             app_states.append({
@@ -671,6 +676,8 @@ class FleetView:
             "in_sync": report.in_sync if report is not None else None,
             "agent_error": report.error if report is not None else None,
             "file_error": file_error[1] if file_error else None,
+            "trust": trust.mode if trust is not None else None,
+            "untrusted": [f"{r['subject']}: {r['reason']}" for r in trust.refused] if trust is not None else [],
             "generation": sf.generation if sf else None,
             "problems": problems + (1 if stale or file_error or report is None or (report and report.error) else 0),
             "apps": app_states,

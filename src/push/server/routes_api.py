@@ -44,6 +44,9 @@ class ServerStateModel(BaseModel):
     in_sync: bool | None
     agent_error: str | None
     file_error: str | None
+    trust: str | None = Field(description="what the agent verifies: verified, off, releases only, "
+                                           "server files only (None: an agent from before signatures)")
+    untrusted: list[str] = Field(description="what the agent refused to trust now, as 'subject: reason'")
     generation: str | None
     problems: int
     apps: list[AppState]
