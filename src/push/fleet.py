@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from push import layout, serverfile, status, timestamps, unitrequests
+from push import layout, serverfile, serversigning, status, timestamps, unitrequests
 from push.catalog import Catalog
 from push.config import Config
 from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
@@ -28,6 +28,7 @@ from push.history import History, Record, new_record
 from push.names import check_app, check_server, check_unit
 from push.release import Release, ReleaseInfo, app_of
 from push.serverfile import ServerFile
+from push.signing import SigningKey
 from push.status import AgentStatus
 from push.store import Store
 from push.triggers import Triggers
@@ -122,12 +123,14 @@ class Context:
     history: History
     triggers: Triggers | None = None
     via: str = ""
+    deploy_key: SigningKey | None = None   # signs every server file written (docs/trust.md)
 
     @classmethod
     def open(cls, store: Store, config: Config, *, catalog: Catalog | None = None,
-             triggers: Triggers | None = None, via: str = "") -> Context:
+             triggers: Triggers | None = None, via: str = "", deploy_key: SigningKey | None = None) -> Context:
         # `catalog or ...` would load it: a Catalog's len() reads the whole bucket.
-        return cls(store, config, catalog if catalog is not None else Catalog(store), History(store), triggers, via)
+        return cls(store, config, catalog if catalog is not None else Catalog(store), History(store), triggers, via,
+                   deploy_key)
 
 
 class _Mismatch(Exception):
@@ -152,6 +155,19 @@ def _record(ctx: Context, record: Record) -> Record:
                 raise StoreUnavailable(f"the change was made, but its history record could not be written: {e}") from e
             time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _sign(ctx: Context, after: ServerFile) -> PushError | None:
+    """Sign the server file just written (with the deploy key, if any); the error, if signing failed."""
+    if ctx.deploy_key is None:
+        return None
+    assert after.generation is not None
+    try:
+        serversigning.sign_written(ctx.store, after.server, after.to_bytes(), after.generation, ctx.deploy_key)
+    except PushError as e:  # the change stands; until signed, agents that verify keep what they run
+        return StoreUnavailable(f"the change was made, but its statement could not be written ({e}): agents that "
+                                f"verify will not follow it until `push resign {after.server}` signs it")
+    return None
 
 
 def _fire(ctx: Context, server: str, what: str) -> None:
@@ -179,12 +195,15 @@ def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseI
     from_, to = _current(before, app), _current(after, app)
     if before.entries == after.entries:
         return Change(server, app, action, from_, to, changed=False)
+    unsigned = _sign(ctx, after)  # before the trigger: a woken agent finds the statement
     record = new_record(who, server, app, action, from_=from_, to=to, note=note, via=ctx.via)
     try:
         _record(ctx, record)
     finally:
         _fire(ctx, server, to or f"{app}/")
     log.info("%s: %s %s on %s: %s -> %s", who, action, app, server, from_, to)
+    if unsigned is not None:
+        raise unsigned
     return Change(server, app, action, from_, to, changed=True, record=record)
 
 
@@ -755,7 +774,7 @@ def _parse_release(name: str) -> Release:
 
 
 
-def direct_context(store: Store, config: Config, via: str) -> Context:
+def direct_context(store: Store, config: Config, via: str, deploy_key: SigningKey | None = None) -> Context:
     """A context for the CLI going straight to the bucket: GCE triggers are sent in-line."""
-    return Context.open(store, config, triggers=Triggers(config), via=via)
+    return Context.open(store, config, triggers=Triggers(config), via=via, deploy_key=deploy_key)
 
