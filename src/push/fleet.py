@@ -2,8 +2,9 @@
 
 Both front ends call this module: the push server (`push serve`) and the CLI when it goes
 straight to the bucket. Every operation enforces skiapush.conf, writes the server file by
-compare-and-swap, records the change in the history and fires the triggers, so the two
-front ends cannot disagree. `FleetView` is the read side: a cache of server files, agent
+compare-and-swap, signs it when the context has a deploy key (push.serversigning),
+records the change in the history and fires the triggers, so the two front ends cannot
+disagree. `FleetView` is the read side: a cache of server files, agent
 reports and unit requests, refreshed from cheap listings, that computes the fleet state.
 """
 
