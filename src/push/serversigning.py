@@ -38,7 +38,6 @@ from push.store import Store
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 5
-SERVER_SIGNATURES = f"{layout.SIGNATURES}server/"
 
 
 def _read_statement(store: Store, server: str) -> tuple[SignedServerFile | None, str | None]:
@@ -189,7 +188,7 @@ class Resigner:
         of the servers looked at."""
         now = now or datetime.now(UTC)
         files = {i.key: i.generation for i in self.store.list(layout.SERVER)}
-        statements = {i.key: i.generation for i in self.store.list(SERVER_SIGNATURES)}
+        statements = {i.key: i.generation for i in self.store.list(layout.SERVER_SIGNATURES)}
         out = []
         for server in servers:
             generations = (files.get(server_file_key(server)), statements.get(server_signature_key(server)))
