@@ -3,7 +3,6 @@ failed write; against the local store."""
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from push import status
@@ -48,5 +47,5 @@ def test_a_failed_write_is_tried_again_with_the_next_report(tmp_path: Path) -> N
     assert pub.publish(a_report(1)) is False
     assert 3590 < pub.due_in() <= 3600  # counted from the try: a refusing store is not hammered
     store.refuse = False
-    assert pub.publish(dataclasses.replace(a_report(2))) is True  # nothing new, but never written
+    assert pub.publish(a_report(2).model_copy()) is True  # nothing new, but never written
     assert metrics.reports.labels("failed")._value.get() == 1 and metrics.reports.labels("ok")._value.get() == 1

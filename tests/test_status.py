@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -77,3 +79,28 @@ def test_trust_field_roundtrip_and_reports_without_it() -> None:
     assert AgentStatus.from_json({k: v for k, v in doc.items() if k != "trust"}).trust is None
     newer = AgentStatus.from_json({**doc, "trust": {"releases": "off", "server_files": "off", "later": 1}})
     assert newer.trust is not None and newer.trust.mode == "off"
+FORMATS = Path(__file__).parent / "formats"
+
+
+def test_a_report_in_todays_format_reads_unchanged() -> None:
+    """status-report.json is byte for byte what pulld wrote before the model was typed."""
+    data = (FORMATS / "status-report.json").read_bytes()
+    got = status.parse(data, "status/web-1.json")
+    assert got.step == 42 and got.server_file_generation == "1772600767123456789"
+    hello = got.apps["hello"]
+    assert (hello.state, hello.attempts, hello.units) == ("failed", 2, {"hello.service": "active",
+                                                                        "hello.timer": "inactive"})
+    assert got.apps["pulld"].desired == "pulld/" and got.apps["pulld"].installed is None
+    # Written back, it is the same JSON: same keys, same values, plus the fields added since
+    # (each None: the old agent did not know them).
+    written = got.to_json()
+    assert {k: v for k, v in written.items() if k in json.loads(data)} == json.loads(data)
+    assert {k: v for k, v in written.items() if k not in json.loads(data)} == {"trust": None}
+
+
+def test_keys_a_newer_pulld_adds_are_ignored() -> None:
+    doc = json.loads((FORMATS / "status-report.json").read_bytes())
+    doc["health"] = {"hello": "ok"}
+    doc["apps"]["hello"]["reverted_from"] = "something"
+    got = status.parse(json.dumps(doc).encode(), "status/web-1.json")
+    assert got.apps["hello"].state == "failed" and "health" not in got.to_json()

@@ -62,6 +62,9 @@ class Catalog:
         self._last_full = 0.0
         self._journal_cursor_ns = 0
         self._loaded = False
+        # Changes whenever the cache does (a new release, a full re-list, one found by get):
+        # the fleet view re-checks its servers against the catalogue only then.
+        self.generation = 0
         # Counters, for the benchmark and /metrics.
         self.metadata_reads = 0
         self.list_pages = 0
@@ -170,6 +173,7 @@ class Catalog:
             infos.sort(key=newest_first_key, reverse=True)
         self._by_app = by_app
         self._all = None
+        self.generation += 1
 
     def _insert(self, info: ReleaseInfo) -> None:
         # New releases are nearly always the newest, so this stops at the first element.
@@ -180,6 +184,7 @@ class Catalog:
             i += 1
         infos.insert(i, info)
         self._all = None
+        self.generation += 1
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:
@@ -207,6 +212,16 @@ class Catalog:
         if not releases:
             raise NotFound(f"no releases of app {app!r}")
         return releases[0]
+
+    def newest(self, app: str) -> ReleaseInfo | None:
+        """The newest release of `app` the cache holds (no copy, no store call: the fleet
+        view asks this for every app on every poll)."""
+        infos = self._by_app.get(app)
+        return infos[0] if infos else None
+
+    def cached(self, name: str) -> ReleaseInfo | None:
+        """The release called `name` if the cache holds it (no store call, unlike `get`)."""
+        return self._by_name.get(name)
 
     def get(self, name: str) -> ReleaseInfo:
         """The release called `name`; looks in the store if the cache does not know it."""
