@@ -19,9 +19,9 @@ import pytest
 from fleetdata import TOKENS, conf_text, make_release, report
 from push import timestamps
 from push.cli import main
+from push.history import History, Record, new_record
 from push.layout import server_signature_key
 from push.signing import Keyring, verify_server_file, write_key_pair
-from push.history import History, Record, new_record
 from push.store.local import LocalStore
 from pushserver import PushServerProcess
 from waiting import wait_for

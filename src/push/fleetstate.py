@@ -58,8 +58,9 @@ class ServerState(Model, frozen=True):
                                                         "server files only (null: an agent from before signatures)")
     untrusted: list[str] = Field(default_factory=list, description="what the agent refuses now, as "
                                                                    "'subject: reason' (docs/trust.md)")
-    problems: int = Field(description="apps with drift, failed, not_allowed, unknown_release or untrusted, plus one "
-                                      "for a stale, silent or failing agent, a refused server file or a bad server file")
+    problems: int = Field(description="apps with drift, failed, not_allowed, unknown_release or untrusted, "
+                                      "plus one for a stale, silent or failing agent, a refused server file "
+                                      "or a bad server file")
     apps: list[AppState]
 
 
