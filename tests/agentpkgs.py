@@ -19,6 +19,7 @@ from pathlib import Path
 from push.catalog import publish
 from push.health import HEALTH_METADATA, HealthCheck
 from push.release import Release, ReleaseInfo
+from push.signing import SigningKey, sign_release
 from push.store import Store
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -108,11 +109,13 @@ def release_for(app: str, n: int) -> Release:
 
 def publish_deb(store: Store, app: str, n: int, deb: Path, *, version: str | None = None,
                 package: str | None = None, legacy: bool = False, tamper: bool = False,
-                note: str = "", health: HealthCheck | None = None) -> ReleaseInfo:
+                note: str = "", health: HealthCheck | None = None,
+                signing_key: SigningKey | None = None) -> ReleaseInfo:
     """Upload `deb` as release number `n` of `app`, with the metadata the builder writes.
 
     `legacy`: only the original's metadata (no sha256/size/package/version).
     `tamper`: the uploaded bytes differ from what the metadata's sha256 says.
+    `signing_key`: signed as `push release --signing-key` signs.
     """
     digest = hashlib.sha256()
     with open(deb, "rb") as f:
@@ -126,7 +129,10 @@ def publish_deb(store: Store, app: str, n: int, deb: Path, *, version: str | Non
         info = ReleaseInfo(release=rel, note=note, services=(f"{app}.service",),
                            sha256=digest.hexdigest(), size=size,
                            extra={"package": package or f"push-{app}", "version": version or f"1.{n}",
+                                  "architecture": "all",
                                   **({HEALTH_METADATA: health.encode()} if health is not None else {})})
+        if signing_key is not None:
+            info = sign_release(info, signing_key)
     if tamper:
         data = bytearray(deb.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -142,11 +148,12 @@ def make_release(store: Store, workdir: Path, app: str, n: int, **build: object)
     legacy = bool(build.pop("legacy", False))
     tamper = bool(build.pop("tamper", False))
     health = build.pop("health", None)
+    signing_key = build.pop("signing_key", None)
     version = str(build.pop("version", f"1.{n}"))
     deb = build_deb(workdir, app, version, **build)  # type: ignore[arg-type]
     try:
         return publish_deb(store, app, n, deb, version=version, package=build.get("package"),  # type: ignore[arg-type]
-                           legacy=legacy, tamper=tamper, health=health)  # type: ignore[arg-type]
+                           legacy=legacy, tamper=tamper, health=health, signing_key=signing_key)  # type: ignore[arg-type]
     finally:
         deb.unlink(missing_ok=True)
 
