@@ -76,7 +76,8 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
                poll_interval: float = 2.0, catalog_interval: float = 10.0,
                catalog: Catalog | None = None) -> FastAPI:
     settings = auth or AuthSettings()
-    catalog = catalog or Catalog(store)
+    # A push server keeps the catalogue index up to date for every reader of the bucket.
+    catalog = catalog or Catalog(store, writes_index=True)
     ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}")
     view = FleetView(ctx)
     hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval)
