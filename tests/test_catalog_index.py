@@ -381,6 +381,89 @@ def test_concurrent_writers_in_threads_lose_nothing(store: Store) -> None:
         info(f"app{n}", k + 1).name for n in range(4) for k in range(5)} | {info("base", 0).name}
 
 
+class UploadDuringTheIndexWrite:
+    """A store where `during` runs once, just before the next put of the index lands (after the
+    writer took its snapshot and encoded it): an upload racing the write."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.during: list[object] = []
+
+    def put(self, key: str, *args: object, **kwargs: object) -> object:
+        if key == INDEX:
+            while self.during:
+                self.during.pop(0)()  # type: ignore[operator]
+        return self.inner.put(key, *args, **kwargs)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("journal", [True, False], ids=["journaled", "no-journal"])
+def test_a_release_uploaded_during_the_index_write_is_not_lost(store: Store, journal: bool) -> None:
+    for m in (1, 2):
+        publish(store, info("web", m), b"deb")
+    racing = UploadDuringTheIndexWrite(store)
+    writer = Catalog(racing, writes_index=True)  # type: ignore[arg-type]
+    writer.refresh()
+    settle(writer)
+    during, learned = info("web", 3), info("db", 4)
+    uploaded_ns: list[int] = []
+
+    def upload() -> None:
+        uploaded_ns.append(time.time_ns())
+        if journal:
+            publish(store, during, b"deb")
+        else:
+            without_journal(store, during)
+        without_journal(store, learned)
+        writer.get(learned.name)  # a request thread of the same server learns one meanwhile
+
+    racing.during.append(upload)
+    assert writer.write_index(force=True)
+    assert uploaded_ns, "the upload did not race the write"
+
+    got = store.get(INDEX)
+    assert got is not None
+    written = CatalogIndex.decode(got[0], INDEX)
+    assert written.find(during.name) is None  # encoded before the upload
+    # The index's positions never pass what it does not hold: a reader reads the journal, and
+    # re-lists, from before the upload.
+    assert written.meta.listed_ns < uploaded_ns[0] and written.meta.journal_ns < uploaded_ns[0]
+
+    # What the writer learned during the write is still pending, not dropped with its old base.
+    assert learned in writer.releases("db")
+    reader = Catalog(store, full_interval=0)
+    found = {r.name for r in reader.releases()}
+    if not journal:
+        assert during.name not in found  # no journal entry: the re-list finds it
+        reader.refresh()
+        found = {r.name for r in reader.releases()}
+    assert during.name in found
+    # The writer's next re-list and write fold both in.
+    writer.refresh(full=True)
+    settle(writer)
+    writer.write_index(force=True)
+    got = store.get(INDEX)
+    assert got is not None
+    index = CatalogIndex.decode(got[0], INDEX)
+    assert {r[0] for app in index.apps() for r in index.rows(app)} == {
+        info("web", 1).name, info("web", 2).name, during.name, learned.name}
+
+
+def test_an_index_of_another_format_version_is_left_alone(store: Store) -> None:
+    newer = layout.catalog_index_key(catalogindex.VERSION + 1)
+    theirs = gzip.compress(b'{"format": "push-catalog-index", "version": 2, "a field": "v1 never heard of"}\n')
+    store.put(newer, theirs)  # a newer Push on the same bucket keeps its own
+    publish(store, info("web", 1), b"deb")
+    fold(store)
+    got = store.get(newer)
+    assert got is not None and got[0] == theirs
+    counting = Counting(store)
+    assert [r.name for r in Catalog(counting).releases()] == [info("web", 1).name]  # type: ignore[arg-type]
+    assert counting.gets == [INDEX]
+
+
 # -- the journal --------------------------------------------------------------------------------
 
 
@@ -449,3 +532,37 @@ def test_push_serve_keeps_the_index_for_every_other_reader(tmp_path) -> None:  #
     reader = Catalog(counting)  # type: ignore[arg-type]
     assert [r.name for r in reader.releases("hello")] == [info("hello", m).name for m in (2, 1, 0)]
     assert reader.index_reads == 1 and counting.stats == []  # read from the index the server wrote
+
+
+def test_push_serve_on_a_damaged_index_serves_the_listing_and_rewrites_it(
+        store: Store, tmp_path, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from fleetdata import TOKENS, make_config
+    from push.server.app import create_app
+
+    for m in range(3):
+        publish(store, info("hello", m), b"deb")
+    fold(store)
+    got = store.get(INDEX)
+    assert got is not None
+    store.put(INDEX, got[0][: len(got[0]) - 40])  # truncated, as by a half-finished copy
+    publish(store, info("hello", 3), b"deb")
+    app = create_app(store, make_config(tmp_path), poll_interval=0.05, catalog_interval=0.05)
+    with caplog.at_level(logging.WARNING, logger="push.catalog"), TestClient(app) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/healthz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        answer = client.get("/api/v1/apps/hello/releases", headers={"Authorization": f"Bearer {TOKENS['dash']}"})
+        assert answer.status_code == 200
+        assert [r["name"] for r in answer.json()] == [info("hello", m).name for m in (3, 2, 1, 0)]
+        rewritten = None
+        while rewritten is None and time.monotonic() < deadline:
+            got = store.get(INDEX)
+            assert got is not None
+            try:
+                rewritten = CatalogIndex.decode(got[0], INDEX)
+            except InvalidData:
+                time.sleep(0.05)
+    assert any("is unusable" in r.getMessage() for r in caplog.records)
+    assert rewritten is not None and rewritten.releases == 4
