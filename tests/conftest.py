@@ -7,12 +7,13 @@ port, credentials files at nothing, and the emulators listen on loopback only.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import realserver
 from emulators import Emulator, start_fake_gcs, start_moto
 from push.store import Store, open_store
 
@@ -127,3 +128,41 @@ def store(store_url: str) -> Iterator[Store]:
     s = open_store(store_url)
     yield s
     s.close()
+
+
+# -- real servers (the systemd tier) -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def debian_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The cached Debian 12 root the real servers boot on, built first if this machine has none."""
+    try:
+        return realserver.debian_root(tmp_path_factory.mktemp("debootstrap") / "debootstrap.log")
+    except realserver.CannotBoot as e:
+        realserver.cannot_boot(str(e))
+
+
+@pytest.fixture(scope="module")
+def boot_server(debian_root: Path, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[Callable[[str], realserver.RealServer]]:
+    """`boot_server(NAME)`: a booted real server, shared by the module's tests; every server
+    booted is stopped by its pid when the module ends, whatever happened."""
+    started: list[realserver.RealServer] = []
+
+    def boot(name: str) -> realserver.RealServer:
+        server = realserver.RealServer(name, debian_root, tmp_path_factory.mktemp(f"server-{name}"))
+        started.append(server)
+        try:
+            server.boot()
+        except realserver.CannotBoot as e:
+            realserver.cannot_boot(str(e))
+        return server
+
+    yield boot
+    errors = []
+    for server in started:
+        try:
+            server.close()
+        except Exception as e:  # stop the others anyway
+            errors.append(f"{server.name}: {e}")
+    assert not errors, errors

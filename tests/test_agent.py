@@ -6,10 +6,10 @@ cases run against the local store, where they are fastest.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from push.agent.supervisor import SandboxSupervisor
 from push.errors import StoreUnavailable
 from push.store import Store
 from push.store.local import LocalStore
+from waiting import wait_for
 
 SERVER = "s1"
 
@@ -56,12 +57,7 @@ class Sandbox:
     def running(self, app: str, timeout: float = 5.0) -> str:
         """'VERSION PORT' as written by the running service, waiting for it to (re)write it."""
         path = self.root / f"run/{app}/running"
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if path.exists() and path.read_text().strip():
-                return path.read_text().strip()
-            time.sleep(0.02)
-        raise AssertionError(f"{app} is not running")
+        return wait_for(lambda: path.exists() and path.read_text().strip(), timeout, f"{app} to run")
 
     def pid(self, unit: str) -> int | None:
         return self.supervisor.pids().get(unit)
@@ -91,12 +87,7 @@ def sandbox(local_store: Store, tmp_path: Path, sandboxes: list[Sandbox]) -> San
 
 
 def _wait_new_run(sb: Sandbox, app: str, version: str) -> None:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if sb.running(app).split()[0] == version:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{app} {version} did not start: {sb.running(app)}")
+    wait_for(lambda: sb.running(app).split()[0] == version, 5, f"{app} {version} to start")
 
 
 def test_lifecycle_install_upgrade_rollback_remove(store: Store, tmp_path: Path, sandboxes: list[Sandbox]) -> None:
@@ -293,9 +284,24 @@ def test_one_failing_release_does_not_block_the_others_and_backs_off(sandbox: Sa
     assert sandbox.report().apps["ghost"].attempts == 1
     assert sandbox.agent.next_retry_in() is not None and sandbox.agent.next_retry_in() > 30
     # ... until the retry is due.
-    sandbox.agent._failures["ghost"].retry_at = 0
+    _due_now(sandbox.agent, "ghost")
     sandbox.step()
-    assert sandbox.agent._failures["ghost"].attempts == 2
+    assert sandbox.agent.failures.apps["ghost"].attempts == 2
+
+
+def _due_now(agent: Agent, app: str) -> None:
+    """Make the failure of `app` due for a retry now, as if its backoff had passed."""
+    agent.failures.apps[app] = dataclasses.replace(agent.failures.apps[app], retry_at=0)
+
+
+def test_a_release_that_never_installed_taken_off_the_file_is_forgotten(sandbox: Sandbox, tmp_path: Path) -> None:
+    bad = make_release(sandbox.store, tmp_path, "hello", 1, tamper=True)
+    set_server_file(sandbox.store, SERVER, [bad.name])
+    assert sandbox.step() is False
+    set_server_file(sandbox.store, SERVER, [])
+    assert sandbox.step() is True
+    assert "hello" not in sandbox.report().apps and sandbox.installed() == {}
+    assert "hello" not in json.loads((sandbox.root / "var/lib/pulld/state.json").read_text())["apps"]
 
 
 def test_malformed_server_file_changes_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -336,11 +342,11 @@ def test_unreachable_store_changes_nothing_and_backs_off(local_store: Store, tmp
     assert sb.step()
     counting.down = True
     set_server_file(local_store, SERVER, [h2.name])
-    sb.agent._fail("other", "other/x", "an app failure whose retry is due")
-    sb.agent._failures["other"].retry_at = 0
+    sb.agent.failures.fail("other", "other/x", "an app failure whose retry is due")
+    _due_now(sb.agent, "other")
     assert sb.step() is False
     assert sb.installed() == {"push-hello": "1.1"}
-    assert "connection refused" in (sb.agent._global_failure.error if sb.agent._global_failure else "")
+    assert "connection refused" in (sb.agent.failures.step.error if sb.agent.failures.step else "")
     # Only the step's own backoff counts while the store is down: no busy loop on app retries.
     assert (sb.agent.next_retry_in() or 0) > 30
     assert sb.running("hello") == "1.1 none"
@@ -367,7 +373,7 @@ def test_store_failing_mid_download_is_retried(local_store: Store, tmp_path: Pat
     assert sb.step() is False
     assert "connection reset" in (sb.report().apps["hello"].error or "")
     flaky.debs_down = False
-    time.sleep(0.02)
+    wait_for(lambda: sb.agent.next_retry_in() == 0, what="the retry to be due")
     assert sb.step() is True
 
 
@@ -393,7 +399,7 @@ def test_full_disk_is_reported(local_store: Store, tmp_path: Path, sandboxes: li
         margin = download_mod.FREE_MARGIN
         download_mod.FREE_MARGIN = -10**12
         try:
-            sb.agent._failures.clear()
+            sb.agent.failures.apps.clear()
             assert sb.step() is False
             assert "no space left" in (sb.report().apps["big"].error or "")
             assert not list((state / "downloads").iterdir())
@@ -459,13 +465,13 @@ def test_unit_that_cannot_start_is_reported(sandbox: Sandbox, tmp_path: Path) ->
     rel = make_release(sandbox.store, tmp_path, "crashy", 1, script="#!/bin/sh\necho crashing\nexit 7\n")
     set_server_file(sandbox.store, SERVER, [rel.name])
     sandbox.step()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        sandbox.agent._last_report = None
+    sandbox.agent.publisher.interval = 0  # publish every step
+
+    def failed() -> bool:
         sandbox.step()
-        if sandbox.report().apps["crashy"].units.get("crashy.service") == "failed":
-            break
-        time.sleep(0.2)
+        return sandbox.report().apps["crashy"].units.get("crashy.service") == "failed"
+
+    wait_for(failed, timeout=10, what="the unit to fail", interval=0.2)
     assert sandbox.report().apps["crashy"].units == {"crashy.service": "failed"}
     assert "crashing" in (sandbox.root / "var/log/push-units/crashy.service.log").read_text()
 
@@ -477,7 +483,7 @@ def test_reports_are_published_on_change_and_as_heartbeat(sandbox: Sandbox, tmp_
     first = sandbox.report()
     sandbox.step()
     assert sandbox.report().time == first.time  # nothing new, heartbeat not due
-    sandbox.agent.options.report_interval = 0
+    sandbox.agent.publisher.interval = 0
     sandbox.step()
     assert sandbox.report().time != first.time and sandbox.report().step == 3
 

@@ -8,6 +8,7 @@ units it starts run in their own sessions and are stopped by pid at the end of e
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -28,21 +29,12 @@ from emulators import free_port
 from push import status
 from push.agent.dpkg import Dpkg
 from push.store import Store, open_store
+from waiting import wait_for
 
 # pulld as a process: seconds each
 pytestmark = pytest.mark.slow
 
 SERVER = "s1"
-
-
-def wait_for(pred: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Pulld:
@@ -246,6 +238,7 @@ class WatchServer:
         self.rev = rev
         self.cond = threading.Condition()
         self.requests = 0
+        self.waiting: list[str] = []  # the `since` of each long poll waiting now
         self.closing = False
         outer = self
 
@@ -264,7 +257,9 @@ class WatchServer:
                 timeout = float(q.get("timeout", ["55"])[0])
                 with outer.cond:
                     if since is not None:
+                        outer.waiting.append(since)
                         outer.cond.wait_for(lambda: str(outer.rev) != since or outer.closing, timeout)
+                        outer.waiting.remove(since)
                     rev = str(outer.rev)
                 if outer.closing:  # going down: drop the connection, as a dying server does
                     self.close_connection = True
@@ -288,6 +283,11 @@ class WatchServer:
             self.rev += 1
             self.cond.notify_all()
 
+    def caught_up(self) -> bool:
+        """A long poll waits for a change of the current rev: every bump has been seen."""
+        with self.cond:
+            return str(self.rev) in self.waiting
+
     def close(self) -> None:
         with self.cond:
             self.closing = True
@@ -303,6 +303,7 @@ class MetadataServer:
         self.value = "initial"
         self.etag = 1
         self.closed = False
+        self.waiting: list[str] = []  # the last_etag of each wait_for_change request waiting now
         self.cond = threading.Condition()
         outer = self
 
@@ -332,9 +333,11 @@ class MetadataServer:
                 elif url.path == "/computeMetadata/v1/instance/attributes/pushrev":
                     with outer.cond:
                         if q.get("wait_for_change") == ["true"]:
-                            last = q.get("last_etag", [None])[0]
+                            last = q.get("last_etag", [""])[0]
                             timeout = float(q.get("timeout_sec", ["60"])[0])
+                            outer.waiting.append(last)
                             outer.cond.wait_for(lambda: f"e{outer.etag}" != last or outer.closed, timeout)
+                            outer.waiting.remove(last)
                         value, etag = outer.value, f"e{outer.etag}"
                     self._send(value, etag)
                 else:
@@ -350,6 +353,11 @@ class MetadataServer:
             self.value = value
             self.etag += 1
             self.cond.notify_all()
+
+    def watched(self) -> bool:
+        """A wait_for_change request waits on the current ETag."""
+        with self.cond:
+            return f"e{self.etag}" in self.waiting
 
     def close(self) -> None:
         # Long polls still waiting would answer a gone pulld after the test, on its stderr.
@@ -390,7 +398,9 @@ def test_watch_trigger_runs_one_step_per_burst(store_url: str, tmp_path: Path, r
     for _ in range(20):  # a burst of triggers ...
         watch_server.bump()
     wait_for(lambda: installed(root) == {"push-hello": "1.2"}, timeout=10, what="the triggered install")
-    time.sleep(0.5)
+    wait_for(watch_server.caught_up, what="the trigger to see the last bump")
+    # No wake-up can come after this; a quiet moment lets any step it caused show.
+    time.sleep(0.3)
     assert 1 <= _steps(metrics) - before <= 3  # ... runs one step (or two), not twenty
     assert p.has_event("trigger")
 
@@ -409,7 +419,7 @@ def test_gce_metadata_trigger_and_instance_name(store_url: str, tmp_path: Path, 
         procs.append(p)
         wait_for(lambda: installed(root) == {"push-hello": "1.1"}, what="the first step")
         wait_for(lambda: status.read(store, "gce-vm-1"), what="a report under the instance name")
-        time.sleep(0.3)  # the trigger is waiting with wait_for_change
+        wait_for(metadata.watched, what="the trigger to wait with wait_for_change")
         set_server_file(store, "gce-vm-1", [h2.name])
         metadata.set(f"{h2.name} 1234")
         wait_for(lambda: installed(root) == {"push-hello": "1.2"}, timeout=10, what="the GCE-triggered install")
@@ -447,11 +457,15 @@ def test_failures_back_off_instead_of_retrying_every_poll(tmp_path: Path, root: 
     set_server_file(store, SERVER, [bad.name])
     p = Pulld(url, root, "--interval", "0.05", "--backoff", "0.4", "--backoff-max", "5")
     procs.append(p)
-    time.sleep(2.0)
+
+    def attempt_times() -> list[float]:
+        return [float(str(e["t"])) for e in p.events() if e.get("event") == "install.start"]
+
+    attempts = wait_for(lambda: (t := attempt_times())[2:] and t, what="three attempts")
     p.stop()
-    attempts = [e for e in p.events() if e.get("event") == "install.start"]
-    # 0.4 + 0.8 + ... at ±20%: 2 to 4 tries in 2 s, where polling would have made ~40.
-    assert 2 <= len(attempts) <= 4, len(attempts)
+    # Polling every 0.05 s would retry at once; the backoff waits 0.4 s, then 0.8 s (±20 %).
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.4 * 0.8 and gaps[1] >= 0.8 * 0.8, gaps
 
 
 def test_self_update_reexecs_and_carries_on(tmp_path: Path, root: Path, procs: list[Pulld]) -> None:

@@ -21,6 +21,7 @@ from push.agent.errors import DependencyMissing, UnitError
 from push.agent.services import SystemdManager
 from push.agent.supervisor import SandboxSupervisor, parse_environment_file, parse_unit
 from push.agent.triggers import Wakeup
+from waiting import wait_for
 
 # -- Depends and apt-get ---------------------------------------------------------------------
 
@@ -45,7 +46,8 @@ def test_real_root_installs_missing_depends_with_apt_get_satisfy(tmp_path: Path)
     fields = DebFields("push-x", "1.0", depends="dpkg, no-such-package-push-test (>= 2) | other-missing")
     assert d.ensure_depends(fields) is False
     assert calls.read_text().split("\n")[0] == (
-        "satisfy -y -q --no-install-recommends no-such-package-push-test (>= 2) | other-missing")
+        "-o DPkg::Lock::Timeout=120 satisfy -y -q --no-install-recommends "
+        "no-such-package-push-test (>= 2) | other-missing")
 
 
 def test_apt_get_failure_is_a_clear_error_with_its_words(tmp_path: Path) -> None:
@@ -123,9 +125,7 @@ def test_supervisor_runs_a_unit_with_its_environment(tmp_path: Path, supervisors
     sup = SandboxSupervisor(root, stop_timeout=2)
     supervisors.append(sup)
     sup.restart(["svc.service"])
-    deadline = time.monotonic() + 5
-    while not (root / "out").exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for(lambda: (root / "out").exists() and (root / "out").read_text().endswith("\n"), what="the unit's output")
     assert (root / "out").read_text().split() == ["9999", "x", str(root), str(root / "srv")]
     assert sup.states(["svc.service", "nope.service"]) == {"svc.service": "active", "nope.service": "not-found"}
     pid = sup.pids()["svc.service"]
@@ -138,12 +138,12 @@ def test_supervisor_runs_a_unit_with_its_environment(tmp_path: Path, supervisors
 def test_supervisor_sigkills_what_ignores_sigterm(tmp_path: Path, supervisors: list[SandboxSupervisor]) -> None:
     root = tmp_path / "root"
     _write_unit(root, "stubborn.service", "[Service]\nExecStart=/usr/local/bin/stubborn\n",
-                "#!/bin/sh\ntrap '' TERM\nwhile true; do sleep 0.05; done\n")
+                "#!/bin/sh\ntrap '' TERM\ntouch \"$PUSH_SANDBOX_ROOT/ignoring\"\nwhile true; do sleep 0.05; done\n")
     sup = SandboxSupervisor(root, stop_timeout=0.3)
     supervisors.append(sup)
     sup.restart(["stubborn.service"])
     pid = sup.pids()["stubborn.service"]
-    time.sleep(0.1)
+    wait_for((root / "ignoring").exists, what="the unit to ignore SIGTERM")
     sup.stop(["stubborn.service"])
     assert not SandboxSupervisor._group_alive(pid)  # the whole group is gone, the shell's children too
 
@@ -158,11 +158,9 @@ def test_supervisor_restart_policy_and_start_limit(tmp_path: Path, supervisors: 
     sup = SandboxSupervisor(root, monitor_interval=0.02)
     supervisors.append(sup)
     sup.restart(["flaky.service", "done.service"])
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and sup.states(["flaky.service"])["flaky.service"] != "failed":
-        time.sleep(0.02)
-    time.sleep(0.2)
-    assert sup.states(["flaky.service", "done.service"]) == {"flaky.service": "failed", "done.service": "inactive"}
+    wait_for(lambda: sup.states(["flaky.service", "done.service"]) == {"flaky.service": "failed",
+                                                                      "done.service": "inactive"},
+             timeout=5, what="flaky to hit its start limit and done to exit")
     assert len((root / "runs").read_text().split()) == 5  # systemd's default start limit
 
 
@@ -192,9 +190,7 @@ def test_a_new_supervisor_adopts_running_units(tmp_path: Path, supervisors: list
     second.restart(["svc.service"])  # a restart stops the adopted process, then starts anew
     assert second.pids()["svc.service"] != pid
     os.kill(second.pids()["svc.service"], signal.SIGKILL)  # dies behind the supervisor's back
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and second.states(["svc.service"])["svc.service"] == "active":
-        time.sleep(0.02)
+    wait_for(lambda: second.states(["svc.service"])["svc.service"] != "active", timeout=5, what="the kill to be seen")
     assert second.states(["svc.service"]) == {"svc.service": "failed"}
 
 

@@ -115,3 +115,21 @@ def test_get_by_name(store):
     assert cat.get(r.name).note == "n"
     with pytest.raises(NotFound):
         cat.get(info("a", 2).name)
+
+
+def test_generation_changes_with_the_cache_and_only_then(store):
+    publish(store, info("web", 1), b"deb")
+    cat = Catalog(store)
+    cat.refresh()
+    first = cat.generation
+    assert cat.refresh() == [] and cat.generation == first  # nothing new: the same generation
+    assert cat.newest("web").name == info("web", 1).name and cat.cached(info("web", 1).name) is not None
+    publish(store, info("web", 2), b"deb")
+    assert len(cat.refresh()) == 1 and cat.generation > first
+    assert cat.newest("web").name == info("web", 2).name and cat.newest("nothing") is None
+    # A release found by get() (uploaded without a journal entry) changes it too.
+    store.put(info("web", 3).release.key, b"deb", info("web", 3).to_metadata())
+    before = cat.generation
+    assert cat.cached(info("web", 3).name) is None
+    cat.get(info("web", 3).name)
+    assert cat.generation > before and cat.cached(info("web", 3).name) is not None

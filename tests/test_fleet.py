@@ -1,14 +1,13 @@
-"""The fleet operations (deploy, rollback, remove, units) and the fleet state."""
+"""push.fleet: the operations that change the fleet (deploy, rollback, remove, deploy everywhere, units)."""
 
 import json
 import threading
-from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import pytest
 
-from fleetdata import make_config, make_release, report
+from fleetdata import make_config, make_release
 from push import fleet, serverfile, unitrequests
 from push.errors import Conflict, InvalidName, NotAllowed, NotFound, PushError
 from push.store.local import LocalStore
@@ -140,13 +139,38 @@ def test_remove(ctx, rels):
 def test_deploy_everywhere_each_server_on_its_own(ctx, rels):
     fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
     fleet.deploy(ctx, "a", "web-2", "hello", rels[1].name)
-    outcomes = fleet.deploy_everywhere(ctx, "a", "hello", rels[3].name,
-                                       expected={"web-1": rels[0].name, "web-2": rels[0].name})
-    by = {o.server: o for o in outcomes}
-    assert by["web-1"].change.to == rels[3].name
-    assert isinstance(by["web-2"].error, fleet.ChangedMeanwhile)  # it ran rels[1], not what was seen
-    assert by["web-2"].to_json()["type"] == "ChangedMeanwhile"  # the HTTP status is the server's to add
-    assert [o.server for o in fleet.deploy_everywhere(ctx, "a", "hello", rels[3].name)] == ["web-1", "web-2"]
+    result = fleet.deploy_everywhere(ctx, "a", "hello", rels[3].name,
+                                     expected={"web-1": rels[0].name, "web-2": rels[0].name})
+    by = {o.server: o for o in result.outcomes}
+    assert isinstance(by["web-1"], fleet.Deployed) and by["web-1"].to == rels[3].name and by["web-1"].changed
+    web2 = by["web-2"]  # it ran rels[1], not what was seen
+    assert isinstance(web2, fleet.Refused) and web2.type == "ChangedMeanwhile" and not result.ok
+    assert web2.conflict is not None and web2.conflict.current == rels[1].name
+    assert web2.status is None  # the HTTP status is the server's to add
+    assert [o.server for o in fleet.deploy_everywhere(ctx, "a", "hello", rels[3].name).outcomes] == ["web-1", "web-2"]
+
+
+def test_a_fleet_deploy_reads_back_as_the_same_outcomes(ctx, rels):
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
+    result = fleet.deploy_everywhere(ctx, "a", "hello", rels[2].name, expected={"web-1": rels[0].name, "web-2": "x"})
+    doc = result.to_json()
+    assert [(o["server"], o["ok"]) for o in doc["outcomes"]] == [("web-1", True), ("web-2", False)]
+    assert doc["outcomes"][0]["from"] == rels[0].name and doc["outcomes"][0]["history"]["to"] == rels[2].name
+    assert fleet.FleetDeploy.from_json(doc) == result
+
+
+def test_change_json_names_every_field(ctx, rels):
+    doc = fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name).to_json()
+    assert list(doc) == ["server", "app", "action", "from", "to", "changed", "history", "request"]
+    assert doc["from"] is None and doc["request"] is None and doc["history"]["via"] == "test"
+
+
+def test_rollback_target_says_why(ctx, rels):
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[1].name)
+    fleet.deploy(ctx, "b", "web-1", "hello", rels[2].name, note="newer")
+    plan = fleet.rollback_target(ctx, "web-1", "hello")
+    assert (plan.from_, plan.to, plan.basis.who, plan.basis.note) == (rels[2].name, rels[1].name, "b", "newer")
+    assert plan.to_json()["from"] == rels[2].name
 
 
 def test_unit_action_records_request_and_history(ctx, bucket, rels):
@@ -246,117 +270,3 @@ def test_gce_pushrev_written_through_compute_api(bucket, tmp_path, rels, compute
     # An instance the Compute API does not know: logged and counted, the deploy still stands.
     fleet.deploy(ctx, "a", "web-2", "hello", rels[1].name)
     assert ctx.triggers.gce_failed == 1 and ctx.triggers.gce_ok == 2
-
-
-def test_fleet_state_marks(ctx, bucket, rels, tmp_path):
-    dirty = make_release(bucket, "pulld", 1, dirty=True)
-    make_release(bucket, "pulld", 2)
-    fleet.deploy(ctx, "a", "web-1", "hello", rels[3].name)
-    fleet.deploy(ctx, "a", "web-1", "pulld", dirty.name)
-    fleet.deploy(ctx, "a", "web-2", "hello", rels[1].name)
-    report(bucket, "web-1", {"hello": rels[3].name, "pulld": dirty.name})
-    report(bucket, "web-2", {"hello": rels[0].name}, failed={"hello": "dpkg: error processing package"},
-           age=timedelta(hours=2))
-    serverfile.write(bucket, serverfile.read(bucket, "db-1").with_release(rels[0].release))  # not allowed there
-    view = fleet.FleetView(ctx)
-    state = view.state()
-    servers = {s["server"]: s for s in state["servers"]}
-    assert list(servers) == ["web-1", "web-2", "db-1"]
-    w1 = {a["app"]: a for a in servers["web-1"]["apps"]}
-    assert w1["hello"]["marks"] == [] and w1["hello"]["actual"] == rels[3].name
-    assert set(w1["pulld"]["marks"]) == {"out_of_date", "dirty"}
-    assert servers["web-1"]["stale"] is False and servers["web-1"]["problems"] == 0
-    w2 = {a["app"]: a for a in servers["web-2"]["apps"]}
-    assert set(w2["hello"]["marks"]) == {"out_of_date", "drift", "failed"}
-    assert w2["hello"]["error"] == "dpkg: error processing package"
-    assert servers["web-2"]["stale"] is True
-    d1 = {a["app"]: a for a in servers["db-1"]["apps"]}
-    assert "not_allowed" in d1["hello"]["marks"] and "no_report" in d1["pulld"]["marks"]
-    # Filters: substrings of server and app names.
-    assert [s["server"] for s in view.state(server="web")["servers"]] == ["web-1", "web-2"]
-    assert [[a["app"] for a in s["apps"]] for s in view.state(app="pull")["servers"]] == [["pulld"]] * 3
-
-
-def test_fleet_view_refresh_reads_only_what_changed(ctx, bucket, rels):
-    fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
-    fleet.deploy(ctx, "a", "web-2", "hello", rels[0].name)
-    view = fleet.FleetView(ctx)
-    view.refresh()
-    reads = view.object_reads
-    rev1, rev2 = view.rev("web-1"), view.rev("web-2")
-    assert view.refresh() == set() and view.object_reads == reads
-    fleet.deploy(ctx, "a", "web-1", "hello", rels[1].name)
-    assert view.refresh() == {"web-1"} and view.object_reads == reads + 1
-    assert view.rev("web-1") != rev1 and view.rev("web-2") == rev2
-    # A unit request changes the rev too; its outcome being written back does not.
-    fleet.unit_action(ctx, "a", "web-2", "hello.service", "restart")
-    assert view.refresh() == {"web-2"}
-    req = unitrequests.pending(bucket, "web-2")[0]
-    unitrequests.complete(bucket, req, "done", "ok", "web-2")
-    assert view.refresh() == set()
-
-
-def test_same_rev_on_every_push_server(ctx, rels):
-    fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
-    a, b = fleet.FleetView(ctx), fleet.FleetView(ctx)
-    a.refresh()
-    b.refresh()
-    assert a.rev("web-1") == b.rev("web-1") and a.rev("nowhere") == b.rev("nowhere")
-
-
-def test_release_picker_lists_servers(ctx, bucket, rels):
-    fleet.deploy(ctx, "a", "web-1", "hello", rels[2].name)
-    report(bucket, "web-2", {"hello": rels[2].name})
-    view = fleet.FleetView(ctx)
-    got = view.releases("hello")
-    assert [r["name"] for r in got] == [r.name for r in reversed(rels)]
-    row = got[1]
-    assert row["desired_on"] == ["web-1"] and row["running_on"] == ["web-2"]
-    assert row["short_hash"] == rels[2].release.short_hash
-
-
-def test_deploy_rollback_and_view_on_every_store(store, tmp_path):
-    ctx = fleet.Context.open(store, make_config(tmp_path), via="test")
-    rels = [make_release(store, "hello", n) for n in range(1, 4)]
-    fleet.deploy(ctx, "a", "web-1", "hello", rels[2].name, expected_from=None)
-    fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name, expected_from=rels[2].name)
-    with pytest.raises(fleet.ChangedMeanwhile):
-        fleet.deploy(ctx, "b", "web-1", "hello", rels[1].name, expected_from=rels[2].name)
-    assert fleet.rollback(ctx, "a", "web-1", "hello").to == rels[2].name
-    view = fleet.FleetView(fleet.Context.open(store, ctx.config))
-    assert view.refresh() == {"web-1"}
-    w1 = view.state(server="web-1")["servers"][0]["apps"][0]
-    assert w1["desired"] == rels[2].name and w1["marks"] == ["no_report"]
-
-
-def test_poll_racing_a_local_write_never_goes_back(ctx, bucket, rels, monkeypatch):
-    """A bucket poll that read a server file before this process wrote it must not undo
-    what refresh_server saw after the write."""
-    fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
-    view = fleet.FleetView(ctx)
-    view.refresh()
-    report(bucket, "web-1", {"hello": rels[0].name})  # so the poll reads a report after the files
-    real_get = bucket.get
-
-    def get_then_write(key, *a, **k):
-        if key.startswith("status/"):
-            fleet.deploy(ctx, "a", "web-1", "hello", rels[1].name)
-            view.refresh_server("web-1")
-        return real_get(key, *a, **k)
-
-    monkeypatch.setattr(bucket, "get", get_then_write)
-    view.refresh(include_catalog=False)
-    monkeypatch.setattr(bucket, "get", real_get)
-    [state] = view.server_states("web-1")
-    assert [a["desired"] for a in state.data["apps"] if a["app"] == "hello"] == [rels[1].name]
-
-
-def test_new_release_marks_servers_out_of_date(ctx, bucket, rels):
-    fleet.deploy(ctx, "a", "web-1", "hello", rels[-1].name)
-    view = fleet.FleetView(ctx)
-    assert view.state(server="web-1")["servers"][0]["apps"][0]["marks"] == ["no_report"]
-    newer = make_release(bucket, "hello", 9)
-    assert view.refresh_catalog() is True
-    hello = view.state(server="web-1")["servers"][0]["apps"][0]
-    assert hello["latest"] == newer.name and "out_of_date" in hello["marks"]
-    assert view.releases("hello")[0]["name"] == newer.name

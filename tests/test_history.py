@@ -1,10 +1,11 @@
 """History records: keys, views per server / app / fleet, paging, and the rollback rule."""
 
 import json
+from pathlib import Path
 
 import pytest
 
-from push.errors import NotFound
+from push.errors import InvalidData, NotFound
 from push.history import History, Record, new_record
 from push.store.local import LocalStore
 
@@ -23,11 +24,11 @@ def add(history, server, app, action, frm, to, ns):
 def test_record_keys_sort_newest_first_and_name_server_and_app(history):
     old = add(history, "web-1", "hello", "deploy", None, A, 1_000)
     new = add(history, "web-1", "hello", "deploy", A, B, 2_000)
-    assert sorted(new.keys()[0:1] + old.keys()[0:1]) == [new.keys()[0], old.keys()[0]]
-    assert new.keys()[0].startswith("history/server/web-1/") and new.keys()[0].endswith("~hello.json")
-    assert new.keys()[1].startswith("history/app/hello/") and new.keys()[1].endswith("~web-1.json")
-    assert new.keys()[2].startswith("history/all/") and new.keys()[2].endswith("~web-1~hello.json")
-    body = json.loads(history.store.get(new.keys()[2])[0])
+    assert sorted(new.bucket_keys()[0:1] + old.bucket_keys()[0:1]) == [new.bucket_keys()[0], old.bucket_keys()[0]]
+    assert new.bucket_keys()[0].startswith("history/server/web-1/") and new.bucket_keys()[0].endswith("~hello.json")
+    assert new.bucket_keys()[1].startswith("history/app/hello/") and new.bucket_keys()[1].endswith("~web-1.json")
+    assert new.bucket_keys()[2].startswith("history/all/") and new.bucket_keys()[2].endswith("~web-1~hello.json")
+    body = json.loads(history.store.get(new.bucket_keys()[2])[0])
     assert body["from"] == A and body["to"] == B and body["who"] == "alice@example.com"
     assert set(body) >= {"id", "time", "who", "server", "app", "from", "to", "action", "note", "result"}
     assert Record.from_json(body) == new
@@ -122,3 +123,39 @@ def test_history_and_paging_on_every_store(store):
     assert [r.id for r in reader.records(server="web-1", app="hello", limit=2)] == ids[::-1][:2]
     assert [r.id for r in reader.records(server="web-1", before=ids[2])] == ids[:2][::-1]
     assert [r.app for r in reader.records(limit=1)] == ["pulld"]
+
+
+FORMATS = Path(__file__).parent / "formats"
+
+
+@pytest.mark.parametrize("name", ["history-deploy.json", "history-unit-restart.json"])
+def test_records_in_todays_format_read_unchanged(tmp_path, name):
+    """The fixtures are what Push wrote before its model was typed: every key reads back the
+    same, through the store as the history reads it."""
+    data = (FORMATS / name).read_bytes()
+    doc = json.loads(data)
+    store = LocalStore(tmp_path / "bucket")
+    record = Record.from_bytes(data)
+    for key in record.bucket_keys():
+        store.put(key, data)
+    [got] = History(store).records()
+    assert got == record and got.from_ == doc["from"] and got.via == doc["via"]
+    assert got.unit == doc.get("unit") and got.extra == {}
+    written = got.to_json()
+    assert {k: written[k] for k in doc} == doc
+    # What Push writes now names every field, whatever their values.
+    assert set(written) == {"id", "time", "who", "server", "app", "action", "from", "to", "note", "result",
+                            "unit", "via", "extra"}
+
+
+def test_old_records_without_via_and_with_extra_still_read():
+    old = {"id": "01772600767123456789-fd1cf502", "time": "2026-03-04T05:06:07Z", "who": "bob",
+           "server": "web-1", "app": "hello", "action": "remove", "from": A, "to": None, "note": "",
+           "result": "ok", "extra": {"ticket": "OPS-1"}, "written_by_a_newer_push": True}
+    record = Record.from_json(old)
+    assert (record.via, record.unit, record.extra, record.from_) == ("", None, {"ticket": "OPS-1"}, A)
+
+
+def test_a_damaged_record_is_invalid_data():
+    with pytest.raises(InvalidData, match="history record"):
+        Record.from_bytes(b'{"id": "x"}', "history/all/x.json")

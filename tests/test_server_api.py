@@ -19,6 +19,7 @@ from push.errors import NotAllowed, StoreUnavailable
 from push.server.app import create_app
 from push.server.auth import AuthSettings, check_bind
 from push.store.local import LocalStore
+from waiting import wait_for
 
 PROXY = "10.0.0.1"
 SECRET = "proxy-shared-secret"
@@ -382,6 +383,9 @@ def test_watch_answers_at_once_for_an_old_rev(client):
 
 
 def _watch_in_thread(client, server, rev, timeout=20):
+    """A watcher of `server` in a thread, returned once the push server holds its long-poll."""
+    hub = client.app.state.push.hub
+    waiting = hub.watchers
     got = {}
 
     def run():
@@ -391,7 +395,7 @@ def _watch_in_thread(client, server, rev, timeout=20):
 
     t = threading.Thread(target=run)
     t.start()
-    time.sleep(0.3)
+    wait_for(lambda: hub.watchers > waiting or "answer" in got, what="the watch to be held")
     return t, got
 
 
@@ -431,13 +435,8 @@ def test_two_push_servers_on_one_bucket(bucket, tmp_path, rels):
         assert (ra.status_code, rb.status_code) == (200, 409)
         assert rb.json()["conflict"]["current"] == rels[0].name
         # B's view catches up from the bucket within its poll interval.
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            hello = cb.get("/api/v1/servers/web-1", headers=token("dash")).json()["apps"][0]
-            if hello["desired"] == rels[0].name:
-                break
-            time.sleep(0.05)
-        assert hello["desired"] == rels[0].name
+        wait_for(lambda: cb.get("/api/v1/servers/web-1", headers=token("dash")).json()["apps"][0]["desired"]
+                 == rels[0].name, timeout=5, what="the second push server to see the deploy")
         assert [h["to"] for h in cb.get("/api/v1/history", headers=token("dash")).json()] == [rels[0].name]
 
 
@@ -446,10 +445,9 @@ def test_two_push_servers_on_one_bucket(bucket, tmp_path, rels):
 
 def test_healthz_and_metrics(client, rels):
     # 503 until the first bucket poll is done, which on a busy machine is after startup.
-    deadline = time.monotonic() + 10
-    while (h := client.get("/healthz")).status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert h.status_code == 200 and h.json()["ok"] is True and h.json()["loaded"] is True, h.json()
+    h = wait_for(lambda: (r := client.get("/healthz")).status_code == 200 and r, timeout=10,
+                 what="/healthz to be 200")
+    assert h.json()["ok"] is True and h.json()["loaded"] is True, h.json()
     deploy(client, rels[0].name)
     deploy(client, rels[1].name, expected_from=None)  # a 409
     text = client.get("/metrics").text
@@ -469,9 +467,8 @@ def test_healthz_reports_a_broken_bucket(bucket, tmp_path, monkeypatch):
             raise StoreUnavailable("bucket unreachable")
 
         monkeypatch.setattr(bucket, "list_page", down)
-        time.sleep(0.3)
-        h = c.get("/healthz")
-        assert h.status_code == 503 and "bucket unreachable" in h.json()["last_poll_error"]
+        h = wait_for(lambda: (r := c.get("/healthz")).status_code == 503 and r, what="/healthz to be 503")
+        assert "bucket unreachable" in h.json()["last_poll_error"]
         # Pages still answer from the cache.
         assert c.get("/api/v1/fleet", headers=token("dash")).status_code == 200
 

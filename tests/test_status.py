@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,27 @@ def test_a_damaged_report_is_invalid_data(data: bytes) -> None:
     with pytest.raises(InvalidData) as e:
         status.parse(data, "status/web-1.json")
     assert e.value.key == "status/web-1.json"
+
+
+FORMATS = Path(__file__).parent / "formats"
+
+
+def test_a_report_in_todays_format_reads_unchanged() -> None:
+    """status-report.json is byte for byte what pulld wrote before the model was typed."""
+    data = (FORMATS / "status-report.json").read_bytes()
+    got = status.parse(data, "status/web-1.json")
+    assert got.step == 42 and got.server_file_generation == "1772600767123456789"
+    hello = got.apps["hello"]
+    assert (hello.state, hello.attempts, hello.units) == ("failed", 2, {"hello.service": "active",
+                                                                        "hello.timer": "inactive"})
+    assert got.apps["pulld"].desired == "pulld/" and got.apps["pulld"].installed is None
+    # Written back, it is the same JSON: same keys, same values.
+    assert got.to_json() == json.loads(data)
+
+
+def test_keys_a_newer_pulld_adds_are_ignored() -> None:
+    doc = json.loads((FORMATS / "status-report.json").read_bytes())
+    doc["health"] = {"hello": "ok"}
+    doc["apps"]["hello"]["reverted_from"] = "something"
+    got = status.parse(json.dumps(doc).encode(), "status/web-1.json")
+    assert got.apps["hello"].state == "failed" and "health" not in got.to_json()

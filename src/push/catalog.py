@@ -131,6 +131,10 @@ class Catalog:
         self._skipped_gen: dict[str, str] = {}
         self._next_write = 0.0
         self.index_writer: threading.Thread | None = None
+        # Changes whenever what the catalogue holds may have (a release found or deleted, an
+        # app's damaged block read from the bucket, another writer's index merged in): the
+        # fleet view re-checks its servers against the catalogue only then.
+        self.generation = 0
         # Counters, for the benchmark and /metrics.
         self.metadata_reads = 0
         self.list_pages = 0
@@ -201,6 +205,7 @@ class Catalog:
         self._decoded, self._by_app, self._newest = {}, {}, {}
         self._apps = self._all = None
         self._pending_since = None
+        self.generation += 1
 
     def _full_listing(self) -> list[ReleaseInfo]:
         """Load by listing debs/ and reading every release's metadata (no usable index)."""
@@ -245,6 +250,7 @@ class Catalog:
             self._last_full = time.monotonic()
             self._journal_cursor_ns = max(self._journal_cursor_ns, start_ns)
             self._loaded = True
+            self.generation += 1
         return [info for info, _ in found.values()]
 
     def _read_info(self, obj: ObjectInfo, metadata_listed: bool = True) -> tuple[ReleaseInfo | str, str] | None:
@@ -433,6 +439,7 @@ class Catalog:
             elif current.name == name:
                 del self._newest[app]
         self._apps = self._all = None
+        self.generation += 1
 
     def _drop_added(self, name: str) -> None:
         app = app_of(name)
@@ -463,6 +470,7 @@ class Catalog:
         self._by_app.pop(app, None)
         self._newest.pop(app, None)
         self._apps = self._all = None
+        self.generation += 1
 
     def _damaged(self, app: str, error: InvalidData, *, repair: bool = True) -> None:
         """A block of the index cannot be read: serve `app` from a listing of its releases

@@ -38,7 +38,9 @@ def cmd_releases(args: argparse.Namespace) -> int:
             raise NotFound(f"unknown app {args.app!r}: no releases in {catalog.store.url} "
                            "and not in any server's appNames")
     if args.json:
-        print_json([r.to_json() for r in releases])
+        from push.fleetstate import ReleaseEntry
+
+        print_json([ReleaseEntry.of(r).to_json() for r in releases])
         return 0
     if not releases:
         print("no releases" + (f" of {args.app}" if args.app else ""), file=sys.stderr)

@@ -1,36 +1,35 @@
-"""The fleet: what every server should run and does run, and the operations that change it.
+"""Changing the fleet: deploy, roll back, remove, deploy everywhere, and unit requests.
 
-Both front ends call this module: the push server (`push serve`) and the CLI when it goes
-straight to the bucket. Every operation enforces skiapush.conf, writes the server file by
-compare-and-swap, records the change in the history and fires the triggers, so the two
-front ends cannot disagree. `FleetView` is the read side: a cache of server files, agent
-reports and unit requests, refreshed from cheap listings, that computes the fleet state.
+Both front ends call these operations: the push server (`push serve`) and the CLI when it
+goes straight to the bucket. Every operation enforces skiapush.conf, writes the server
+file by compare-and-swap, records the change in the history and fires the triggers, so the
+two front ends cannot disagree; each answers with the same typed result (`Change`,
+`FleetDeploy`, `RollbackTarget`), which the API returns and the CLI prints. Reading the
+fleet is push.fleetview (the snapshots) and push.fleetstate (one server's state).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
 import logging
-import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
 
-from push import layout, serverfile, status, timestamps, unitrequests
+from pydantic import Field
+
+from push import serverfile, status, unitrequests
 from push.catalog import Catalog
 from push.config import Config
 from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
 from push.history import History, Record, new_record
+from push.model import Model
 from push.names import check_app, check_server, check_unit
 from push.release import Release, ReleaseInfo, app_of
 from push.serverfile import ServerFile
 from push.status import AgentStatus
 from push.store import Store
 from push.triggers import Triggers
+from push.unitrequests import UnitRequest
 from push.units import is_template
 
 log = logging.getLogger(__name__)
@@ -80,35 +79,49 @@ class ChangedMeanwhile(Conflict):
                        f"{short(expected)}, it is now {short(current)}{by}; nothing was changed, look again and retry")
         return cls(message, server=server, app=app, expected=expected, current=current, last_change=last_change)
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "server": self.server, "app": self.app, "expected": self.expected, "current": self.current,
-            "last_change": self.last_change.to_json() if self.last_change else None,
-        }
+    def detail(self) -> ConflictDetail:
+        return ConflictDetail(server=self.server, app=self.app, expected=self.expected, current=self.current,
+                              last_change=self.last_change)
 
 
-@dataclass
-class Change:
-    """The outcome of one operation on one server."""
+class ConflictDetail(Model, frozen=True):
+    """What a ChangedMeanwhile found: the release the user saw, what is there now, and the
+    last change that put it there."""
+
+    server: str | None
+    app: str | None
+    expected: str | None = Field(description="the release you saw (null: none)")
+    current: str | None = Field(description="the release there now")
+    last_change: Record | None
+
+
+class Change(Model, frozen=True):
+    """The outcome of one operation on one server (what `push deploy --json` prints and the
+    API answers)."""
 
     server: str
     app: str
-    action: str
-    from_: str | None
-    to: str | None
-    changed: bool
-    record: Record | None = None
-    request: unitrequests.UnitRequest | None = None
+    action: str = Field(description="deploy, rollback, remove, unit-start, unit-stop or unit-restart")
+    from_: str | None = Field(alias="from", description="the release before (null: none)")
+    to: str | None = Field(description="the release after (null: none)")
+    changed: bool = Field(description="false when there was nothing to change (and nothing was recorded)")
+    record: Record | None = Field(default=None, alias="history", description="the history record written")
+    request: UnitRequest | None = Field(default=None, description="the unit request written, for unit actions")
 
-    def to_json(self) -> dict[str, object]:
-        data: dict[str, object] = {
-            "server": self.server, "app": self.app, "action": self.action, "from": self.from_,
-            "to": self.to, "changed": self.changed,
-            "history": self.record.to_json() if self.record else None,
-        }
-        if self.request is not None:
-            data["request"] = self.request.to_json()
-        return data
+
+class Refusal(Model, frozen=True):
+    """Why something was refused, as the push server answers any error: its one line, its
+    class in push.errors (the CLI rebuilds the same class from it), and for a
+    ChangedMeanwhile what changed."""
+
+    error: str
+    type: str
+    conflict: ConflictDetail | None = None
+
+    @classmethod
+    def of(cls, error: PushError) -> Refusal:
+        return cls(error=str(error), type=type(error).__name__,
+                   conflict=error.detail() if isinstance(error, ChangedMeanwhile) else None)
 
 
 @dataclass
@@ -178,14 +191,14 @@ def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseI
                                ctx.history.last_change(server, app)) from None
     from_, to = _current(before, app), _current(after, app)
     if before.entries == after.entries:
-        return Change(server, app, action, from_, to, changed=False)
+        return Change(server=server, app=app, action=action, from_=from_, to=to, changed=False)
     record = new_record(who, server, app, action, from_=from_, to=to, note=note, via=ctx.via)
     try:
         _record(ctx, record)
     finally:
         _fire(ctx, server, to or f"{app}/")
     log.info("%s: %s %s on %s: %s -> %s", who, action, app, server, from_, to)
-    return Change(server, app, action, from_, to, changed=True, record=record)
+    return Change(server=server, app=app, action=action, from_=from_, to=to, changed=True, record=record)
 
 
 def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = None, *,
@@ -213,8 +226,18 @@ def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = 
     return _set_release(ctx, who, server, app, info, "deploy", expected_from, note)
 
 
-def rollback_target(ctx: Context, server: str, app: str) -> tuple[str | None, str, Record | None]:
-    """(current, target, basis): what a rollback of `app` on `server` would do now."""
+class RollbackTarget(Model, frozen=True):
+    """What a rollback of an app on a server would do now, and the history record that says so."""
+
+    server: str
+    app: str
+    from_: str | None = Field(alias="from", description="the release there now")
+    to: str = Field(description="the release it ran before, by the history")
+    basis: Record | None = Field(description="the change the target comes from")
+
+
+def rollback_target(ctx: Context, server: str, app: str) -> RollbackTarget:
+    """What a rollback of `app` on `server` would do now (NotFound if the history cannot say)."""
     current = _current(serverfile.read(ctx.store, server) or ServerFile(server), app)
     target, basis = ctx.history.previous_release(server, app, current)
     if target is None:
@@ -222,7 +245,7 @@ def rollback_target(ctx: Context, server: str, app: str) -> tuple[str | None, st
                        f"nothing to roll back to")
     if target == current:
         raise NotFound(f"{app} on {server} already runs {short(current)}, the release before the last change")
-    return current, target, basis
+    return RollbackTarget(server=server, app=app, from_=current, to=target, basis=basis)
 
 
 def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: Any = ANY,
@@ -231,7 +254,8 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
     check_server(server)
     check_app(app)
     ctx.config.check_allowed(server, app)
-    current, target, _ = rollback_target(ctx, server, app)
+    plan = rollback_target(ctx, server, app)
+    current, target = plan.from_, plan.to
     if expected_from is not ANY and expected_from != current:
         raise ChangedMeanwhile.of(server, app, expected_from, current, ctx.history.last_change(server, app))
     if expected_to is not ANY and expected_to != target:
@@ -251,23 +275,31 @@ def remove(ctx: Context, who: str, server: str, app: str, *, expected_from: Any 
     return _set_release(ctx, who, server, app, None, "remove", expected_from, note)
 
 
-@dataclass
-class Outcome:
-    """One server's part of a fleet-wide deploy: a change or the error that stopped it."""
+class Deployed(Change, frozen=True):
+    """A server a fleet-wide deploy went through on (or found already there: changed false)."""
+
+    ok: Literal[True] = True
+
+
+class Refused(Refusal, frozen=True):
+    """A server a fleet-wide deploy did not change, and why."""
 
     server: str
-    change: Change | None = None
-    error: PushError | None = None
+    ok: Literal[False] = False
+    status: int | None = Field(default=None, description="the HTTP status of the error (set by the push server)")
 
-    def to_json(self) -> dict[str, object]:
-        if self.error is not None:
-            data: dict[str, object] = {"server": self.server, "ok": False, "error": str(self.error),
-                                       "type": type(self.error).__name__}
-            if isinstance(self.error, ChangedMeanwhile):
-                data["conflict"] = self.error.to_json()
-            return data
-        assert self.change is not None
-        return {"server": self.server, "ok": True, **self.change.to_json()}
+
+# One server's part of a fleet-wide deploy.
+Outcome = Annotated[Deployed | Refused, Field(discriminator="ok")]
+
+
+class FleetDeploy(Model, frozen=True):
+    """A fleet-wide deploy: one outcome per server, each its own compare-and-swap."""
+
+    app: str
+    release: str
+    outcomes: list[Outcome]
+    ok: bool = Field(description="every server went through")
 
 
 def servers_running(ctx: Context, app: str) -> list[str]:
@@ -283,7 +315,7 @@ def servers_running(ctx: Context, app: str) -> list[str]:
 
 
 def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
-                      expected: dict[str, str | None] | None = None, note: str = "") -> list[Outcome]:
+                      expected: dict[str, str | None] | None = None, note: str = "") -> FleetDeploy:
     """Deploy `release` to every server that runs `app`, each by its own compare-and-swap.
 
     With `expected` (server -> release the user saw), exactly those servers are changed,
@@ -291,14 +323,15 @@ def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
     """
     check_app(app)
     servers = list(expected) if expected is not None else servers_running(ctx, app)
-    outcomes = []
+    outcomes: list[Deployed | Refused] = []
     for server in servers:
         try:
             frm = expected[server] if expected is not None else ANY
-            outcomes.append(Outcome(server, deploy(ctx, who, server, app, release, expected_from=frm, note=note)))
+            change = deploy(ctx, who, server, app, release, expected_from=frm, note=note)
+            outcomes.append(Deployed(**dict(change)))
         except PushError as e:
-            outcomes.append(Outcome(server, error=e))
-    return outcomes
+            outcomes.append(Refused(server=server, **dict(Refusal.of(e))))
+    return FleetDeploy(app=app, release=release, outcomes=outcomes, ok=all(o.ok for o in outcomes))
 
 
 def units_of(ctx: Context, server: str, report: AgentStatus | None = None) -> dict[str, str]:
@@ -340,412 +373,8 @@ def unit_action(ctx: Context, who: str, server: str, unit: str, action: str, *,
         _record(ctx, record)
     finally:
         _fire(ctx, server, f"{action} {unit}")
-    return Change(server, app, f"unit-{action}", None, None, changed=True, record=record, request=request)
-
-
-# -- the read side ----------------------------------------------------------------------
-
-
-MARKS = ("out_of_date", "dirty", "drift", "failed", "not_allowed", "no_report", "unknown_release")
-
-
-@dataclass
-class ServerState:
-    """One server's computed state; its JSON text is kept so unchanged servers cost nothing."""
-
-    server: str
-    data: dict[str, Any]
-    key: tuple[Any, ...]
-    _json: bytes | None = None
-    fragments: dict[str, str] = field(default_factory=dict)  # rendered views, by the front end
-
-    @property
-    def json_bytes(self) -> bytes:
-        if self._json is None:
-            self._json = json.dumps(self.data, separators=(",", ":")).encode()
-        return self._json
-
-
-def watch_rev(generation: str | None, request_keys: Iterable[str]) -> str:
-    """The watch revision of a server: same bucket state, same rev, on every push server."""
-    text = f"{generation or '-'}|{','.join(sorted(request_keys))}"
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-class FleetView:
-    """The fleet as the bucket says it is, cached. Thread-safe.
-
-    `refresh()` lists `server/`, `status/` and `requests/` (a few pages for thousands of
-    servers) and reads only the objects whose generation changed, plus the catalogue's
-    incremental refresh. It returns the servers whose watch revision changed.
-    """
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._lock = threading.RLock()
-        self._refresh_lock = threading.Lock()
-        self._write_seq = 0
-        self._touched: dict[str, int] = {}
-        self._files: dict[str, ServerFile] = {}
-        self._file_errors: dict[str, tuple[str, str]] = {}  # server -> (generation, error)
-        self._reports: dict[str, tuple[str, AgentStatus]] = {}
-        self._requests: dict[str, tuple[str, ...]] = {}
-        self._revs: dict[str, str] = {}
-        self._states: dict[str, ServerState] = {}
-        self._latest: dict[str, str] = {}
-        self._latest_size = -1
-        self._release_map: tuple[int, dict[str, tuple[list[str], list[str]]]] | None = None
-        self.version = 0
-        self.loaded = False
-        self.refreshes = 0
-        self.object_reads = 0
-        self.last_refresh: float | None = None
-        self.last_refresh_seconds = 0.0
-
-    @property
-    def config(self) -> Config:
-        return self.ctx.config
-
-    # -- refreshing -----------------------------------------------------------------------
-
-    def refresh(self, include_catalog: bool = True) -> set[str]:
-        with self._refresh_lock:
-            return self._refresh(include_catalog)
-
-    def refresh_catalog(self) -> bool:
-        """The catalogue's incremental refresh; True if there are new releases."""
-        new = self._catalog_refresh()
-        self._note_new_releases(new)
-        return bool(new)
-
-    def _catalog_refresh(self) -> list[ReleaseInfo]:
-        catalog = self.ctx.catalog
-        start = time.monotonic()
-        new = catalog.refresh()
-        elapsed = time.monotonic() - start
-        if elapsed > 5:
-            # A catalogue that takes long to list is fully re-listed less often (new
-            # releases still come at once through its journal).
-            catalog.full_interval = max(catalog.full_interval, 20 * elapsed)
-        return new
-
-    def _refresh(self, include_catalog: bool) -> set[str]:
-        start = time.monotonic()
-        with self._lock:
-            started_at = self._write_seq
-        store = self.ctx.store
-        files = {server: i.generation for i in store.list(layout.SERVER)
-                 if (server := layout.server_of_file_key(i.key)) is not None}
-        reports = {server: i.generation for i in store.list(layout.STATUS)
-                   if (server := layout.server_of_status_key(i.key)) is not None}
-        requests: dict[str, list[str]] = {}
-        for info in store.list(layout.REQUESTS):
-            request = layout.request_of_key(info.key)
-            if request is not None:
-                requests.setdefault(request[0], []).append(info.key)
-        new_releases = self._catalog_refresh() if include_catalog else []
-
-        new_files: dict[str, ServerFile] = {}
-        new_errors: dict[str, tuple[str, str]] = {}
-        for server, gen in files.items():
-            old = self._files.get(server)
-            if old is not None and old.generation == gen:
-                new_files[server] = old
-                continue
-            err = self._file_errors.get(server)
-            if err is not None and err[0] == gen:
-                new_errors[server] = err
-                continue
-            try:
-                check_server(server)
-                sf = serverfile.read(store, server)
-                self.object_reads += 1
-            except NotFound:
-                continue
-            except PushError as e:
-                new_errors[server] = (gen, str(e))
-                continue
-            if sf is not None and sf.generation is not None:
-                new_files[server] = sf
-
-        new_reports: dict[str, tuple[str, AgentStatus]] = {}
-        for server, gen in reports.items():
-            old_report = self._reports.get(server)
-            if old_report is not None and old_report[0] == gen:
-                new_reports[server] = old_report
-                continue
-            try:
-                key = layout.status_key(server)
-                got = store.get(key)
-                self.object_reads += 1
-                assert got is not None
-                new_reports[server] = (got[1].generation, status.parse(got[0], key))
-            except PushError:  # gone meanwhile, not a report, or not readable now: shown as no report
-                continue
-
-        with self._lock:
-            # A server re-read by refresh_server while we listed is newer than our listing.
-            for server, seq in self._touched.items():
-                if seq > started_at:
-                    if server in self._files:
-                        new_files[server] = self._files[server]
-                    else:
-                        new_files.pop(server, None)
-                    if server in self._requests:
-                        requests[server] = list(self._requests[server])
-                    else:
-                        requests.pop(server, None)
-            self._touched = {s: q for s, q in self._touched.items() if q > started_at}
-            changed_data = (new_files.keys() != self._files.keys()
-                            or any(self._files[s] is not f for s, f in new_files.items())
-                            or new_reports.keys() != self._reports.keys()
-                            or any(self._reports[s] is not r for s, r in new_reports.items())
-                            or new_errors != self._file_errors)
-            self._files, self._reports, self._file_errors = new_files, new_reports, new_errors
-            self._requests = {s: tuple(sorted(k)) for s, k in requests.items()}
-            changed_revs = self._recompute_revs()
-            if changed_data or changed_revs:
-                self.version += 1
-            self.loaded = True
-        self._note_new_releases(new_releases)
-        with self._lock:
-            self.refreshes += 1
-        self.last_refresh = time.time()
-        self.last_refresh_seconds = time.monotonic() - start
-        return changed_revs
-
-    def refresh_server(self, server: str) -> set[str]:
-        """Re-read one server's file and requests (after a write by this process)."""
-        store = self.ctx.store
-        with self._lock:
-            old = self._files.get(server)
-        sf = serverfile.read(store, server, if_generation_not_match=old.generation if old else None)
-        keys = tuple(sorted(i.key for i in store.list(layout.requests_prefix(server))))
-        with self._lock:
-            self._write_seq += 1
-            self._touched[server] = self._write_seq
-            if sf is not None:
-                if sf.generation is None:
-                    self._files.pop(server, None)
-                else:
-                    self._files[server] = sf
-                self._file_errors.pop(server, None)
-            if keys:
-                self._requests[server] = keys
-            else:
-                self._requests.pop(server, None)
-            self.version += 1
-            return self._recompute_revs()
-
-    def _recompute_revs(self) -> set[str]:
-        revs = {}
-        for server in set(self._files) | set(self._requests) | set(self._file_errors) | set(self._revs):
-            sf = self._files.get(server)
-            gen = sf.generation if sf is not None else (self._file_errors.get(server, (None,))[0])
-            revs[server] = watch_rev(gen, self._requests.get(server, ()))
-        changed = {s for s, r in revs.items() if self._revs.get(s) != r}
-        self._revs = revs
-        return changed
-
-    def ensure_loaded(self) -> None:
-        if not self.loaded:
-            with self._refresh_lock:
-                if not self.loaded:
-                    self._refresh(True)
-
-    def rev(self, server: str) -> str:
-        with self._lock:
-            rev = self._revs.get(server)
-        return rev if rev is not None else watch_rev(None, ())
-
-    # -- reading ---------------------------------------------------------------------------
-
-    def report(self, server: str) -> AgentStatus | None:
-        self.ensure_loaded()
-        with self._lock:
-            got = self._reports.get(server)
-        return got[1] if got else None
-
-    def request_keys(self, server: str) -> tuple[str, ...]:
-        with self._lock:
-            return self._requests.get(server, ())
-
-    def _latest_by_app(self) -> dict[str, str]:
-        """app -> its newest release name; recomputed only when the catalogue changed in a
-        way the refreshes did not report (a release gone, one found by Catalog.get)."""
-        catalog = self.ctx.catalog
-        size = len(catalog)
-        with self._lock:
-            if self._latest_size == size:
-                return self._latest
-        out = {}
-        for app in catalog.apps():
-            releases = catalog.releases(app)
-            if releases:
-                out[app] = releases[0].name
-        with self._lock:
-            self._latest, self._latest_size = out, size
-        return out
-
-    def _note_new_releases(self, new: list[ReleaseInfo]) -> None:
-        """Fold newly found releases into the newest-per-app map, instead of recomputing it."""
-        if not new:
-            return
-        with self._lock:
-            if self._latest_size < 0:
-                return
-            latest = dict(self._latest)
-            for info in new:
-                current = latest.get(info.app)
-                if current is None or (info.release.time, info.name) > (_parse_release(current).time, current):
-                    latest[info.app] = info.name
-            self._latest, self._latest_size = latest, self._latest_size + len(new)
-            self.version += 1
-
-    def _server_state(self, server: str, now: datetime, newest_of: dict[str, str]) -> ServerState:
-        config = self.config
-        with self._lock:
-            sf = self._files.get(server)
-            report_entry = self._reports.get(server)
-            file_error = self._file_errors.get(server)
-        report = report_entry[1] if report_entry else None
-        stale = report.is_stale(now) if report is not None else None
-        catalog = self.ctx.catalog
-        allowed = config.apps_for(server)
-        listed = [a for a in (sf.apps if sf is not None else []) if a not in allowed]
-        apps = list(allowed) + listed
-        latest = [newest_of.get(app) for app in apps]
-        key = (sf.generation if sf else None, report_entry[0] if report_entry else None, stale,
-               file_error, tuple(latest), allowed)
-        cached = self._states.get(server)
-        if cached is not None and cached.key == key:
-            return cached
-
-        app_states = []
-        problems = 0
-        for app, newest in zip(apps, latest, strict=True):
-            release = sf.release_of(app) if sf is not None else None
-            desired = release.name if release is not None else None
-            marks = []
-            app_report = report.apps.get(app) if report is not None else None
-            actual = app_report.installed if app_report is not None else None
-            info = None
-            if desired is not None:
-                try:
-                    info = catalog.get(desired)
-                except PushError:
-                    marks.append("unknown_release")
-                if newest is not None and desired != newest:
-                    marks.append("out_of_date")
-                if info is not None and info.dirty:
-                    marks.append("dirty")
-            if app not in allowed:
-                marks.append("not_allowed")
-            if report is None:
-                marks.append("no_report")
-            elif actual != desired:
-                marks.append("drift")
-            error = None
-            if app_report is not None and app_report.state == "failed":
-                marks.append("failed")
-                error = app_report.error or "failed (the agent gave no reason)"
-            if any(m in marks for m in ("drift", "failed", "not_allowed", "unknown_release")):
-                problems += 1
-            app_states.append({
-                "app": app,
-                "allowed": app in allowed,
-                "desired": desired,
-                "desired_note": info.note if info else None,
-                "actual": actual,
-                "state": app_report.state if app_report is not None else None,
-                "error": error,
-                "units": dict(app_report.units) if app_report is not None else {},
-                "latest": newest,
-                "marks": marks,
-            })
-        data = {
-            "server": server,
-            "last_seen": report.time if report is not None else None,
-            "stale": stale,
-            "agent_version": report.agent_version if report is not None else None,
-            "in_sync": report.in_sync if report is not None else None,
-            "agent_error": report.error if report is not None else None,
-            "file_error": file_error[1] if file_error else None,
-            "generation": sf.generation if sf else None,
-            "problems": problems + (1 if stale or file_error or report is None or (report and report.error) else 0),
-            "apps": app_states,
-        }
-        state = ServerState(server, data, key)
-        self._states[server] = state
-        return state
-
-    def server_states(self, server: str | None = None, app: str | None = None,
-                      now: datetime | None = None) -> list[ServerState]:
-        """Every server in skiapush.conf (filtered by substring of server and app name)."""
-        self.ensure_loaded()
-        now = now or timestamps.now()
-        out = []
-        s_filter = (server or "").strip().lower()
-        a_filter = (app or "").strip().lower()
-        newest_of = self._latest_by_app()
-        for name in self.config.servers:
-            if s_filter and s_filter not in name.lower():
-                continue
-            state = self._server_state(name, now, newest_of)
-            if a_filter:
-                apps = [a for a in state.data["apps"] if a_filter in a["app"].lower()]
-                if not apps:
-                    continue
-                if len(apps) != len(state.data["apps"]):
-                    state = ServerState(name, {**state.data, "apps": apps}, (*state.key, a_filter))
-            out.append(state)
-        return out
-
-    def state_json(self, server: str | None = None, app: str | None = None) -> bytes:
-        """The fleet state as JSON text (what GET /api/v1/fleet and `push status --json` give)."""
-        states = self.server_states(server, app)
-        head = json.dumps({"generated": timestamps.now_text(), "filter": {"server": server or "", "app": app or ""},
-                           "count": len(states)}, separators=(",", ":"))
-        return (head[:-1] + ',"servers":[').encode() + b",".join(s.json_bytes for s in states) + b"]}"
-
-    def state(self, server: str | None = None, app: str | None = None) -> dict[str, Any]:
-        state: dict[str, Any] = json.loads(self.state_json(server, app))
-        return state
-
-    def release_servers(self) -> dict[str, tuple[list[str], list[str]]]:
-        """release name -> (servers whose file lists it, servers whose agent reports it installed)."""
-        self.ensure_loaded()
-        with self._lock:
-            if self._release_map is not None and self._release_map[0] == self.version:
-                return self._release_map[1]
-            files, reports, version = dict(self._files), dict(self._reports), self.version
-        out: dict[str, tuple[list[str], list[str]]] = {}
-        for server, sf in files.items():
-            for release in sf.releases.values():
-                out.setdefault(release.name, ([], []))[0].append(server)
-        for server, (_, report) in reports.items():
-            for app_status in report.apps.values():
-                if app_status.installed:
-                    out.setdefault(app_status.installed, ([], []))[1].append(server)
-        with self._lock:
-            self._release_map = (version, out)
-        return out
-
-    def releases(self, app: str) -> list[dict[str, Any]]:
-        """Every release of `app`, newest first, with the servers that list and run it."""
-        where = self.release_servers()
-        out = []
-        for info in self.ctx.catalog.releases(app):
-            desired_on, running_on = where.get(info.name, ([], []))
-            out.append({**info.to_json(), "short_hash": info.release.short_hash,
-                        "desired_on": sorted(desired_on), "running_on": sorted(running_on)})
-        return out
-
-
-@functools.lru_cache(maxsize=4096)
-def _parse_release(name: str) -> Release:
-    return Release.parse(name)
-
+    return Change(server=server, app=app, action=f"unit-{action}", from_=None, to=None, changed=True,
+                  record=record, request=request)
 
 
 def direct_context(store: Store, config: Config, via: str) -> Context:

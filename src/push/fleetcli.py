@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from push.cli import print_json
 from push.errors import (
@@ -29,6 +29,13 @@ from push.errors import (
     Unauthenticated,
     error_class,
 )
+
+if TYPE_CHECKING:  # the model is imported when a command runs, so `push --help` stays fast
+    from push.fleet import Change
+    from push.fleetstate import FleetState
+    from push.history import Record
+
+T = TypeVar("T")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -89,6 +96,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
 
 
 # -- the two ways to reach the fleet ----------------------------------------------------------
+# Both answer with the model's own objects (push.fleetstate, push.history, push.fleet), which
+# the commands print: the JSON of a fact is the same whichever way it came.
 
 
 class Direct:
@@ -104,25 +113,26 @@ class Direct:
         self.ctx = fleet.direct_context(open_store(args.store), config, via=f"cli@{socket.gethostname()}")
         self.who = os.environ.get("PUSH_USER") or f"{getpass.getuser()}@{socket.gethostname()}"
 
-    def status(self, server: str | None, app: str | None) -> dict[str, Any]:
+    def status(self, server: str | None, app: str | None) -> FleetState:
+        from push.fleetview import FleetView
+
         if server is not None:
             self.ctx.config.require_server(server)
-        return self.fleet.FleetView(self.ctx).state(None, app)
+        return FleetView(self.ctx).state(None, app)
 
-    def history(self, server: str | None, app: str | None, limit: int) -> list[dict[str, Any]]:
-        return [r.to_json() for r in self.ctx.history.records(server, app, limit=limit)]
+    def history(self, server: str | None, app: str | None, limit: int) -> list[Record]:
+        return self.ctx.history.records(server, app, limit=limit)
 
-    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any,
-               note: str) -> dict[str, Any]:
+    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any, note: str) -> Change:
         expected = self.fleet.ANY if expect is _UNSET else expect
         return self.fleet.deploy(self.ctx, self.who, server, app, release, latest=latest,
-                                 expected_from=expected, note=note).to_json()
+                                 expected_from=expected, note=note)
 
-    def rollback(self, server: str, app: str, note: str) -> dict[str, Any]:
-        return self.fleet.rollback(self.ctx, self.who, server, app, note=note).to_json()
+    def rollback(self, server: str, app: str, note: str) -> Change:
+        return self.fleet.rollback(self.ctx, self.who, server, app, note=note)
 
-    def unit(self, server: str, unit: str, action: str, note: str) -> dict[str, Any]:
-        return self.fleet.unit_action(self.ctx, self.who, server, unit, action, note=note).to_json()
+    def unit(self, server: str, unit: str, action: str, note: str) -> Change:
+        return self.fleet.unit_action(self.ctx, self.who, server, unit, action, note=note)
 
     def close(self) -> None:
         if self.ctx.triggers is not None:
@@ -148,7 +158,7 @@ def _error_from_answer(status: int, body: object, url: str) -> PushError:
 
 
 class Remote:
-    """Through a push server's JSON API, with an API token."""
+    """Through a push server's JSON API, with an API token; answers parsed into the model."""
 
     def __init__(self, url: str, token: str | None) -> None:
         import httpx
@@ -159,7 +169,7 @@ class Remote:
             headers["Authorization"] = f"Bearer {token}"
         self.http = httpx.Client(base_url=self.url, headers=headers, timeout=60.0)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _call(self, method: str, path: str, **kwargs: Any) -> bytes:
         import httpx
 
         try:
@@ -172,41 +182,50 @@ class Remote:
             except ValueError:
                 body = {"error": f"HTTP {r.status_code}: {r.text[:200]}"}
             raise _error_from_answer(r.status_code, body, self.url)
-        return r.json()
+        return r.content
 
-    def status(self, server: str | None, app: str | None) -> dict[str, Any]:
+    def _answer(self, kind: type[T], data: bytes) -> T:
+        """The answer parsed into the model; a push server answering otherwise is a fault."""
+        from pydantic import TypeAdapter, ValidationError
+
+        try:
+            return TypeAdapter(kind).validate_json(data)
+        except ValidationError as e:
+            raise StoreUnavailable(f"the push server {self.url} answered what this push cannot read: "
+                                   f"{e.errors(include_url=False)[0]['msg']}") from None
+
+    def status(self, server: str | None, app: str | None) -> FleetState:
+        from push.fleetstate import FleetState
+
         if server is not None:
             self._call("GET", f"/api/v1/servers/{server}")  # UnknownServer unless skiapush.conf lists it
-        state: dict[str, Any] = self._call("GET", "/api/v1/fleet", params={"app": app or ""})
-        return state
+        return self._answer(FleetState, self._call("GET", "/api/v1/fleet", params={"app": app or ""}))
 
-    def history(self, server: str | None, app: str | None, limit: int) -> list[dict[str, Any]]:
+    def history(self, server: str | None, app: str | None, limit: int) -> list[Record]:
         from push.history import Record
 
         params = {k: v for k, v in (("server", server), ("app", app)) if v}
-        records = self._call("GET", "/api/v1/history", params={**params, "limit": limit})
-        return [Record.from_json(r).to_json() for r in records]
+        return self._answer(list[Record], self._call("GET", "/api/v1/history", params={**params, "limit": limit}))
 
-    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any,
-               note: str) -> dict[str, Any]:
+    def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any, note: str) -> Change:
+        from push.fleet import Change
+
         body: dict[str, Any] = {"release": release, "latest": latest, "note": note}
         if expect is not _UNSET:
             body["expected_from"] = expect
-        return self._normal(self._call("POST", f"/api/v1/servers/{server}/apps/{app}/deploy", json=body))
+        return self._answer(Change, self._call("POST", f"/api/v1/servers/{server}/apps/{app}/deploy", json=body))
 
-    def rollback(self, server: str, app: str, note: str) -> dict[str, Any]:
-        return self._normal(self._call("POST", f"/api/v1/servers/{server}/apps/{app}/rollback", json={"note": note}))
+    def rollback(self, server: str, app: str, note: str) -> Change:
+        from push.fleet import Change
 
-    def unit(self, server: str, unit: str, action: str, note: str) -> dict[str, Any]:
-        return self._normal(self._call("POST", f"/api/v1/servers/{server}/units/{unit}/{action}", json={"note": note}))
+        return self._answer(Change, self._call("POST", f"/api/v1/servers/{server}/apps/{app}/rollback",
+                                               json={"note": note}))
 
-    @staticmethod
-    def _normal(change: dict[str, Any]) -> dict[str, Any]:
-        from push.history import Record
+    def unit(self, server: str, unit: str, action: str, note: str) -> Change:
+        from push.fleet import Change
 
-        if change.get("history"):
-            change["history"] = Record.from_json(change["history"]).to_json()
-        return change
+        return self._answer(Change, self._call("POST", f"/api/v1/servers/{server}/units/{unit}/{action}",
+                                               json={"note": note}))
 
     def close(self) -> None:
         self.http.close()
@@ -237,31 +256,31 @@ def _short(name: str | None) -> str:
 def cmd_status(args: argparse.Namespace) -> int:
     with _backend(args) as backend:
         state = backend.status(args.server, args.app)
-    servers = state["servers"]
+    servers = state.servers
     if args.server:
-        servers = [s for s in servers if s["server"] == args.server]
+        servers = [s for s in servers if s.server == args.server]
     if args.problems:
-        servers = [s for s in servers if s["problems"]]
+        servers = [s for s in servers if s.problems]
     if args.json:
-        print_json({**state, "count": len(servers), "servers": servers})
+        print_json(state.model_copy(update={"count": len(servers), "servers": servers}).to_json())
         return 0
     for s in servers:
-        seen = f"last seen {s['last_seen'][:19].replace('T', ' ')}Z" if s["last_seen"] else "no agent report"
-        flags = " STALE" if s["stale"] else ""
-        print(f"{s['server']}  ({seen}{flags})")
-        for err in (s["agent_error"], s["file_error"]):
+        seen = f"last seen {s.last_seen[:19].replace('T', ' ')}Z" if s.last_seen else "no agent report"
+        flags = " STALE" if s.stale else ""
+        print(f"{s.server}  ({seen}{flags})")
+        for err in (s.agent_error, s.file_error):
             if err:
                 print(f"  ! {err}")
-        for a in s["apps"]:
-            actual = "same" if a["actual"] and a["actual"] == a["desired"] else (
-                _short(a["actual"]) if a["actual"] else ("none" if s["last_seen"] else "?"))
-            marks = f"  [{', '.join(m.replace('_', ' ') for m in a['marks'])}]" if a["marks"] else ""
-            units = " ".join(f"{u}={st}" for u, st in a["units"].items())
-            print(f"  {a['app']:<16} desired {_short(a['desired']):<38} actual {actual}{marks}")
+        for a in s.apps:
+            actual = "same" if a.actual and a.actual == a.desired else (
+                _short(a.actual) if a.actual else ("none" if s.last_seen else "?"))
+            marks = f"  [{', '.join(m.replace('_', ' ') for m in a.marks)}]" if a.marks else ""
+            units = " ".join(f"{u}={st}" for u, st in a.units.items())
+            print(f"  {a.app:<16} desired {_short(a.desired):<38} actual {actual}{marks}")
             if units:
                 print(f"  {'':<16} units {units}")
-            if a["error"]:
-                print(f"  {'':<16} failed: {a['error']}")
+            if a.error:
+                print(f"  {'':<16} failed: {a.error}")
     return 0
 
 
@@ -269,28 +288,28 @@ def cmd_history(args: argparse.Namespace) -> int:
     with _backend(args) as backend:
         records = backend.history(args.server, args.app, args.limit)
     if args.json:
-        print_json(records)
+        print_json([r.to_json() for r in records])
         return 0
     if not records:
         print("no changes recorded", file=sys.stderr)
     for r in records:
-        what = f"{r['unit']}" if r.get("unit") else f"{_short(r['from'])} -> {_short(r['to'])}"
-        note = f"  \u201c{r['note']}\u201d" if r["note"] else ""
-        print(f"{r['time'][:19].replace('T', ' ')}Z  {r['who']:<22} {r['server']:<12} {r['app']:<12} "
-              f"{r['action']:<12} {what}{note}")
+        what = r.unit if r.unit else f"{_short(r.from_)} -> {_short(r.to)}"
+        note = f"  \u201c{r.note}\u201d" if r.note else ""
+        print(f"{r.time[:19].replace('T', ' ')}Z  {r.who:<22} {r.server:<12} {r.app:<12} "
+              f"{r.action:<12} {what}{note}")
     return 0
 
 
-def _print_change(args: argparse.Namespace, change: dict[str, Any]) -> None:
+def _print_change(args: argparse.Namespace, change: Change) -> None:
     if args.json:
-        print_json(change)
-    elif change.get("request"):
-        print(f"asked the agent on {change['server']} to {change['action'][5:]} {change['request']['unit']}")
-    elif not change["changed"]:
-        print(f"{change['app']} on {change['server']} already runs {_short(change['to'])}: nothing changed")
+        print_json(change.to_json())
+    elif change.request is not None:
+        print(f"asked the agent on {change.server} to {change.action[5:]} {change.request.unit}")
+    elif not change.changed:
+        print(f"{change.app} on {change.server} already runs {_short(change.to)}: nothing changed")
     else:
-        verb = "rolled back" if change["action"] == "rollback" else "deployed"
-        print(f"{verb} {change['app']} on {change['server']}: {_short(change['from'])} -> {_short(change['to'])}")
+        verb = "rolled back" if change.action == "rollback" else "deployed"
+        print(f"{verb} {change.app} on {change.server}: {_short(change.from_)} -> {_short(change.to)}")
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:

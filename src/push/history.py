@@ -15,14 +15,15 @@ without reading records ('~' is in no server or app name). Rollback reads this h
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+
+from pydantic import Field
 
 from push import layout, timestamps
 from push.errors import InvalidData, InvalidRequest, NotFound
+from push.model import Model
 from push.names import check_app, check_server
 from push.store import Store
 
@@ -31,9 +32,11 @@ ACTIONS = ("deploy", "rollback", "remove", "unit-start", "unit-stop", "unit-rest
 CHANGES = ("deploy", "rollback", "remove")
 
 
-@dataclass(frozen=True)
-class Record:
-    """One change. `from_`/`to` are release names (None: the app was not listed)."""
+class Record(Model, frozen=True):
+    """One change, stored under its three keys. `from_`/`to` are release names (None: the
+    app was not listed); `unit` names the unit of a unit request."""
+
+    noun = "history record"
 
     id: str
     time: str
@@ -41,57 +44,22 @@ class Record:
     server: str
     app: str
     action: str
-    from_: str | None = None
+    from_: str | None = Field(default=None, alias="from")
     to: str | None = None
     note: str = ""
     result: str = "ok"
     unit: str | None = None
     via: str = ""          # "push-server@HOST" or "cli@HOST": which front end wrote it
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = Field(default_factory=dict)
 
     @property
     def ns(self) -> int:
         """When it was made, in ns since the epoch (from its id)."""
         return timestamps.id_parts(self.id)[0]
 
-    def keys(self) -> list[str]:
+    def bucket_keys(self) -> list[str]:
         """Its three keys: per server, per app, whole fleet (written in that order)."""
         return layout.history_keys(self.id, self.server, self.app)
-
-    def to_json(self) -> dict[str, object]:
-        data: dict[str, object] = {
-            "id": self.id, "time": self.time, "who": self.who, "server": self.server,
-            "app": self.app, "action": self.action, "from": self.from_, "to": self.to,
-            "note": self.note, "result": self.result,
-        }
-        if self.unit is not None:
-            data["unit"] = self.unit
-        if self.via:
-            data["via"] = self.via
-        if self.extra:
-            data["extra"] = self.extra
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> Record:
-        try:
-            extra = data.get("extra") or {}
-            if not isinstance(extra, dict):
-                raise TypeError("'extra' is not an object")
-            return cls(
-                id=str(data["id"]), time=str(data["time"]), who=str(data["who"]),
-                server=str(data["server"]), app=str(data["app"]), action=str(data["action"]),
-                from_=_optional(data.get("from")), to=_optional(data.get("to")),
-                note=str(data.get("note") or ""), result=str(data.get("result") or "ok"),
-                unit=_optional(data.get("unit")), via=str(data.get("via") or ""),
-                extra={str(k): str(v) for k, v in extra.items()},
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise InvalidData(f"malformed history record: {e}") from None
-
-
-def _optional(value: object) -> str | None:
-    return None if value is None else str(value)
 
 
 def new_record(who: str, server: str, app: str, action: str, *, from_: str | None = None,
@@ -121,8 +89,8 @@ class History:
 
     def write(self, record: Record) -> Record:
         """Store a record under its three keys (create-only: ids never collide silently)."""
-        body = (json.dumps(record.to_json(), indent=1) + "\n").encode()
-        for key in record.keys():  # noqa: SIM118 - a Record's keys in the bucket, not a dict
+        body = record.to_bytes(indent=1) + b"\n"
+        for key in record.bucket_keys():
             self.store.put(key, body, if_absent=True, content_type="application/json")
         self._remember(record.id, record)
         return record
@@ -151,8 +119,8 @@ class History:
         assert got is not None
         self.reads += 1
         try:
-            record = Record.from_json(json.loads(got[0]))
-        except (ValueError, InvalidData):
+            record = Record.from_bytes(got[0], key)
+        except InvalidData:  # not a record: skipped, as a listing skips foreign keys
             return None
         self._remember(rid, record)
         return record

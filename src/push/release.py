@@ -186,23 +186,6 @@ class ReleaseInfo:
             extra=extra,
         )
 
-    def to_json(self) -> dict[str, object]:
-        r = self.release
-        return {
-            "name": r.name,
-            "app": r.app,
-            "user": r.user,
-            "host": r.host,
-            "datetime": r.timestamp,
-            "hash": r.hash,
-            "dirty": self.dirty,
-            "note": self.note,
-            "services": list(self.services),
-            "sha256": self.sha256,
-            "size": self.size,
-            **({"extra": self.extra} if self.extra else {}),
-        }
-
 
 def newest_first_key(info: ReleaseInfo) -> tuple[datetime, str]:
     """Sort key for newest-first ordering (use with reverse=True); ties broken by name."""

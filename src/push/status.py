@@ -7,22 +7,24 @@ that any number of push servers, and the CLI without a push server, see the same
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
+from pydantic import Field
+
 from push import timestamps
-from push.errors import InvalidData, NotFound
+from push.errors import NotFound
 from push.layout import status_key
+from push.model import Model
 from push.store import Store
 
 # An agent that has not reported for this long is flagged as stale.
 STALE_AFTER_SECONDS = 15 * 60
 
 
-@dataclass
-class AppStatus:
+class AppStatus(Model):
     """One app on one server: what is wanted, what dpkg says is there, how its units are."""
+
+    noun = "app status"
 
     desired: str | None = None        # release name from the server file, None if not listed
     installed: str | None = None      # release name dpkg reports installed, None if none
@@ -33,11 +35,14 @@ class AppStatus:
     error_time: str | None = None
     attempts: int = 0                 # consecutive failures (drives the backoff)
     next_retry: str | None = None
-    units: dict[str, str] = field(default_factory=dict)  # unit -> active/inactive/failed/...
+    units: dict[str, str] = Field(default_factory=dict)  # unit -> active/inactive/failed/...
 
 
-@dataclass
-class AgentStatus:
+class AgentStatus(Model):
+    """The agent's report: `status/{server}.json`, rewritten by pulld after every step."""
+
+    noun = "status report"
+
     server: str
     agent_version: str
     time: str                          # UTC ISO-8601 time of the report
@@ -45,23 +50,8 @@ class AgentStatus:
     server_file_generation: str | None = None
     in_sync: bool = False              # every listed release installed, nothing extra, no failure
     step: int = 0
-    apps: dict[str, AppStatus] = field(default_factory=dict)
+    apps: dict[str, AppStatus] = Field(default_factory=dict)
     error: str | None = None           # an error not tied to one app (store unreachable, bad server file)
-
-    def to_json(self) -> dict[str, object]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, object], key: str | None = None) -> AgentStatus:
-        try:
-            raw_apps = data.get("apps") or {}
-            if not isinstance(raw_apps, dict):
-                raise TypeError("'apps' is not an object")
-            apps = {name: AppStatus(**app) for name, app in raw_apps.items()}
-            fields = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "apps"}
-            return cls(apps=apps, **fields)  # type: ignore[arg-type]
-        except (TypeError, ValueError, AttributeError) as e:
-            raise InvalidData(f"{key or 'status report'}: malformed status report: {e}", key=key) from None
 
     @property
     def reported_at(self) -> datetime:
@@ -76,19 +66,13 @@ class AgentStatus:
 
 def write(store: Store, status: AgentStatus) -> None:
     """Publish a report; the last writer wins (one agent owns each server's report)."""
-    store.put(status_key(status.server), json.dumps(status.to_json(), indent=1).encode(),
-              content_type="application/json")
+    store.put(status_key(status.server), status.to_bytes(indent=1), content_type="application/json")
 
 
 def parse(data: bytes, key: str) -> AgentStatus:
-    """A report as stored at `key`; InvalidData if it is not one."""
-    try:
-        doc = json.loads(data)
-    except ValueError as e:
-        raise InvalidData(f"{key}: not valid JSON ({e})", key=key) from None
-    if not isinstance(doc, dict):
-        raise InvalidData(f"{key}: not a JSON object", key=key)
-    return AgentStatus.from_json(doc, key)
+    """A report as stored at `key`; InvalidData if it is not one. Keys a newer pulld added
+    are ignored, so old push servers read new reports."""
+    return AgentStatus.from_bytes(data, key)
 
 
 def read(store: Store, server: str) -> AgentStatus | None:

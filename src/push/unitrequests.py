@@ -7,17 +7,20 @@ the outcome back into the same object. docs/unit-requests.md is the protocol.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, replace
 from datetime import datetime
+from typing import Literal, get_args
+
+from pydantic import Field, field_validator
 
 from push import layout, timestamps
 from push.errors import InvalidData, InvalidRequest, NotFound, PushError
+from push.model import Model
 from push.names import check_app, check_server, check_unit
 from push.store import Store
 from push.units import ACTIONS
 
-STATES = ("pending", "done", "failed", "expired", "refused")
+State = Literal["pending", "done", "failed", "expired", "refused"]
+STATES: tuple[str, ...] = get_args(State)
 # A request the agent has not picked up by then is never acted on: an agent that was down
 # for a day must not restart things nobody asked for today.
 DEFAULT_TTL_SECONDS = 600
@@ -31,44 +34,38 @@ def check_action(action: str) -> str:
     return action
 
 
-@dataclass(frozen=True)
-class UnitRequest:
+class UnitRequest(Model, frozen=True):
     """One request, as stored in `requests/{server}/{id}.json`."""
+
+    noun = "unit request"
 
     id: str                      # "{20-digit ns}-{8 hex}": sorts in request order
     server: str
     app: str
     unit: str
-    action: str                  # start | stop | restart
+    action: str                  # start | stop | restart (push.units.ACTIONS)
     who: str
     time: str                    # UTC ISO-8601, when it was requested
     expires: str                 # UTC ISO-8601; not acted on after this
-    state: str = "pending"       # pending | done | failed | expired | refused
+    state: State = "pending"
     result: str | None = None    # the agent's words (systemctl's stderr on failure)
     done_time: str | None = None
     done_by: str | None = None   # the agent's hostname
     history_id: str | None = None
-    generation: str | None = None  # of the stored object; not part of the JSON
+    # The generation of the stored object it was read from (for the compare-and-swap that
+    # writes the outcome back); not part of the JSON.
+    generation: str | None = Field(default=None, exclude=True)
+
+    @field_validator("action")
+    @classmethod
+    def _known_action(cls, action: str) -> str:
+        if action not in ACTIONS:
+            raise ValueError(f"unknown unit action {action!r}")
+        return action
 
     @property
     def key(self) -> str:
         return layout.request_key(self.server, self.id)
-
-    def to_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data.pop("generation")
-        return data
-
-    @classmethod
-    def from_json(cls, data: dict[str, object], generation: str | None = None) -> UnitRequest:
-        try:
-            fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "generation"}
-            req = cls(generation=generation, **fields)  # type: ignore[arg-type]
-        except (TypeError, KeyError) as e:
-            raise InvalidData(f"malformed unit request: {e}") from None
-        if req.action not in ACTIONS or req.state not in STATES:
-            raise InvalidData(f"malformed unit request {req.id}: action {req.action!r}, state {req.state!r}")
-        return req
 
     def is_expired(self, now: datetime | None = None) -> bool:
         return (now or timestamps.now()) > timestamps.parse(self.expires)
@@ -80,11 +77,11 @@ def create(store: Store, server: str, app: str, unit: str, action: str, who: str
     check_app(app)
     check_unit(unit)
     check_action(action)
-    req = UnitRequest(id=timestamps.new_id(), server=check_server(server), app=app, unit=unit, action=action,
+    req = UnitRequest(id=timestamps.new_id(), server=check_server(server), app=app, unit=unit,
+                      action=action,
                       who=who, time=timestamps.now_text(), expires=timestamps.text_in(ttl), history_id=history_id)
-    info = store.put(req.key, json.dumps(req.to_json(), indent=1).encode(), if_absent=True,
-                     content_type="application/json")
-    return replace(req, generation=info.generation)
+    info = store.put(req.key, req.to_bytes(indent=1), if_absent=True, content_type="application/json")
+    return req.model_copy(update={"generation": info.generation})
 
 
 def list_requests(store: Store, server: str) -> list[UnitRequest]:
@@ -100,9 +97,10 @@ def list_requests(store: Store, server: str) -> list[UnitRequest]:
         assert got is not None
         data, obj = got
         try:
-            out.append(UnitRequest.from_json(json.loads(data), obj.generation))
-        except (ValueError, InvalidData):
+            req = UnitRequest.from_bytes(data, info.key)
+        except InvalidData:
             continue
+        out.append(req.model_copy(update={"generation": obj.generation}))
     return out
 
 
@@ -115,10 +113,11 @@ def complete(store: Store, req: UnitRequest, state: str, result: str | None, by:
     """Write the outcome back, only if the object is still the one that was read (else Conflict)."""
     if state not in STATES or state == "pending":
         raise InvalidRequest(f"cannot complete a unit request as {state!r}")
-    done = replace(req, state=state, result=result, done_time=timestamps.now_text(), done_by=by)
-    info = store.put(req.key, json.dumps(done.to_json(), indent=1).encode(),
-                     if_generation_match=req.generation, content_type="application/json")
-    return replace(done, generation=info.generation)
+    done = UnitRequest.model_validate({**req.to_json(), "state": state, "result": result,
+                                       "done_time": timestamps.now_text(), "done_by": by})
+    info = store.put(req.key, done.to_bytes(indent=1), if_generation_match=req.generation,
+                     content_type="application/json")
+    return done.model_copy(update={"generation": info.generation})
 
 
 def prune(store: Store, server: str, keep_seconds: float = KEEP_SECONDS) -> int:

@@ -1,4 +1,4 @@
-"""The one module that runs dpkg, dpkg-query, dpkg-deb and apt-get for the agent.
+"""The one module that runs dpkg, dpkg-query, dpkg-deb, apt-get and apt-mark for the agent.
 
 Every call is an argument list with a timeout, stderr captured into the error, and the
 same environment (C locale, non-interactive, sbin on PATH). With a sandbox root, dpkg runs
@@ -268,7 +268,10 @@ class Dpkg:
         wanted = ", ".join(map(str, missing))
         log.info("installing dependencies", extra={"event": "apt.satisfy", "package": fields.package,
                                                    "depends": wanted})
-        args = [self.apt_get, "satisfy", "-y", "-q", "--no-install-recommends", wanted]
+        # Another apt or dpkg at work (unattended-upgrades, a startup script): wait for it as
+        # dpkg -i does, instead of failing at once.
+        args = [self.apt_get, "-o", f"DPkg::Lock::Timeout={self.lock_timeout:.0f}", "satisfy", "-y", "-q",
+                "--no-install-recommends", wanted]
         try:
             self.run(args, what="apt-get satisfy")
         except DpkgError:
@@ -279,4 +282,21 @@ class Dpkg:
             except DpkgError as e:
                 raise DependencyMissing(
                     f"cannot install dependencies of {fields.package} {fields.version} ({wanted}): {e}") from None
+        self._mark_auto(installed)
         return False
+
+    def _mark_auto(self, before: Mapping[str, InstalledPackage]) -> None:
+        """Mark what `apt-get satisfy` just installed as installed automatically.
+
+        satisfy marks the packages it was asked for as manual, as `apt-get install` does; but
+        they are there for a release, so once no installed package needs them any more (the
+        app was removed), `apt-get autoremove` should be free to take them away.
+        """
+        new = sorted(name for name, row in self.installed().items()
+                     if row.ok and not (name in before and before[name].ok))
+        if not new:
+            return
+        try:
+            self.run(["apt-mark", "auto", *new], what="apt-mark auto", timeout=120)
+        except DpkgError as e:  # the dependencies are installed all the same
+            log.warning("cannot mark dependencies automatic", extra={"event": "apt.mark-auto", "error": str(e)})

@@ -47,8 +47,12 @@ class ServiceManager(abc.ABC):
     def states(self, units: Sequence[str]) -> dict[str, str]:
         """unit -> active | inactive | failed | activating | deactivating | not-found."""
 
-    def act(self, action: str, unit: str) -> None:
-        """start / stop / restart one unit (unit requests from the push server)."""
+    def act(self, action: str, unit: str, *, wait: bool = True) -> None:
+        """start / stop / restart one unit (unit requests from the push server).
+
+        `wait=False` only queues the job where the manager can (the agent's own unit: waiting
+        for it to stop would wait for the very process that asks).
+        """
         if action not in ACTIONS:
             raise UnitError(f"unknown unit action {action!r}")
         if action == "restart":
@@ -91,6 +95,12 @@ class SystemdManager(ServiceManager):
 
     def reload(self) -> None:
         self._run("daemon-reload")
+
+    def act(self, action: str, unit: str, *, wait: bool = True) -> None:
+        if wait or action not in ACTIONS:
+            super().act(action, unit)
+        else:
+            self._run("--no-block", action, unit)
 
     def restart(self, units: Sequence[str], *, unless_started_since: float | None = None) -> None:
         if not units:

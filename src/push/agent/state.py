@@ -32,6 +32,12 @@ class AppRecord:
     pending: dict[str, str] | None = None   # the release being installed (written before dpkg -i)
     units_pending: bool = False     # installed, its units not (re)started yet (cleared once they are)
 
+    def installed(self, release: str, package: str, version: str) -> None:
+        """Record that `release` (that package and version) is now installed, with success."""
+        self.release, self.package, self.version = release, package, version
+        if package not in self.packages:
+            self.packages.insert(0, package)
+
 
 @dataclass
 class AgentState:

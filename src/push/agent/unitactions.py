@@ -20,8 +20,13 @@ log = logging.getLogger(__name__)
 
 
 def act_on_requests(store: Store, server: str, services: ServiceManager,
-                    units_of_app: Callable[[str], list[str]], hostname: str) -> int:
-    """Carry out every pending request, oldest first; returns how many were finished."""
+                    units_of_app: Callable[[str], list[str]], hostname: str, own_app: str | None = None) -> int:
+    """Carry out every pending request, oldest first; returns how many were finished.
+
+    A unit of `own_app` (the agent's own) is only queued with the service manager: stopping it
+    means stopping this process, which must first write the outcome, else the next agent
+    would find the request pending and act on it again, and again.
+    """
     finished = 0
     for req in unitrequests.pending(store, server):
         if req.is_expired():
@@ -30,7 +35,7 @@ def act_on_requests(store: Store, server: str, services: ServiceManager,
             state, result = "refused", f"{req.unit} is not a unit of an installed release of {req.app} on {server}"
         else:
             try:
-                services.act(req.action, req.unit)
+                services.act(req.action, req.unit, wait=req.app != own_app)
                 state, result = "done", "ok"
             except UnitError as e:
                 state, result = "failed", str(e)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -24,7 +24,8 @@ from push import __version__
 from push.catalog import Catalog
 from push.config import Config
 from push.errors import AccessDenied, Conflict, NotFound, PushError, StoreError, Unauthenticated
-from push.fleet import ChangedMeanwhile, Context, FleetView
+from push.fleet import ChangedMeanwhile, Context, Refusal
+from push.fleetview import FleetView
 from push.history import History
 from push.server.auth import CSRF_COOKIE, Auth, AuthSettings
 from push.server.metrics import Metrics, MetricsMiddleware
@@ -64,8 +65,8 @@ HTTP_STATUSES: dict[type[PushError], int] = {
 }
 
 
-def http_status(error: PushError) -> int:
-    for cls in type(error).__mro__:
+def http_status(error: PushError | type[PushError]) -> int:
+    for cls in (error if isinstance(error, type) else type(error)).__mro__:
         status = HTTP_STATUSES.get(cls)
         if status is not None:
             return status
@@ -148,10 +149,8 @@ def error_response(request: Request, exc: PushError, retry: RetryForm | None = N
     if status >= 500:
         log.warning("%s %s: %s", request.method, request.url.path, exc)
     if wants_json(request):
-        body: dict[str, object] = {"error": str(exc), "type": type(exc).__name__}
-        if isinstance(exc, ChangedMeanwhile):
-            body["conflict"] = exc.to_json()
-        return JSONResponse(body, status_code=status, headers=headers)
+        return Response(Refusal.of(exc).to_bytes(), status_code=status, headers=headers,
+                        media_type="application/json")
     push = server_of(request)
     identity = None
     with contextlib.suppress(PushError):

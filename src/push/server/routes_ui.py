@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from push import fleet, serverfile, unitrequests
 from push.errors import InvalidRequest, NotFound, PushError
+from push.fleetview import ServerView
 from push.names import check_app, check_server
 from push.release import Release
 from push.server.app import PushServer, RetryForm, error_response, server_of, set_csrf_cookie
@@ -91,14 +92,15 @@ def _back(url: str, **params: str | None) -> RedirectResponse:
     return RedirectResponse(url + ("?" + query if query else ""), status_code=303)
 
 
-def _fleet_rows(push: PushServer, states: list[fleet.ServerState]) -> Markup:
+def _fleet_rows(push: PushServer, views: list[ServerView]) -> Markup:
+    """Each server's rows, rendered once per state: the fleet view carries them over with it."""
     template = push.templates.get_template("_fleet_server.html")
     parts = []
-    for state in states:
-        html = state.fragments.get("fleet")
+    for view in views:
+        html = view.fragments.get("fleet")
         if html is None:
-            html = template.render(s=state.data)
-            state.fragments["fleet"] = html
+            html = template.render(s=view.state)
+            view.fragments["fleet"] = html
         parts.append(html)
     return Markup("".join(parts))
 
@@ -149,9 +151,9 @@ PER_PAGE = 100
 def fleet_page(request: Request, server: str = "", app: str = "", problems: str = "", page: int = 1,
                all: str = "", since: str = "") -> Response:
     push, identity = _viewer(request)
-    states = push.view.server_states(server or None, app or None)
+    states = push.view.snapshot.select(server or None, app or None)
     if problems:
-        states = [s for s in states if s.data["problems"]]
+        states = [s for s in states if s.state.problems]
     pages = max(1, -(-len(states) // PER_PAGE))
     page = min(max(1, page), pages)
     shown = states if all else states[(page - 1) * PER_PAGE: page * PER_PAGE]
@@ -170,7 +172,7 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
     context: dict[str, Any] = dict(rows=rows, count=len(states), server=server, app=app,
                    live_link="/?" + urlencode({**live_params, "since": digest}),
                    problems=problems, total=len(push.ctx.config.servers),
-                   with_problems=sum(1 for s in states if s.data["problems"]),
+                   with_problems=sum(1 for s in states if s.state.problems),
                    first=(page - 1) * PER_PAGE + 1 if not all else 1,
                    last=(page - 1) * PER_PAGE + len(shown) if not all else len(states),
                    pages=1 if all else pages, page=page,
@@ -186,14 +188,15 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
 def server_page(request: Request, server: str, done: str | None = None) -> Response:
     push, identity = _viewer(request)
     _allowed(push, server)
-    state = next(s for s in push.view.server_states(server) if s.server == server)
-    units = fleet.units_of(push.ctx, server, push.view.report(server))
+    snapshot = push.view.snapshot
+    state = snapshot.servers[server].state
+    units = fleet.units_of(push.ctx, server, snapshot.report(server))
     states = {}
-    for app_state in state.data["apps"]:
-        for unit, st in app_state["units"].items():
+    for app_state in state.apps:
+        for unit, st in app_state.units.items():
             states[unit] = st
     requests = list(reversed(unitrequests.list_requests(push.ctx.store, server)))[:20]
-    return _page(request, "server.html", identity, s=state.data, units=sorted(units.items()),
+    return _page(request, "server.html", identity, s=state, units=sorted(units.items()),
                  unit_states=states, requests=requests, flash=_flash(push, done, server),
                  history=push.ctx.history.records(server, limit=20))
 
@@ -215,11 +218,11 @@ def app_page(request: Request, app: str, done: str | None = None) -> Response:
 def picker(request: Request, server: str, app: str, done: str | None = None) -> Response:
     push, identity = _viewer(request)
     _allowed(push, server, app)
-    state = next(s for s in push.view.server_states(server) if s.server == server)
-    app_state = next((a for a in state.data["apps"] if a["app"] == app), None)
+    state = push.view.snapshot.servers[server].state
+    app_state = next((a for a in state.apps if a.app == app), None)
     if app_state is None:
         raise NotFound(f"{app} is not allowed on {server} (see {push.ctx.config.source})")
-    return _page(request, "picker.html", identity, server=server, app=app, a=app_state, s=state.data,
+    return _page(request, "picker.html", identity, server=server, app=app, a=app_state, s=state,
                  releases=push.view.releases(app), flash=_flash(push, done, server, app),
                  history=push.ctx.history.records(server, app, limit=10))
 
@@ -236,9 +239,9 @@ def confirm_deploy(request: Request, server: str, app: str, release: str) -> Res
     current = sf.release_of(app)
     current_info = _release_info(push, current.name if current else None)
     newest = push.ctx.catalog.latest(app)
-    where = push.view.release_servers().get(release, ([], []))
-    # One look at the report: a refresh between two could leave None for the second.
-    report = push.view.report(server)
+    snapshot = push.view.snapshot
+    where = snapshot.release_servers.get(release, ([], []))
+    report = snapshot.report(server)
     return _page(request, "confirm.html", identity, server=server, app=app, target=target,
                  current=current_info, current_name=current.name if current else None,
                  newest=newest, desired_on=where[0], running_on=where[1],
@@ -265,9 +268,10 @@ def confirm_rollback(request: Request, server: str, app: str) -> Response:
     push, identity = _viewer(request)
     _allowed(push, server, app)
     push.ctx.config.check_allowed(server, app)
-    current, target, basis = fleet.rollback_target(push.ctx, server, app)
-    return _page(request, "rollback.html", identity, server=server, app=app, current=_release_info(push, current),
-                 current_name=current, target=_release_info(push, target), target_name=target, basis=basis)
+    plan = fleet.rollback_target(push.ctx, server, app)
+    return _page(request, "rollback.html", identity, server=server, app=app,
+                 current=_release_info(push, plan.from_), current_name=plan.from_,
+                 target=_release_info(push, plan.to), target_name=plan.to, basis=plan.basis)
 
 
 @router.post("/servers/{server}/apps/{app}/rollback")
@@ -329,14 +333,14 @@ async def post_deploy_all(request: Request, app: str) -> Response:
     release, note = str(form.get("release", "")), str(form.get("note", ""))
     from starlette.concurrency import run_in_threadpool
 
-    outcomes = await run_in_threadpool(fleet.deploy_everywhere, push.ctx, identity.name, app, release,
-                                       expected=expected, note=note)
-    for o in outcomes:
-        if o.change is not None and o.change.changed:
+    result = await run_in_threadpool(fleet.deploy_everywhere, push.ctx, identity.name, app, release,
+                                     expected=expected, note=note)
+    for o in result.outcomes:
+        if isinstance(o, fleet.Deployed) and o.changed:
             push.metrics.changes.labels("deploy").inc()
-    failed = [o for o in outcomes if o.error is not None]
-    return _page(request, "deploy_all_done.html", identity, app=app, release=release, outcomes=outcomes,
-                 status=409 if failed and all(isinstance(o.error, fleet.ChangedMeanwhile) for o in failed) else 200)
+    failed = [o for o in result.outcomes if isinstance(o, fleet.Refused)]
+    return _page(request, "deploy_all_done.html", identity, app=app, release=release, outcomes=result.outcomes,
+                 status=409 if failed and all(o.type == "ChangedMeanwhile" for o in failed) else 200)
 
 
 # -- units ------------------------------------------------------------------------------------

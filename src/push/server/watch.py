@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 
-from push.fleet import FleetView
+from push.fleetview import FleetView
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,254 @@
+"""What the agent should do now: a pure function from what it knows to a plan, app by app.
+
+`plan(...)` takes the server file as parsed, what dpkg says is installed, the agent's record
+of what Push installed, the release metadata it has read, the failures with their retry
+times, the clock and the agent's own app name. For each app it decides: install, upgrade,
+downgrade, remove, read the release's metadata first, or leave it (in sync, nothing chosen,
+or backing off until a time), and says why. It reads nothing and changes nothing:
+`push.agent.executor` carries a plan out, `push.agent.report` turns one into the report.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+from push.agent.dpkg import InstalledPackage
+from push.agent.failures import Failure
+from push.agent.state import AgentState
+from push.errors import InvalidRelease
+from push.release import Release, ReleaseInfo
+from push.serverfile import ServerFile
+
+
+class Action(enum.StrEnum):
+    INSTALL = "install"        # nothing of the app is (fully) installed as a known release: install it
+    UPGRADE = "upgrade"        # a newer release than the one installed
+    DOWNGRADE = "downgrade"    # an older release than the one installed: a rollback
+    REMOVE = "remove"          # the file no longer lists the app: purge what Push installed for it
+    METADATA = "metadata"      # the wanted release's metadata is not known yet: read it, then plan again
+    LEAVE = "leave"            # nothing to do now: in sync, nothing chosen, or backing off (`until`)
+
+
+INSTALLS = frozenset({Action.INSTALL, Action.UPGRADE, Action.DOWNGRADE})
+CHANGES = INSTALLS | {Action.REMOVE}
+
+
+@dataclass(frozen=True)
+class AppPlan:
+    """The decision for one app, and why (the words go to the logs and the report)."""
+
+    app: str
+    action: Action
+    why: str
+    listed: bool = True                  # the server file names the app (a release or a placeholder)
+    desired: Release | None = None       # the release it names (None: a placeholder, or not listed)
+    info: ReleaseInfo | None = None      # that release's metadata, when known
+    installed: str | None = None         # the release Push knows is installed, as dpkg says
+    row: InstalledPackage | None = None  # dpkg's row of the app's package, installed or not (fully)
+    attempt: int = 1                     # a change after n failures of the same release is attempt n+1
+    until: float | None = None           # LEAVE while backing off: when the retry is due (the clock of `now`)
+
+    @property
+    def changes(self) -> bool:
+        """It installs or removes something."""
+        return self.action in CHANGES
+
+    @property
+    def installs(self) -> bool:
+        return self.action in INSTALLS
+
+    @property
+    def retry(self) -> bool:
+        return self.attempt > 1
+
+    @property
+    def placeholder(self) -> bool:
+        """The file says `app/`: nothing chosen."""
+        return self.listed and self.desired is None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every app's decision, immutable.
+
+    `apps` is in report order: the apps the file names, in its order, then the ones only
+    the agent's record knows, by name. `changes` is the order they are carried out in:
+    removals first, then installs by app name, the agent's own release last (it restarts
+    the agent).
+    """
+
+    apps: tuple[AppPlan, ...] = ()
+    changes: tuple[AppPlan, ...] = ()
+    forget: frozenset[str] = frozenset()     # apps whose recorded failure no longer applies
+    restart_units: tuple[str, ...] = ()      # apps a killed agent installed and did not (re)start the units of
+    has_file: bool = True                    # False: no server file to follow, everything is left as it is
+    _by_app: dict[str, AppPlan] = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_app", {p.app: p for p in self.apps})
+
+    def __iter__(self) -> Iterator[AppPlan]:
+        return iter(self.apps)
+
+    def get(self, app: str) -> AppPlan | None:
+        return self._by_app.get(app)
+
+    @property
+    def needs_metadata(self) -> tuple[AppPlan, ...]:
+        return tuple(p for p in self.apps if p.action is Action.METADATA)
+
+    def summary(self) -> dict[str, str]:
+        """app -> "action: why" for what it changes (for the logs)."""
+        return {p.app: f"{p.action}: {p.why}" for p in self.changes}
+
+
+def deb_identity(info: ReleaseInfo, record: AgentState) -> tuple[str, str] | None:
+    """(package, version) of a release: from its metadata, else from its .deb seen before
+    (releases from the original tools carry neither in their metadata)."""
+    package, version = info.extra.get("package"), info.extra.get("version")
+    if package and version:
+        return package, version
+    known = record.debs.get(info.name)
+    return (known[0], known[1]) if known else None
+
+
+def installed_release(app: str, info: ReleaseInfo | None, installed: Mapping[str, InstalledPackage],
+                      record: AgentState) -> tuple[str | None, InstalledPackage | None]:
+    """(release name, dpkg row) of what is installed for `app`, as dpkg says.
+
+    The release name comes from the record of what Push installed when dpkg still shows
+    that package and version, else from the desired release's (package, version): so even
+    releases of the original tools, all version 1.0, are told apart. A row that is on disk
+    but not fully installed comes with no release name.
+    """
+    rec = record.apps.get(app)
+    ident = deb_identity(info, record) if info is not None else None
+    candidates = []
+    if ident:
+        candidates.append(ident[0])
+    if rec is not None:
+        candidates += ([rec.package] if rec.package else []) + rec.packages
+    for package in dict.fromkeys(candidates):
+        row = installed.get(package)
+        if row is None or not row.ok:
+            continue
+        if rec is not None and rec.release and rec.package == row.package and rec.version == row.version:
+            return rec.release, row
+        if info is not None and ident == (row.package, row.version):
+            return info.name, row
+        return None, row
+    for package in dict.fromkeys(candidates):
+        row = installed.get(package)
+        if row is not None and row.present:
+            return None, row
+    return None, None
+
+
+def plan(server_file: ServerFile | None, *, installed: Mapping[str, InstalledPackage], record: AgentState,
+         metadata: Mapping[str, ReleaseInfo], failures: Mapping[str, Failure], now: float,
+         self_app: str) -> Plan:
+    """Decide, for every app the file names or the record knows, what to do now.
+
+    `server_file` None means there is none to follow (missing or unreadable): everything is
+    left as it is. `metadata` is by release name; `failures` by app, with `retry_at` on the
+    clock of `now`.
+    """
+    if server_file is None:
+        return Plan(tuple(_without_file(app, installed, record) for app in sorted(record.apps)), has_file=False)
+    desired = server_file.releases
+    listed = server_file.apps
+    stale = {app for app, f in failures.items() if _no_longer_applies(f, app, listed, desired)}
+    live = {app: f for app, f in failures.items() if app not in stale}
+    decisions = []
+    for app in listed:
+        rel = desired.get(app)
+        if rel is None:
+            decisions.append(_placeholder(app, installed, record))
+            continue
+        decision, over = _for_release(app, rel, metadata.get(rel.name), live.get(app), installed, record, now)
+        decisions.append(decision)
+        if over:
+            stale.add(app)
+    decisions += [_not_listed(app, live.get(app), installed, record, now)
+                  for app in sorted(record.apps) if app not in listed]
+    removals = sorted((p for p in decisions if p.action is Action.REMOVE), key=lambda p: p.app)
+    installs = sorted((p for p in decisions if p.installs), key=lambda p: (p.app == self_app, p.app))
+    pending_units = tuple(sorted(app for app, rec in record.apps.items() if rec.units_pending))
+    return Plan(tuple(decisions), tuple(removals + installs), frozenset(stale), pending_units)
+
+
+def _no_longer_applies(failure: Failure, app: str, listed: list[str], desired: Mapping[str, Release]) -> bool:
+    if failure.release is None:  # a removal that failed: the app is listed again
+        return app in listed
+    rel = desired.get(app)
+    return rel is None or failure.release != rel.name  # another release (or none) is wanted now
+
+
+def _backing_off(failure: Failure) -> str:
+    times = "once" if failure.attempts == 1 else f"{failure.attempts} times"
+    return f"failed {times}; next try at {failure.retry_wall}"
+
+
+def _for_release(app: str, rel: Release, info: ReleaseInfo | None, failure: Failure | None,
+                 installed: Mapping[str, InstalledPackage], record: AgentState, now: float
+                 ) -> tuple[AppPlan, bool]:
+    """The decision for a listed release, and whether its failure is over (it is installed)."""
+    backing_off = failure is not None and now < failure.retry_at
+    current, row = installed_release(app, info, installed, record)
+    seen = AppPlan(app, Action.LEAVE, "", desired=rel, info=info, installed=current, row=row)
+    if info is None:
+        if failure is not None and backing_off:  # not even a metadata read until the retry is due
+            return replace(seen, why=_backing_off(failure), until=failure.retry_at), False
+        return replace(seen, action=Action.METADATA, why=f"the metadata of {rel.name} is not known yet"), False
+    if current == rel.name:
+        return replace(seen, why="in sync"), failure is not None
+    if failure is not None and backing_off:  # no retry storm every cycle
+        return replace(seen, why=_backing_off(failure), until=failure.retry_at), False
+    action, why = _change(current, row, rel)
+    if failure is not None:
+        why = f"retry {failure.attempts + 1}: {why}"
+    return replace(seen, action=action, why=why, attempt=failure.attempts + 1 if failure else 1), False
+
+
+def _change(current: str | None, row: InstalledPackage | None, rel: Release) -> tuple[Action, str]:
+    if current is None:
+        if row is None:
+            return Action.INSTALL, f"nothing installed: installing {rel.name}"
+        if not row.ok:
+            return Action.INSTALL, (f"{row.package} {row.version} is not fully installed "
+                                    f"(dpkg: {row.status.strip()}): installing {rel.name}")
+        return Action.INSTALL, f"{row.package} {row.version} is no release Push installed: installing {rel.name}"
+    try:
+        old = Release.parse(current)
+    except InvalidRelease:
+        return Action.INSTALL, f"the record names {current!r}, not a release: installing {rel.name}"
+    if (rel.time, rel.name) > (old.time, old.name):
+        return Action.UPGRADE, f"{current} -> {rel.name}"
+    return Action.DOWNGRADE, f"{current} -> {rel.name} (a rollback)"
+
+
+def _placeholder(app: str, installed: Mapping[str, InstalledPackage], record: AgentState) -> AppPlan:
+    current, row = installed_release(app, None, installed, record)
+    return AppPlan(app, Action.LEAVE, f"{app}/ in the server file: nothing chosen", installed=current, row=row)
+
+
+def _not_listed(app: str, failure: Failure | None, installed: Mapping[str, InstalledPackage],
+                record: AgentState, now: float) -> AppPlan:
+    current, row = installed_release(app, None, installed, record)
+    seen = AppPlan(app, Action.LEAVE, "", listed=False, installed=current, row=row)
+    if failure is not None and now < failure.retry_at:
+        return replace(seen, why=f"removal {_backing_off(failure)}", until=failure.retry_at)
+    packages = record.apps[app].packages
+    why = (f"not in the server file: removing {', '.join(packages)}" if packages
+           else "not in the server file, and nothing of it installed: forgetting it")
+    if failure is not None:
+        why = f"retry {failure.attempts + 1}: {why}"
+    return replace(seen, action=Action.REMOVE, why=why, attempt=failure.attempts + 1 if failure else 1)
+
+
+def _without_file(app: str, installed: Mapping[str, InstalledPackage], record: AgentState) -> AppPlan:
+    current, row = installed_release(app, None, installed, record)
+    return AppPlan(app, Action.LEAVE, "no server file to follow: left as it is", listed=False,
+                   installed=current, row=row)

@@ -1,0 +1,467 @@
+"""The fleet view: the fleet as the bucket shows it, kept as immutable snapshots.
+
+A `Snapshot` holds what one look at the bucket found (server files, agent reports, unit
+request keys), each server's state computed from it (push.fleetstate) with its JSON text,
+and each server's watch revision. It never changes once built. `FleetView` builds them and
+swaps each new one in whole, so a reader takes `view.snapshot` once and reads a consistent
+fleet without a lock. The push server keeps one view for its lifetime; `push status`
+straight to the bucket builds one and reads it once.
+
+Snapshots are built in one place (`FleetView._advance`), one at a time under one lock, each
+from the one before, after one of three looks at the bucket:
+- `refresh()`, the bucket poll: lists server/, status/ and requests/ and reads only the
+  objects whose generation changed;
+- `refresh_server(server)`, called after this process wrote to that server: re-reads its
+  file and its request keys, so a read that starts after the write returned sees it;
+- `refresh_catalog()`: new releases in the catalogue, the same objects.
+Being serialized, a poll that listed the bucket before a local write cannot swap in a
+snapshot older than the one that write made: the write's look waits for the poll and
+starts from its result.
+
+Unchanged servers cost nothing: a server's state, JSON text and rendered fragments are
+carried over to the next snapshot while what they were computed from is the same (its
+file's and report's generations, its stale flag, the newest release of each of its apps,
+the catalogue's facts about its desired releases, the apps skiapush.conf allows there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from push import layout, serverfile, status, timestamps
+from push.catalog import Catalog
+from push.config import Config
+from push.errors import InvalidData, NotFound, PushError
+from push.fleetstate import AppSummary, FleetFilter, FleetState, ReleaseState, ServerState, filter_apps, server_state
+from push.names import check_server
+from push.release import ReleaseInfo
+from push.serverfile import ServerFile
+from push.status import AgentStatus
+from push.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def watch_rev(generation: str | None, request_keys: Iterable[str]) -> str:
+    """The watch revision of a server: same bucket state, same rev, on every push server."""
+    text = f"{generation or '-'}|{','.join(sorted(request_keys))}"
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+NO_REV = watch_rev(None, ())
+
+
+class Sources(Protocol):
+    """Where a fleet view reads from (a push.fleet.Context is one)."""
+
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def config(self) -> Config: ...
+
+    @property
+    def catalog(self) -> Catalog: ...
+
+
+@dataclass(frozen=True, eq=False)
+class ServerView:
+    """One server in a snapshot: its state, what it was computed from (`inputs`: its file's
+    and report's generations, stale flag, allowed apps; `facts`: the catalogue's newest
+    release of each app and its record of each desired release), its JSON text, and pages
+    rendered from it (filled in by the web front end, carried over with it)."""
+
+    state: ServerState
+    inputs: tuple[object, ...]
+    facts: tuple[object, ...]
+    json: bytes
+    fragments: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, state: ServerState, inputs: tuple[object, ...] = (), facts: tuple[object, ...] = ()) -> ServerView:
+        return cls(state, inputs, facts, state.to_bytes())
+
+
+@dataclass(frozen=True, eq=False)
+class Seen:
+    """What the bucket held at one look: every server's file (or why it cannot be read),
+    report and unit-request keys, with the generations they were read at."""
+
+    files: Mapping[str, ServerFile]
+    file_errors: Mapping[str, tuple[str, str]]         # server -> (generation, why)
+    reports: Mapping[str, tuple[str, AgentStatus]]     # server -> (generation, report)
+    requests: Mapping[str, tuple[str, ...]]            # server -> its request keys, sorted
+
+
+EMPTY = Seen({}, {}, {}, {})
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """The fleet at one moment: never changed once built (see the module docstring)."""
+
+    taken: datetime
+    config: Config
+    catalog_generation: int             # the catalogue's generation its states were checked against
+    seen: Seen
+    servers: Mapping[str, ServerView]   # every server in skiapush.conf, in its order
+    revs: Mapping[str, str]
+
+    def rev(self, server: str) -> str:
+        return self.revs.get(server, NO_REV)
+
+    def report(self, server: str) -> AgentStatus | None:
+        got = self.seen.reports.get(server)
+        return got[1] if got else None
+
+    def state(self, server: str) -> ServerState | None:
+        view = self.servers.get(server)
+        return view.state if view is not None else None
+
+    def select(self, server: str | None = None, app: str | None = None) -> list[ServerView]:
+        """The servers whose name contains `server`, each with the apps whose name contains
+        `app` (a server with none left is left out)."""
+        wanted = (server or "").strip().lower()
+        out = []
+        for name, view in self.servers.items():
+            if wanted and wanted not in name.lower():
+                continue
+            if app:
+                state = filter_apps(view.state, app)
+                if state is None:
+                    continue
+                if state is not view.state:
+                    view = ServerView.of(state)
+            out.append(view)
+        return out
+
+    @functools.cached_property
+    def _all_json(self) -> bytes:
+        return b",".join(v.json for v in self.servers.values())
+
+    def fleet_json(self, server: str | None = None, app: str | None = None) -> bytes:
+        """The FleetState as JSON text, joined from each server's cached text: what
+        GET /api/v1/fleet answers (tests/test_fleetview.py holds it to the model's own)."""
+        views = self.select(server, app)
+        servers = self._all_json if not server and not app else b",".join(v.json for v in views)
+        head = FleetState(generated=timestamps.now_text(), filter=FleetFilter(server=server or "", app=app or ""),
+                          count=len(views), servers=[]).to_bytes()
+        assert head.endswith(b'"servers":[]}')
+        return head[:-2] + servers + b"]}"
+
+    def fleet_state(self, server: str | None = None, app: str | None = None) -> FleetState:
+        views = self.select(server, app)
+        return FleetState(generated=timestamps.now_text(), filter=FleetFilter(server=server or "", app=app or ""),
+                          count=len(views), servers=[v.state for v in views])
+
+    @functools.cached_property
+    def release_servers(self) -> Mapping[str, tuple[list[str], list[str]]]:
+        """release name -> (servers whose file lists it, servers whose agent reports it installed)."""
+        out: dict[str, tuple[list[str], list[str]]] = {}
+        for server, sf in self.seen.files.items():
+            for name in sf.entries:
+                if not name.endswith("/"):  # a placeholder "app/" names no release
+                    out.setdefault(name, ([], []))[0].append(server)
+        for server, (_, report) in self.seen.reports.items():
+            for app_status in report.apps.values():
+                if app_status.installed:
+                    out.setdefault(app_status.installed, ([], []))[1].append(server)
+        return out
+
+    def releases(self, infos: Iterable[ReleaseInfo]) -> list[ReleaseState]:
+        """Each release with the servers that list it and run it."""
+        where = self.release_servers
+        return [ReleaseState.where(info, *where.get(info.name, ((), ()))) for info in infos]
+
+
+class FleetView:
+    """Builds snapshots of the fleet and hands out the current one. Thread-safe."""
+
+    def __init__(self, sources: Sources) -> None:
+        self.sources = sources
+        self._lock = threading.Lock()      # one builder at a time
+        self._first = threading.Lock()     # one first load, however many readers wait for it
+        self._snapshot: Snapshot | None = None
+        # For /metrics and the benchmarks.
+        self.refreshes = 0
+        self.object_reads = 0
+        self.last_refresh: float | None = None
+        self.last_refresh_seconds = 0.0
+
+    @property
+    def loaded(self) -> bool:
+        return self._snapshot is not None
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current snapshot (the bucket is read first if it never was)."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            self.ensure_loaded()
+            snapshot = self._snapshot
+            assert snapshot is not None
+        return snapshot
+
+    def ensure_loaded(self) -> None:
+        if self._snapshot is None:
+            with self._first:
+                if self._snapshot is None:
+                    self.refresh(include_catalog=True)
+
+    # -- the three looks at the bucket --------------------------------------------------------
+
+    def refresh(self, include_catalog: bool = True) -> set[str]:
+        """Poll the bucket (and the catalogue); returns the servers whose watch revision
+        changed. If the bucket cannot be listed, the snapshot is rebuilt from what was last
+        seen (so `stale` moves on with the clock) and the error raised."""
+        if include_catalog:
+            self._refresh_catalog()
+        start = time.monotonic()
+        try:
+            return self._advance(self._look_at_everything)
+        finally:
+            self.refreshes += 1
+            self.last_refresh = time.time()
+            self.last_refresh_seconds = time.monotonic() - start
+
+    def refresh_server(self, server: str) -> set[str]:
+        """Re-read one server's file and unit requests (after a write by this process);
+        returns the servers whose watch revision changed."""
+        check_server(server)
+        self.ensure_loaded()  # (a first load that listed before the write is followed by this look)
+        return self._advance(lambda seen: self._look_at_server(seen, server), only=server)
+
+    def refresh_catalog(self) -> bool:
+        """The catalogue's incremental refresh; True if there are new releases."""
+        new = self._refresh_catalog()
+        if new and self._snapshot is not None:
+            self._advance(lambda seen: seen)
+        return bool(new)
+
+    def _refresh_catalog(self) -> list[ReleaseInfo]:
+        catalog = self.sources.catalog
+        start = time.monotonic()
+        new = catalog.refresh()
+        elapsed = time.monotonic() - start
+        if elapsed > 5:
+            # A catalogue that takes long to list is fully re-listed less often (new
+            # releases still come at once through its journal).
+            catalog.full_interval = max(catalog.full_interval, 20 * elapsed)
+        return new
+
+    # -- building ---------------------------------------------------------------------------
+
+    def _advance(self, look: Callable[[Seen], Seen], only: str | None = None) -> set[str]:
+        """Look at the bucket, build the next snapshot from the last, swap it in; returns the
+        servers whose watch revision changed. The one place snapshots are built.
+
+        `only`: the look re-read that one server, so only it is re-checked (a local write
+        costs the same whatever the fleet's size); every other server is carried over as
+        the last snapshot had it, and the next poll re-checks them all."""
+        with self._lock:
+            prev = self._snapshot
+            prev_seen = prev.seen if prev is not None else EMPTY
+            try:
+                seen = look(prev_seen)
+            except PushError:
+                if prev is not None:
+                    self._snapshot = self._build(prev, prev_seen, only)
+                raise
+            new = self._build(prev, seen, only)
+            self._snapshot = new
+        if prev is None:
+            return set(new.revs)
+        return {s for s in new.revs.keys() | prev.revs.keys() if new.rev(s) != prev.rev(s)}
+
+    def _build(self, prev: Snapshot | None, seen: Seen, only: str | None) -> Snapshot:
+        now = timestamps.now()
+        config = self.sources.config
+        generation = self.sources.catalog.generation  # read before any lookup: a change meanwhile shows next time
+        catalog_changed = prev is None or generation != prev.catalog_generation
+        old = prev.servers if prev is not None else {}
+        if only is None or prev is None or config is not prev.config:
+            servers: dict[str, ServerView] = {}
+            check = config.servers
+        else:
+            servers = dict(old)
+            check = {only: config.servers[only]} if only in config.servers else {}
+            generation = prev.catalog_generation  # the others were checked against that one
+            catalog_changed = False
+        for name, allowed in check.items():
+            servers[name] = self._view(name, allowed, seen, old.get(name), now, catalog_changed)
+        revs = {} if only is None or prev is None else dict(prev.revs)
+        for server in (seen.files.keys() | seen.requests.keys() | seen.file_errors.keys()
+                       if only is None or prev is None else (only,)):
+            sf = seen.files.get(server)
+            err = seen.file_errors.get(server)
+            if sf is None and err is None and server not in seen.requests:
+                revs.pop(server, None)
+                continue
+            revs[server] = watch_rev(sf.generation if sf is not None else err[0] if err is not None else None,
+                                     seen.requests.get(server, ()))
+        if (prev is not None and _same(seen, prev.seen) and revs == prev.revs and config is prev.config
+                and generation == prev.catalog_generation
+                and servers.keys() == old.keys() and all(old[s] is v for s, v in servers.items())):
+            return prev  # nothing changed: keep what was computed from it (joined JSON, release map)
+        return Snapshot(taken=now, config=config, catalog_generation=generation, seen=seen, servers=servers,
+                        revs=revs)
+
+    def _view(self, name: str, allowed: tuple[str, ...], seen: Seen, old: ServerView | None,
+              now: datetime, catalog_changed: bool) -> ServerView:
+        """The server's view: `old` again if what it was computed from is unchanged, else
+        computed afresh by fleetstate.server_state."""
+        catalog = self.sources.catalog
+        file = seen.files.get(name)
+        file_error = seen.file_errors.get(name)
+        report = seen.reports.get(name)
+        stale = report[1].is_stale(now) if report is not None else None
+        inputs = (file.generation if file is not None else None, file_error, report[0] if report else None,
+                  stale, allowed)
+        if old is not None and old.inputs == inputs and not catalog_changed:
+            return old
+        apps = allowed + tuple(a for a in (file.apps if file is not None else ()) if a not in allowed)
+        newest = tuple(catalog.newest(a) for a in apps)
+        # The release names the file lists (its entries, placeholders "app/" left out).
+        desired = tuple(e for e in file.entries if not e.endswith("/")) if file is not None else ()
+        facts = (newest, tuple(catalog.cached(d) for d in desired))
+        if old is not None and old.inputs == inputs and old.facts == facts:
+            return old
+        infos: dict[str, ReleaseInfo] = {}
+        for d in desired:
+            # Not in the bucket (or not readable now): the state marks it unknown.
+            with contextlib.suppress(PushError):
+                infos[d] = catalog.get(d)
+        state = server_state(name, allowed=allowed, file=file, file_error=file_error[1] if file_error else None,
+                             report=report[1] if report else None, releases=infos,
+                             newest={i.app: i.name for i in newest if i is not None}, now=now)
+        return ServerView.of(state, inputs, facts)
+
+    # -- looking at the bucket ------------------------------------------------------------------
+
+    def _look_at_everything(self, prev: Seen) -> Seen:
+        """List server/, status/ and requests/; read only the objects whose generation changed."""
+        store = self.sources.store
+        file_gens = {server: i.generation for i in store.list(layout.SERVER)
+                     if (server := layout.server_of_file_key(i.key)) is not None}
+        report_gens = {server: i.generation for i in store.list(layout.STATUS)
+                       if (server := layout.server_of_status_key(i.key)) is not None}
+        requests: dict[str, list[str]] = {}
+        for info in store.list(layout.REQUESTS):
+            request = layout.request_of_key(info.key)
+            if request is not None:
+                requests.setdefault(request[0], []).append(info.key)
+
+        files: dict[str, ServerFile] = {}
+        file_errors: dict[str, tuple[str, str]] = {}
+        for server, gen in file_gens.items():
+            old = prev.files.get(server)
+            if old is not None and old.generation == gen:
+                files[server] = old
+                continue
+            err = prev.file_errors.get(server)
+            if err is not None and err[0] == gen:
+                file_errors[server] = err
+                continue
+            try:
+                check_server(server)
+                sf = serverfile.read(store, server)
+                self.object_reads += 1
+            except NotFound:
+                continue
+            except PushError as e:
+                file_errors[server] = (gen, str(e))
+                continue
+            if sf is not None and sf.generation is not None:
+                files[server] = sf
+
+        reports: dict[str, tuple[str, AgentStatus]] = {}
+        for server, gen in report_gens.items():
+            old_report = prev.reports.get(server)
+            if old_report is not None and old_report[0] == gen:
+                reports[server] = old_report
+                continue
+            try:
+                key = layout.status_key(server)
+                got = store.get(key)
+                self.object_reads += 1
+                assert got is not None
+                reports[server] = (got[1].generation, status.parse(got[0], key))
+            except PushError:  # gone meanwhile, not a report, or not readable now: shown as no report
+                continue
+        return Seen(files, file_errors, reports, {s: tuple(sorted(k)) for s, k in requests.items()})
+
+    def _look_at_server(self, prev: Seen, server: str) -> Seen:
+        """Re-read one server's file (if its generation changed) and list its unit requests."""
+        store = self.sources.store
+        files, file_errors, requests = dict(prev.files), dict(prev.file_errors), dict(prev.requests)
+        old = prev.files.get(server)
+        try:
+            sf = serverfile.read(store, server, if_generation_not_match=old.generation if old else None)
+        except InvalidData:  # written meanwhile by someone else: the next poll records why
+            sf = None
+        if sf is not None:
+            self.object_reads += 1
+            files.pop(server, None)
+            file_errors.pop(server, None)
+            if sf.generation is not None:
+                files[server] = sf
+        keys = tuple(sorted(i.key for i in store.list(layout.requests_prefix(server))
+                            if layout.request_of_key(i.key) is not None))
+        if keys:
+            requests[server] = keys
+        else:
+            requests.pop(server, None)
+        return Seen(files, file_errors, prev.reports, requests)
+
+    # -- reading (each call reads one snapshot) --------------------------------------------------
+
+    def rev(self, server: str) -> str:
+        snapshot = self._snapshot
+        return snapshot.rev(server) if snapshot is not None else NO_REV
+
+    def report(self, server: str) -> AgentStatus | None:
+        return self.snapshot.report(server)
+
+    def state(self, server: str | None = None, app: str | None = None) -> FleetState:
+        """The fleet state (filtered by substrings of server and app names)."""
+        return self.snapshot.fleet_state(server, app)
+
+    def state_json(self, server: str | None = None, app: str | None = None) -> bytes:
+        """The fleet state as JSON text (GET /api/v1/fleet)."""
+        return self.snapshot.fleet_json(server, app)
+
+    def releases(self, app: str) -> list[ReleaseState]:
+        """Every release of `app`, newest first, with the servers that list and run it."""
+        snapshot = self.snapshot
+        return snapshot.releases(self.sources.catalog.releases(app))
+
+    def apps(self) -> list[AppSummary]:
+        """Every app with releases or in skiapush.conf: its count of releases, newest, servers."""
+        snapshot = self.snapshot
+        catalog, config = self.sources.catalog, snapshot.config
+        names = sorted(set(catalog.apps()) | {a for apps in config.servers.values() for a in apps})
+        out = []
+        for app in names:
+            newest = catalog.newest(app)
+            out.append(AppSummary(app=app, releases=len(catalog.releases(app)),
+                                  latest=newest.name if newest else None,
+                                  servers=[s for s, allowed in config.servers.items() if app in allowed]))
+        return out
+
+
+def _same(a: Seen, b: Seen) -> bool:
+    """Whether two looks found the very same objects (not merely equal ones)."""
+    if a is b:
+        return True
+    pairs: tuple[tuple[Mapping[str, object], Mapping[str, object]], ...] = (
+        (a.files, b.files), (a.file_errors, b.file_errors), (a.reports, b.reports), (a.requests, b.requests))
+    return all(x.keys() == y.keys() and all(v is y[k] or v == y[k] for k, v in x.items()) for x, y in pairs)
