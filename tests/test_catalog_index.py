@@ -566,3 +566,22 @@ def test_push_serve_on_a_damaged_index_serves_the_listing_and_rewrites_it(
                 time.sleep(0.05)
     assert any("is unusable" in r.getMessage() for r in caplog.records)
     assert rewritten is not None and rewritten.releases == 4
+
+
+def test_the_generation_moves_with_every_change_the_fleet_view_must_see(store: Store) -> None:
+    for m in (1, 2):
+        publish(store, info("web", m), b"deb")
+    fold(store)
+    reader = Catalog(store)
+    reader.refresh()
+    assert reader.newest("web") == info("web", 2)
+    before = reader.generation
+    reader.refresh()
+    assert reader.generation == before  # nothing changed: the fleet view re-checks nothing
+    store.delete(info("web", 2).release.key)
+    reader.refresh(full=True)
+    assert reader.generation != before and reader.newest("web") == info("web", 1)
+    before = reader.generation
+    publish(store, info("web", 3), b"deb")
+    reader.refresh()
+    assert reader.generation != before
