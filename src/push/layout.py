@@ -8,6 +8,7 @@
     history/app/{app}/{stem}~{server}.json             ... per app
     history/all/{stem}~{server}~{app}.json             ... for the whole fleet
     catalog/log/{20-digit ns}/{release name}           the catalogue's journal of uploads
+    catalog/index/v{version}.jsonl.gz                  the catalogue index (push.catalogindex)
     signatures/server/{server}.json                    the signed statement of a server file
 
 `debs/` and `server/` are the original Push's and keep its meaning; the others are Push's
@@ -27,6 +28,7 @@ STATUS = "status/"
 REQUESTS = "requests/"
 HISTORY = "history/"
 CATALOG_LOG = "catalog/log/"
+CATALOG_INDEX = "catalog/index/"
 SIGNATURES = "signatures/"
 
 PREFIXES = {
@@ -36,6 +38,7 @@ PREFIXES = {
     REQUESTS: "unit requests, one object each, answered by the agent",
     HISTORY: "history records, each under three keys",
     CATALOG_LOG: "the catalogue's journal: one empty object per upload",
+    CATALOG_INDEX: "the catalogue index: every release's metadata in one compressed object, one per format version",
     SIGNATURES: "signed statements (push.signing), e.g. of each server file",
 }
 
@@ -186,3 +189,12 @@ def journal_entry(key: str) -> tuple[int, str] | None:
     if not key.startswith(CATALOG_LOG) or not stamp.isdigit() or not name:
         return None
     return int(stamp), name
+
+
+# -- catalog/index/: the catalogue index -------------------------------------------------
+
+
+def catalog_index_key(version: int) -> str:
+    """The index of format `version`. One object per version: servers of two versions that
+    share a bucket each keep their own, instead of overwriting each other's."""
+    return f"{CATALOG_INDEX}v{version}.jsonl.gz"

@@ -83,7 +83,8 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     """`deploy_key` signs every server file this server writes, and renews statements at
     half-life every `resign_interval` seconds (those signed by it or by `trusted_deploy_keys`)."""
     settings = auth or AuthSettings()
-    catalog = catalog or Catalog(store)
+    # A push server keeps the catalogue index up to date for every reader of the bucket.
+    catalog = catalog or Catalog(store, writes_index=True)
     ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}",
                   deploy_key=deploy_key)
     view = FleetView(ctx)
