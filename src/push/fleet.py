@@ -17,14 +17,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from push import serverfile, status, unitrequests
+from push import lookup, serverfile, status, unitrequests
 from push.catalog import Catalog
 from push.config import Config
 from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
 from push.history import History, Record, new_record
 from push.model import Model
-from push.names import check_app, check_server, check_unit
-from push.release import Release, ReleaseInfo, app_of
+from push.names import check_server, check_unit
+from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile
 from push.status import AgentStatus
 from push.store import Store
@@ -205,25 +205,26 @@ def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = 
            latest: bool = False, expected_from: Any = ANY, note: str = "") -> Change:
     """Make `server` run `release` (or the newest release of `app` with latest=True).
 
-    Refused (NotFound / NotAllowed) unless skiapush.conf allows `app` on `server`, whatever
-    the caller asked. With `expected_from`, refused with ChangedMeanwhile if the app's entry
-    is no longer that release (None: not deployed), so no edit is ever silently lost.
+    `release` is any name push.lookup takes (full name, hash prefix, latest, previous).
+    Refused (UnknownApp / NotFound / NotAllowed) unless skiapush.conf allows `app` on
+    `server`, whatever the caller asked. With `expected_from`, refused with ChangedMeanwhile
+    if the app's entry is no longer that release (None: not deployed), so no edit is ever
+    silently lost.
     """
     check_server(server)
-    check_app(app)
+    require_app(ctx, app)
     ctx.config.check_allowed(server, app)
     if latest == (release is not None):
         raise InvalidRequest("give either a release or latest, not both" if latest
                              else "no release given (or use latest)")
-    if latest:
-        ctx.catalog.refresh()
-        info = ctx.catalog.latest(app)
-    else:
-        assert release is not None
-        if app_of(release) != app:
-            raise InvalidRequest(f"release {release!r} is not a release of {app!r}")
-        info = ctx.catalog.get(release)
+    info = lookup.release(ctx.catalog, app, lookup.LATEST if latest else str(release),
+                          previous=lambda: rollback_target(ctx, server, app).to)
     return _set_release(ctx, who, server, app, info, "deploy", expected_from, note)
+
+
+def require_app(ctx: Context, app: str) -> str:
+    """`app` if Push knows it; UnknownApp with near names otherwise (push.lookup)."""
+    return lookup.require_app(ctx.catalog, ctx.config, app)
 
 
 class RollbackTarget(Model, frozen=True):
@@ -252,7 +253,7 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
              expected_to: Any = ANY, note: str = "") -> Change:
     """Return `app` on `server` to the release it ran before the current one, by the history."""
     check_server(server)
-    check_app(app)
+    require_app(ctx, app)
     ctx.config.check_allowed(server, app)
     plan = rollback_target(ctx, server, app)
     current, target = plan.from_, plan.to
@@ -270,7 +271,7 @@ def remove(ctx: Context, who: str, server: str, app: str, *, expected_from: Any 
            note: str = "") -> Change:
     """Take `app` off `server` (pulld then removes its package). Works for apps the config
     no longer allows, so they can be cleaned up."""
-    check_app(app)
+    require_app(ctx, app)
     ctx.config.require_server(server)
     return _set_release(ctx, who, server, app, None, "remove", expected_from, note)
 
@@ -320,8 +321,10 @@ def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
 
     With `expected` (server -> release the user saw), exactly those servers are changed,
     each only if it still runs what the user saw. One server's failure stops no other.
+    `release` is any name push.lookup takes but `previous` (which differs per server).
     """
-    check_app(app)
+    require_app(ctx, app)
+    release = lookup.release(ctx.catalog, app, release).name
     servers = list(expected) if expected is not None else servers_running(ctx, app)
     outcomes: list[Deployed | Refused] = []
     for server in servers:
