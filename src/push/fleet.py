@@ -315,6 +315,26 @@ def servers_running(ctx: Context, app: str) -> list[str]:
     return out
 
 
+class EverywherePlan(Model, frozen=True):
+    """What a fleet-wide deploy would change now: the release a name resolves to, and each
+    server that runs the app with the release it runs (the guard shows these and sends them
+    back as `expected`, so exactly those servers change, each only if unchanged)."""
+
+    app: str
+    release: str = Field(description="the release's full name")
+    servers: dict[str, str | None] = Field(description="server -> the release it runs now (null: none)")
+
+
+def plan_everywhere(ctx: Context, app: str, release: str) -> EverywherePlan:
+    """The servers a deploy of `release` (any name but `previous`) to every server that
+    runs `app` would change, and what each runs now."""
+    require_app(ctx, app)
+    name = lookup.release(ctx.catalog, app, release).name
+    current = {server: _current(serverfile.read(ctx.store, server) or ServerFile(server), app)
+               for server in servers_running(ctx, app)}
+    return EverywherePlan(app=app, release=name, servers=current)
+
+
 def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
                       expected: dict[str, str | None] | None = None, note: str = "") -> FleetDeploy:
     """Deploy `release` to every server that runs `app`, each by its own compare-and-swap.
