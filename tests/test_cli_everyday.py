@@ -11,8 +11,13 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -75,7 +80,7 @@ class Cli:
         return next(self.world.names)
 
     def __call__(self, *argv: str) -> tuple[int, str, str]:
-        extra = ["--push-url", self.world.server.url] if self.mode == "remote" and argv[0] != "completion" else []
+        extra = ["--push-url", self.world.server.url] if self.mode == "remote" else []
         try:
             code = main([*argv, *extra])
         except SystemExit as e:
@@ -282,3 +287,80 @@ def test_typo_and_help(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "exit codes:" in out and "  3    conflict" in out and "  7    push status --problems found problems" in out
+
+
+# -- 5. shell completion --------------------------------------------------------------------------
+
+
+def test_completion_values(cli):
+    assert cli("completion", "--values", "servers")[1].split() == ["web-1", "web-2", "db-1", *FRESH,
+                                                                   "b1", "b2", "c1", "c2"]
+    apps = cli("completion", "--values", "apps")[1].split()
+    assert apps == ["batch", "crons", "hello", "pulld", "twin"]
+    # Two hashes sharing eight digits: each by its shortest unique prefix.
+    assert cli("completion", "--values", "releases", "twin")[1].split() == ["latest", "previous", "abcdef121",
+                                                                            "abcdef120"]
+    hello = cli("completion", "--values", "releases", "hello")[1].split()
+    assert hello == ["latest", "previous", *(r.release.hash[:7] for r in reversed(cli.world.rels))]
+
+
+def _shell_env(world: World) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PUSH_")}
+    # The script calls `push` back: the one of this environment.
+    return {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "PUSH_STORE": str(world.store_dir),
+            "PUSH_CONFIG": str(world.conf), "PUSH_TOKEN": TOKENS["dash"]}
+
+
+def _script(world: World, shell: str) -> Path:
+    path = world.store_dir.parent / f"push.{shell}"
+    if not path.exists():
+        r = subprocess.run(["push", "completion", shell], env=_shell_env(world), capture_output=True, text=True,
+                           timeout=60, check=True)
+        path.write_text(r.stdout)
+    return path
+
+
+def bash_complete(world: World, *words: str) -> list[str]:
+    """What bash offers for the last of `words`: the generated function, run by bash itself."""
+    script = (f'source {_script(world, "bash")}; COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); '
+              '_push; printf "%s\\n" "${COMPREPLY[@]}"')
+    r = subprocess.run(["bash", "-c", script, "push", "push", *words], env=_shell_env(world),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    return [line for line in r.stdout.splitlines() if line]
+
+
+def test_bash_completion_for_real(world):
+    assert bash_complete(world, "dep") == ["deploy"]
+    assert bash_complete(world, "re") == ["releases", "release", "remove"]
+    assert bash_complete(world, "status", "--pro") == ["--problems"]
+    assert bash_complete(world, "deploy", "--a") == ["--all-servers"]
+    assert bash_complete(world, "history", "web") == ["web-1", "web-2"]
+    assert bash_complete(world, "deploy", "web-1", "h") == ["hello"]
+    assert bash_complete(world, "status", "--app", "tw") == ["twin"]
+    assert bash_complete(world, "deploy", "web-1", "twin", "") == ["latest", "previous", "abcdef121", "abcdef120"]
+    assert bash_complete(world, "deploy", "--all-servers", "--note", "x y", "twin", "l") == ["latest"]
+    assert bash_complete(world, "unit", "web-1", "hello.service", "st") == ["start", "stop"]
+    assert bash_complete(world, "completion", "") == ["bash", "zsh"]
+    # Through the push server the line names (and only the names it answers).
+    url = world.server.url
+    assert bash_complete(world, "--push-url", url, "status", "b") == ["b1", "b2"]
+    assert bash_complete(world, "--push-url", "http://127.0.0.1:9", "status", "") == []
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="scripts/test installs zsh")
+def test_zsh_completion(world):
+    """The zsh function on the words zsh hands it (`words`, `CURRENT`), with compadd
+    recording what is offered."""
+    def offered(*words: str) -> list[str]:
+        script = (f'autoload -U +X compinit && compinit -u -D; source {_script(world, "zsh")}; '
+                  'compadd() { [[ $1 == -- ]] && shift; print -l -- "$@"; }; '
+                  'words=(push "$@"); CURRENT=$(($# + 1)); _push')
+        r = subprocess.run(["zsh", "-c", script, "push", *words], env=_shell_env(world), capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == "", r.stderr
+        return [line for line in r.stdout.splitlines() if line]
+
+    assert "deploy" in offered("dep") and "completion" in offered("")
+    assert offered("deploy", "web-1", "twin", "") == ["latest", "previous", "abcdef121", "abcdef120"]
+    assert offered("deploy", "") == ["web-1", "web-2", "db-1", *FRESH, "b1", "b2", "c1", "c2"]

@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "push.server.command",
     "push.demo.command",
     "push.keyscli",
+    "push.completion",
 ]
 
 
