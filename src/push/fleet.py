@@ -219,7 +219,15 @@ def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = 
                              else "no release given (or use latest)")
     info = lookup.release(ctx.catalog, app, lookup.LATEST if latest else str(release),
                           previous=lambda: rollback_target(ctx, server, app).to)
-    return _set_release(ctx, who, server, app, info, "deploy", expected_from, note)
+    return _set_release(ctx, who, server, app, info, "deploy", _expected_name(ctx, app, expected_from), note)
+
+
+def _expected_name(ctx: Context, app: str, expected_from: Any) -> Any:
+    """What the caller expects there, by its full name: a short name (a hash prefix,
+    latest) is resolved; a full name is compared as it is (its release may be gone)."""
+    if isinstance(expected_from, str) and "/" not in expected_from:
+        return lookup.release(ctx.catalog, app, expected_from).name
+    return expected_from
 
 
 def require_app(ctx: Context, app: str) -> str:
@@ -273,7 +281,7 @@ def remove(ctx: Context, who: str, server: str, app: str, *, expected_from: Any 
     no longer allows, so they can be cleaned up."""
     require_app(ctx, app)
     ctx.config.require_server(server)
-    return _set_release(ctx, who, server, app, None, "remove", expected_from, note)
+    return _set_release(ctx, who, server, app, None, "remove", _expected_name(ctx, app, expected_from), note)
 
 
 class Deployed(Change, frozen=True):

@@ -100,7 +100,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--all-servers", action="store_true", help="every server that runs APP (confirmed first)")
     p.add_argument("-y", "--yes", action="store_true", help="with --all-servers: do not ask")
     p.add_argument("--expect", metavar="RELEASE",
-                   help="only if SERVER still runs this release ('none': nothing), else exit 3")
+                   help="only if SERVER still runs this release (any name but previous; 'none': nothing), "
+                        "else exit 3")
     p.add_argument("--note", default="", help="why (kept in the history)")
     p.set_defaults(func=cmd_deploy, parser=p)
 
@@ -463,6 +464,8 @@ def _print_change(args: argparse.Namespace, change: Change) -> None:
         print_json(change.to_json())
     elif change.request is not None:
         print(f"asked the agent on {change.server} to {change.action[5:]} {change.request.unit}")
+    elif not change.changed and change.action == "remove":
+        print(f"{change.app} is not on {change.server}: nothing changed")
     elif not change.changed:
         print(f"{change.app} on {change.server} already runs {_short(change.to)}: nothing changed")
     elif change.action == "remove":
