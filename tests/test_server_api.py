@@ -204,6 +204,26 @@ def test_deploy_latest(client, rels):
     assert r.json()["to"] == rels[3].name
 
 
+def test_releases_by_any_name_in_the_api_and_the_pages(client, rels):
+    """push.lookup's names: a hash prefix, latest and previous in a deploy's body and in the
+    confirmation page's URL; an ambiguous or unknown name refused with what to do."""
+    assert deploy(client, rels[0].release.hash[:7]).json()["to"] == rels[0].name
+    assert deploy(client, "latest").json()["to"] == rels[-1].name
+    assert deploy(client, "previous").json()["to"] == rels[0].name
+    r = deploy(client, "0000000")
+    assert r.status_code == 404 and "no release of hello has a git hash starting 0000000" in r.json()["error"]
+    r = deploy(client, "12")
+    assert r.status_code == 400 and r.json()["type"] == "InvalidRelease"
+    r = client.post("/api/v1/servers/web-1/apps/helo/deploy", json={"release": "latest"}, headers=token("ci"))
+    assert r.status_code == 404 and r.json()["type"] == "UnknownApp" and "did you mean hello?" in r.json()["error"]
+    page = client.get(f"/servers/web-1/apps/hello/confirm?release={rels[1].release.hash[:9]}",
+                      headers={**user("deployer@example.com"), "accept": "text/html"})
+    assert page.status_code == 200 and f'name="release" value="{rels[1].name}"' in page.text
+    page = client.get("/apps/hello/deploy-all?release=latest",
+                      headers={**user("deployer@example.com"), "accept": "text/html"})
+    assert page.status_code == 200 and f'value="{rels[-1].name}"' in page.text
+
+
 def test_deploy_conflict_says_what_changed(client, rels):
     deploy(client, rels[0].name, headers=token("ops"))
     r = deploy(client, rels[1].name, expected_from=None)
