@@ -18,7 +18,8 @@ import pytest
 from buildapp import deb_field, deb_paths, dpkg, installed
 
 # builds Push's own packages with pip and lintian: a minute
-pytestmark = pytest.mark.slow
+# The module fixture builds both packages with lintian: minutes of wall time on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = {"pulld": "push-pulld", "push-server": "push-server"}
