@@ -456,6 +456,10 @@ def test_healthz_and_metrics(client, rels):
     assert re.search(r'push_http_requests_total\{method="POST",'
                      r'route="/api/v1/servers/\{server\}/apps/\{app\}/deploy",status="200"\} 1.0', text)
     assert "push_watchers 0.0" in text and "push_fleet_servers 3.0" in text
+    # The bucket operations of this process: the deploy's CAS write is a put, its read a read.
+    ops = {m[0]: float(m[1]) for m in re.findall(r'push_store_operations_total\{op="(\w+)"\} ([0-9.e+]+)', text)}
+    assert set(ops) == {"list", "stat", "read", "put", "delete"}, text
+    assert ops["put"] >= 4 and ops["list"] >= 3 and ops["read"] >= 1, ops
 
 
 def test_healthz_reports_a_broken_bucket(bucket, tmp_path, monkeypatch):

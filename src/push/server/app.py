@@ -31,6 +31,7 @@ from push.server.auth import CSRF_COOKIE, Auth, AuthSettings
 from push.server.metrics import Metrics, MetricsMiddleware
 from push.server.watch import WatchHub
 from push.store import Store
+from push.store.counting import CountingStore
 from push.triggers import Triggers
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class PushServer:
     auth: Auth
     templates: Environment
     metrics: Metrics
+    store: CountingStore
 
 
 def server_of(request: Request) -> PushServer:
@@ -77,6 +79,9 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
                poll_interval: float = 2.0, catalog_interval: float = 10.0,
                catalog: Catalog | None = None) -> FastAPI:
     settings = auth or AuthSettings()
+    # Every bucket operation of this process is counted (/metrics: push_store_operations).
+    counted = store if isinstance(store, CountingStore) else CountingStore(store)
+    store = counted
     catalog = catalog or Catalog(store)
     ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}")
     view = FleetView(ctx)
@@ -85,7 +90,7 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
     metrics = Metrics()
-    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics)
+    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics, counted)
     metrics.watch(push)
 
     @contextlib.asynccontextmanager
