@@ -48,7 +48,7 @@ from pathlib import Path
 
 import httpx
 
-from push import catalog, serverfile, timestamps, unitrequests
+from push import catalog, serverfile, status, timestamps, unitrequests
 from push.agent import report
 from push.agent.dpkg import InstalledPackage
 from push.agent.metrics import Metrics
@@ -61,6 +61,7 @@ from push.errors import NotFound, PushError
 from push.layout import server_file_key
 from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile
+from push.status import AgentStatus, AppStatus
 from push.store import Store, open_store
 from push.store.counting import CountingStore
 
@@ -92,6 +93,21 @@ class SimAgent:
         self.read_target_at: float | None = None      # time.time() it read a file naming the target
         self.reported_target_at: float | None = None  # ... and reported it installed
         self.errors = 0
+
+    def prime(self, first: ReleaseInfo, generation: str) -> None:
+        """Start as an agent that has been running for a while: the first release installed,
+        its report already in the bucket (written by the set-up) and its next heartbeat due
+        at some moment of the coming minute, as in a fleet whose push server just restarted.
+        (The Publisher's memory of its last report is set directly: a benchmark's liberty.)"""
+        package, version = first.extra["package"], first.extra["version"]
+        self.installed[package] = InstalledPackage(package, version, "ii ")
+        self.record.app(APP).installed(first.name, package, version)
+        self.metadata[first.name] = first
+        self.file = ServerFile(self.server, (first.name,), generation)
+        self.generation = generation
+        content = self._report(self._plan()).to_json()
+        self.publisher._last = {k: v for k, v in content.items() if k not in ("time", "step")}
+        self.publisher._last_at = self.publisher._last_try = time.monotonic() - random.uniform(0, REPORT_INTERVAL)
 
     def step(self, reasons: Sequence[str]) -> None:
         self.steps += 1
@@ -176,10 +192,14 @@ _METRICS = Metrics()
 
 async def worker(store_url: str, push_url: str, servers: list[str], target: str, out: Path, threads: int) -> None:
     store = CountingStore(open_store(store_url))
+    first = make_release(1)[0]
+    generations = json.loads((out.parent / "generations.json").read_text())
     loop = asyncio.get_running_loop()
     loop.set_default_executor(ThreadPoolExecutor(threads))
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     agents = [SimAgent(s, store, push_url, target) for s in servers]
+    for a in agents:
+        a.prime(first, generations[a.server])
     async with httpx.AsyncClient(trust_env=False, limits=limits,
                                  timeout=httpx.Timeout(30.0, read=agents[0].trigger.read_timeout())) as client:
         tasks = []
@@ -220,8 +240,16 @@ def setup(work: Path, n: int) -> tuple[str, Path, list[str], str, str]:
     servers = [f"a{i:05d}" for i in range(n)]
     config = work / "skiapush.conf"
     config.write_text("".join(f'[servers.{s}]\nappNames = ["{APP}"]\n' for s in servers))
+    generations = {}
     for s in servers:
-        serverfile.write(store, ServerFile(s, (first[0].name,), None))
+        generations[s] = serverfile.write(store, ServerFile(s, (first[0].name,), None)).generation
+        # The report of an agent that runs the first release (SimAgent.prime).
+        st = AgentStatus(server=s, agent_version="bench", time=timestamps.now_text(), hostname=s,
+                         server_file_generation=generations[s], in_sync=True, step=1,
+                         apps={APP: AppStatus(desired=first[0].name, installed=first[0].name, package=APP,
+                                              version="1", state="ok", units={f"{APP}.service": "active"})})
+        status.write(store, st)
+    (work / "generations.json").write_text(json.dumps(generations))
     return str(work / "bucket"), config, servers, first[0].name, second[0].name
 
 
@@ -269,8 +297,8 @@ def summed_ops(states: list[dict[str, object]]) -> dict[str, float]:
 
 
 def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: float | None,
-             timeout: float) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="bench-agents-") as tmp:
+             timeout: float, workdir: Path | None) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="bench-agents-", dir=workdir) as tmp:
         work = Path(tmp)
         t_setup = time.monotonic()
         store_url, config, servers, _, target = setup(work, n)
@@ -369,6 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--poll-interval", type=float, help="the push server's --poll-interval")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out", type=Path)
+    p.add_argument("--workdir", type=Path, help="where the bucket and logs go (default: $TMPDIR; /dev/shm "
+                                                "takes the disk out of the figures)")
     # The worker side (started by the coordinator).
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--store", help=argparse.SUPPRESS)
@@ -385,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in (int(s) for s in args.sizes.split(",")):
         workers = args.workers or max(1, min(4, n // 2500))
         result = run_size(n, workers=workers, threads=args.threads, idle=args.idle,
-                          poll_interval=args.poll_interval, timeout=args.timeout)
+                          poll_interval=args.poll_interval, timeout=args.timeout, workdir=args.workdir)
         print(json.dumps(result), flush=True)
         results.append(result)
         if args.out:

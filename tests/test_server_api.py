@@ -505,3 +505,12 @@ def test_pages_deploy_everywhere_remove_and_units_by_form(client, bucket, rels):
                  "/history?server=web-1", "/history?app=hello"]:
         assert client.get(path, headers={**user("viewer@example.com"), **html}).status_code == 200, path
     assert client.get("/servers/nowhere", headers={**user("viewer@example.com"), **html}).status_code == 404
+
+
+def test_idle_long_polls_are_answered_within_their_timeout_at_spread_moments():
+    """Agents that connected together (a restart) must not time out together forever."""
+    from push.server.watch import TIMEOUT_JITTER, jittered
+
+    waits = [jittered(55.0) for _ in range(200)]
+    assert all(55.0 * (1 - TIMEOUT_JITTER) <= w <= 55.0 for w in waits)
+    assert max(waits) - min(waits) > 2.0

@@ -25,7 +25,7 @@ from push.catalog import Catalog
 from push.config import Config
 from push.errors import AccessDenied, Conflict, NotFound, PushError, StoreError, Unauthenticated
 from push.fleet import ChangedMeanwhile, Context, Refusal
-from push.fleetview import FleetView
+from push.fleetview import FULL_INTERVAL, FleetView
 from push.history import History
 from push.server.auth import CSRF_COOKIE, Auth, AuthSettings
 from push.server.metrics import Metrics, MetricsMiddleware
@@ -77,14 +77,14 @@ def http_status(error: PushError | type[PushError]) -> int:
 
 def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None,
                poll_interval: float = 2.0, catalog_interval: float = 10.0,
-               catalog: Catalog | None = None) -> FastAPI:
+               full_interval: float = FULL_INTERVAL, catalog: Catalog | None = None) -> FastAPI:
     settings = auth or AuthSettings()
     # Every bucket operation of this process is counted (/metrics: push_store_operations).
     counted = store if isinstance(store, CountingStore) else CountingStore(store)
     store = counted
     catalog = catalog or Catalog(store)
     ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}")
-    view = FleetView(ctx)
+    view = FleetView(ctx, full_interval=full_interval)
     hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval)
     ctx.triggers = Triggers(config, on_change=hub.wake_from_thread, background=True)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
