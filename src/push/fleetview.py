@@ -14,8 +14,9 @@ from the one before, after one of four looks at the bucket:
   size;
 - every `full_interval` seconds instead, the full re-list, the safety net for writers that
   write no journal (the original tools, older agents, heartbeats): lists server/, status/
-  and requests/ and reads only the objects whose generation changed (a report only if its
-  writer never journals, or the copy is older than `report_reread`);
+  and requests/ and reads only the objects whose generation changed (the report of an agent
+  that journals its reports, `AgentStatus.journaled`, only once the copy is older than
+  `report_reread`);
 - `refresh_server(server)`, called after this process wrote to that server: re-reads its
   file and its request keys, so a read that starts after the write returned sees it;
 - `refresh_catalog()`: new releases in the catalogue, the same objects.
@@ -209,7 +210,6 @@ class FleetView:
         self._journal = changes.Journal(sources.store)
         self._last_full = float("-inf")    # time.monotonic() of the last full re-list
         self._report_read_at: dict[str, float] = {}   # server -> when its report was last read
-        self._journaling: set[str] = set()  # servers whose agent journals its reports
         # For /metrics and the benchmarks.
         self.refreshes = 0
         self.full_refreshes = 0
@@ -237,7 +237,7 @@ class FleetView:
                 if self._snapshot is None:
                     self.refresh(include_catalog=True)
 
-    # -- the three looks at the bucket --------------------------------------------------------
+    # -- the looks at the bucket ----------------------------------------------------------
 
     def refresh(self, include_catalog: bool = True, full: bool = False) -> set[str]:
         """Poll the bucket (and the catalogue): the journal's tail, or every `full_interval`
@@ -420,7 +420,7 @@ class FleetView:
         for server, gen in report_gens.items():
             old_report = prev.reports.get(server)
             if old_report is not None and (old_report[0] == gen or (
-                    server in self._journaling and now - self._report_read_at.get(server, 0.0) < self.report_reread)):
+                    old_report[1].journaled and now - self._report_read_at.get(server, 0.0) < self.report_reread)):
                 reports[server] = old_report
                 continue
             with contextlib.suppress(NotFound):  # gone meanwhile
@@ -456,7 +456,6 @@ class FleetView:
             if kind == changes.SERVER:
                 self._reread_file(server, files, file_errors)
             elif kind == changes.STATUS:
-                self._journaling.add(server)
                 old = reports.get(server)
                 try:
                     got = self._read_report(server, old[0] if old is not None else None)
