@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -260,6 +261,43 @@ def setup(work: Path, n: int) -> tuple[str, Path, list[str], str, str]:
     return str(work / "bucket"), config, servers, first[0].name, second[0].name
 
 
+class Heartbeats:
+    """Without agents (--no-agents): every server's report rewritten every REPORT_INTERVAL
+    seconds, spread evenly over it, as a fleet of idle agents' heartbeats (no journal
+    entries, as pulld's heartbeats), from a few threads; `written` says how many made it."""
+
+    def __init__(self, store: Store, servers: list[str], threads: int = 4) -> None:
+        self.store, self.servers = store, servers
+        self.written = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(servers[i::threads], i, threads), daemon=True)
+                         for i in range(threads)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+    def _run(self, servers: list[str], offset: int, step: int) -> None:
+        start, n = time.monotonic(), len(self.servers)
+        reports = {s: status.read(self.store, s) for s in servers}
+        k = 0
+        while not self._stop.is_set():
+            for j, server in enumerate(servers):
+                due = start + (k + (offset + j * step) / n) * REPORT_INTERVAL
+                if self._stop.wait(max(0.0, due - time.monotonic())):
+                    return
+                report = reports[server]
+                if report is not None:
+                    status.write(self.store, report.model_copy(update={"time": timestamps.now_text()}))
+                    self.written += 1
+            k += 1
+
+
 def metric_ops(url: str) -> dict[str, float]:
     text = httpx.get(f"{url}/metrics", timeout=30, trust_env=False).text
     return {m[0]: float(m[1]) for m in re.findall(r'push_store_operations_total\{op="(\w+)"\} ([0-9.e+]+)', text)}
@@ -304,7 +342,7 @@ def summed_ops(states: list[dict[str, object]]) -> dict[str, float]:
 
 
 def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: float | None,
-             timeout: float, workdir: Path | None) -> dict[str, object]:
+             timeout: float, workdir: Path | None, agents: bool = True) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-agents-", dir=workdir) as tmp:
         work = Path(tmp)
         t_setup = time.monotonic()
@@ -316,6 +354,10 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
         extra = ["--poll-interval", str(poll_interval)] if poll_interval is not None else []
         fleet.start_server(extra)
         procs: list[subprocess.Popen[bytes]] = []
+        heartbeats = None
+        if not agents:
+            workers = 0
+            result["workers"] = "none: heartbeats written by the benchmark"
         try:
             assert fleet.push_server is not None and fleet.push_server.pid is not None
             pid = fleet.push_server.pid
@@ -330,12 +372,16 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=open(work / f"worker-{i}.log", "wb")))  # noqa: SIM115 - closed with the process
             deadline = time.monotonic() + timeout
-            while sum(int(s.get("ready", 0)) for s in worker_states(outs)) < n:  # type: ignore[call-overload]
+            while agents and sum(int(s.get("ready", 0)) for s in worker_states(outs)) < n:  # type: ignore[call-overload]
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                     raise RuntimeError(f"agents did not all start: {worker_states(outs)}")
                 time.sleep(1)
             result["start_s"] = round(time.monotonic() - t_start, 1)
+            if not agents:
+                heartbeats = Heartbeats(open_store(store_url), servers)
+                heartbeats.start()
             time.sleep(min(idle, 10))  # let the start's reports and polls settle
+            written0 = heartbeats.written if heartbeats else 0
 
             # Idle.
             ops0, cpu0, agents0, t0 = metric_ops(fleet.url), cpu_seconds(pid), summed_ops(worker_states(outs)), \
@@ -347,6 +393,8 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
                               "agent_ops_per_min": per_minute(agents1, agents0, t1 - t0),
                               "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
                               "server_rss_mb": round(rss_mb(pid), 1)}
+            if heartbeats is not None:
+                result["idle"]["heartbeats_per_min"] = round((heartbeats.written - written0) * 60 / (t1 - t0), 1)  # type: ignore[index]
 
             # A fleet-wide deploy.
             t_deploy = time.time()
@@ -357,7 +405,10 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
             r.raise_for_status()
             ok = sum(1 for o in r.json()["outcomes"] if o["ok"])
             rss_peak = rss_mb(pid)
-            while True:
+            if not agents:
+                time.sleep(10)  # the polls after the last write
+            states = worker_states(outs)
+            while agents:
                 states = worker_states(outs)
                 reported = sum(len(dict(s.get("reported") or {})) for s in states)  # type: ignore[call-overload]
                 rss_peak = max(rss_peak, rss_mb(pid))
@@ -383,6 +434,8 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
             result["load_after"] = loadavg()
             return result
         finally:
+            if heartbeats is not None:
+                heartbeats.stop()
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
@@ -404,6 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--poll-interval", type=float, help="the push server's --poll-interval")
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--out", type=Path)
+    p.add_argument("--no-agents", action="store_true",
+                   help="no agents: only the push server, with every report rewritten each minute "
+                        "(the bucket's side of idle heartbeats); the deploy is timed without readers")
     p.add_argument("--workdir", type=Path, help="where the bucket and logs go (default: $TMPDIR; /dev/shm "
                                                 "takes the disk out of the figures)")
     # The worker side (started by the coordinator).
@@ -415,14 +471,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.worker:
         random.seed()
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # at once, whatever the event loop is doing
         asyncio.run(worker(args.store, args.push_url, args.servers.split(","), args.target, args.out, args.threads))
         return 0
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
         workers = args.workers or max(1, min(4, n // 2500))
         result = run_size(n, workers=workers, threads=args.threads, idle=args.idle,
-                          poll_interval=args.poll_interval, timeout=args.timeout, workdir=args.workdir)
+                          poll_interval=args.poll_interval, timeout=args.timeout, workdir=args.workdir,
+                          agents=not args.no_agents)
         print(json.dumps(result), flush=True)
         results.append(result)
         if args.out:
