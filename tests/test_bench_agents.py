@@ -16,7 +16,8 @@ def test_a_small_fleet_is_deployed_to_and_every_agent_reports_it(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "out.json"
-    assert bench.main(["--sizes", "12", "--idle", "1", "--timeout", "120", "--out", str(out)]) == 0
+    assert bench.main(["--sizes", "12", "--idle", "2", "--poll-interval", "0.2", "--timeout", "120",
+                       "--out", str(out)]) == 0
     [result] = json.loads(out.read_text())
     deploy = result["deploy"]
     assert deploy["servers_changed"] == 12
