@@ -338,7 +338,7 @@ class FleetView:
                 continue
             revs[server] = watch_rev(sf.generation if sf is not None else err[0] if err is not None else None,
                                      seen.requests.get(server, ()))
-        if (prev is not None and _same(seen, prev.seen) and revs == prev.revs and config is prev.config
+        if (prev is not None and _same(seen, prev.seen, only) and revs == prev.revs and config is prev.config
                 and generation == prev.catalog_generation
                 and servers.keys() == old.keys() and all(old[s] is v for s, v in servers.items())):
             return prev  # nothing changed: keep what was computed from it (joined JSON, release map)
@@ -540,10 +540,16 @@ class FleetView:
         return out
 
 
-def _same(a: Seen, b: Seen) -> bool:
-    """Whether two looks found the very same objects (not merely equal ones)."""
+def _same(a: Seen, b: Seen, only: frozenset[str] | None = None) -> bool:
+    """Whether two looks found the very same objects (not merely equal ones). With `only`,
+    the look changed nothing but those servers' entries (it carried the others over), so
+    only theirs are compared: a local write or a journal entry costs the same whatever the
+    fleet's size (comparing every server made a fleet-wide deploy quadratic)."""
     if a is b:
         return True
     pairs: tuple[tuple[Mapping[str, object], Mapping[str, object]], ...] = (
         (a.files, b.files), (a.file_errors, b.file_errors), (a.reports, b.reports), (a.requests, b.requests))
+    if only is not None:
+        return all(len(x) == len(y) and all(x.get(s) is y.get(s) or x.get(s) == y.get(s) for s in only)
+                   for x, y in pairs)
     return all(x.keys() == y.keys() and all(v is y[k] or v == y[k] for k, v in x.items()) for x, y in pairs)
