@@ -342,7 +342,7 @@ def summed_ops(states: list[dict[str, object]]) -> dict[str, float]:
 
 
 def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: float | None,
-             timeout: float, workdir: Path | None, agents: bool = True) -> dict[str, object]:
+             timeout: float, workdir: Path | None, agents: bool = True, deploy: bool = True) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-agents-", dir=workdir) as tmp:
         work = Path(tmp)
         t_setup = time.monotonic()
@@ -396,6 +396,9 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
             if heartbeats is not None:
                 result["idle"]["heartbeats_per_min"] = round((heartbeats.written - written0) * 60 / (t1 - t0), 1)  # type: ignore[index]
 
+            if not deploy:
+                result["load_after"] = loadavg()
+                return result
             # A fleet-wide deploy.
             t_deploy = time.time()
             m0 = time.monotonic()
@@ -460,6 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-agents", action="store_true",
                    help="no agents: only the push server, with every report rewritten each minute "
                         "(the bucket's side of idle heartbeats); the deploy is timed without readers")
+    p.add_argument("--no-deploy", action="store_true", help="measure start and idle only")
     p.add_argument("--workdir", type=Path, help="where the bucket and logs go (default: $TMPDIR; /dev/shm "
                                                 "takes the disk out of the figures)")
     # The worker side (started by the coordinator).
@@ -479,7 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers = args.workers or max(1, min(4, n // 2500))
         result = run_size(n, workers=workers, threads=args.threads, idle=args.idle,
                           poll_interval=args.poll_interval, timeout=args.timeout, workdir=args.workdir,
-                          agents=not args.no_agents)
+                          agents=not args.no_agents, deploy=not args.no_deploy)
         print(json.dumps(result), flush=True)
         results.append(result)
         if args.out:
