@@ -367,7 +367,7 @@ def test_watch_answers_at_once_without_since(client):
     start = time.monotonic()
     r = client.get("/api/v1/watch/web-1")
     assert r.status_code == 200 and set(r.json()) == {"rev", "changed"} and r.json()["changed"] is False
-    assert time.monotonic() - start < 1
+    assert time.monotonic() - start < 5  # at once, not after a long-poll timeout (a loaded CI machine takes seconds)
 
 
 def test_watch_times_out_unchanged(client):

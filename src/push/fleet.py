@@ -2,7 +2,8 @@
 
 Both front ends call these operations: the push server (`push serve`) and the CLI when it
 goes straight to the bucket. Every operation enforces skiapush.conf, writes the server
-file by compare-and-swap, records the change in the history and fires the triggers, so the
+file by compare-and-swap, signs it when the context has a deploy key (push.serversigning),
+records the change in the history and fires the triggers, so the
 two front ends cannot disagree; each answers with the same typed result (`Change`,
 `FleetDeploy`, `RollbackTarget`), which the API returns and the CLI prints. Reading the
 fleet is push.fleetview (the snapshots) and push.fleetstate (one server's state).
@@ -17,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from push import serverfile, status, unitrequests
+from push import serverfile, serversigning, status, unitrequests
 from push.catalog import Catalog
 from push.config import Config
 from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
@@ -26,6 +27,7 @@ from push.model import Model
 from push.names import check_app, check_server, check_unit
 from push.release import Release, ReleaseInfo, app_of
 from push.serverfile import ServerFile
+from push.signing import SigningKey
 from push.status import AgentStatus
 from push.store import Store
 from push.triggers import Triggers
@@ -135,12 +137,14 @@ class Context:
     history: History
     triggers: Triggers | None = None
     via: str = ""
+    deploy_key: SigningKey | None = None   # signs every server file written (docs/trust.md)
 
     @classmethod
     def open(cls, store: Store, config: Config, *, catalog: Catalog | None = None,
-             triggers: Triggers | None = None, via: str = "") -> Context:
+             triggers: Triggers | None = None, via: str = "", deploy_key: SigningKey | None = None) -> Context:
         # `catalog or ...` would load it: a Catalog's len() reads the whole bucket.
-        return cls(store, config, catalog if catalog is not None else Catalog(store), History(store), triggers, via)
+        return cls(store, config, catalog if catalog is not None else Catalog(store), History(store), triggers, via,
+                   deploy_key)
 
 
 class _Mismatch(Exception):
@@ -172,6 +176,19 @@ def _fire(ctx: Context, server: str, what: str) -> None:
         ctx.triggers.changed(server, what)
 
 
+def _sign(ctx: Context, after: ServerFile) -> PushError | None:
+    """Sign the server file just written (with the deploy key, if any); the error, if signing failed."""
+    if ctx.deploy_key is None:
+        return None
+    assert after.generation is not None
+    try:
+        serversigning.sign_written(ctx.store, after.server, after.to_bytes(), after.generation, ctx.deploy_key)
+    except PushError as e:  # the change stands; until signed, agents that verify keep what they run
+        return StoreUnavailable(f"the change was made, but its statement could not be written ({e}): agents that "
+                                f"verify will not follow it until `push resign {after.server}` signs it")
+    return None
+
+
 def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseInfo | None,
                  action: str, expected_from: Any, note: str) -> Change:
     """The one write path for deploy, rollback and remove: CAS on the server file."""
@@ -192,12 +209,15 @@ def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseI
     from_, to = _current(before, app), _current(after, app)
     if before.entries == after.entries:
         return Change(server=server, app=app, action=action, from_=from_, to=to, changed=False)
+    unsigned = _sign(ctx, after)  # before the trigger: a woken agent finds the statement
     record = new_record(who, server, app, action, from_=from_, to=to, note=note, via=ctx.via)
     try:
         _record(ctx, record)
     finally:
         _fire(ctx, server, to or f"{app}/")
     log.info("%s: %s %s on %s: %s -> %s", who, action, app, server, from_, to)
+    if unsigned is not None:
+        raise unsigned
     return Change(server=server, app=app, action=action, from_=from_, to=to, changed=True, record=record)
 
 
@@ -377,7 +397,7 @@ def unit_action(ctx: Context, who: str, server: str, unit: str, action: str, *,
                   record=record, request=request)
 
 
-def direct_context(store: Store, config: Config, via: str) -> Context:
+def direct_context(store: Store, config: Config, via: str, deploy_key: SigningKey | None = None) -> Context:
     """A context for the CLI going straight to the bucket: GCE triggers are sent in-line."""
-    return Context.open(store, config, triggers=Triggers(config), via=via)
+    return Context.open(store, config, triggers=Triggers(config), via=via, deploy_key=deploy_key)
 

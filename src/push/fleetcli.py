@@ -1,9 +1,11 @@
-"""`push status|history|deploy|rollback|unit`: read and change the fleet from the command line.
+"""`push status|history|deploy|rollback|unit|resign`: read and change the fleet from the command line.
 
 Two ways, same checks, same history, same output: through a push server (`--push-url` /
 PUSH_URL, with an API token from PUSH_TOKEN), or straight to the bucket with push.fleet
 (skiapush.conf is then read locally and enforced the same way; GCE triggers are sent from
-here, and push servers notice the change at their next bucket poll).
+here, and push servers notice the change at their next bucket poll). Straight to the
+bucket, a deploy key (--deploy-key / PUSH_DEPLOY_KEY) signs each server file written, and
+`push resign` renews the statements of a fleet without a push server (docs/trust.md).
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                         help="API token for --push-url (default: $PUSH_TOKEN; prefer the variable, "
                              "arguments are visible to other users)")
     remote.add_argument("--json", action="store_true", help="print JSON")
+    # Commands that write server files sign them when they go straight to the bucket
+    # (through a push server, the push server signs with its own deploy key).
+    signer = argparse.ArgumentParser(add_help=False)
+    signer.add_argument("--deploy-key", metavar="FILE", default=os.environ.get("PUSH_DEPLOY_KEY") or None,
+                        help="sign the server file written with this deploy key (NAME.key) when going straight to "
+                             "the bucket (default: $PUSH_DEPLOY_KEY; not used through a push server, which signs "
+                             "with its own). See docs/trust.md")
 
     p = sub.add_parser("status", parents=[common, remote], help="what every server should run and runs",
                        description="Show every server in skiapush.conf (or SERVER) with each app: the desired "
@@ -64,7 +73,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--limit", type=int, default=50, help="at most this many records (default: 50)")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("deploy", parents=[common, remote], help="deploy a release of an app to a server",
+    p = sub.add_parser("deploy", parents=[common, remote, signer], help="deploy a release of an app to a server",
                        description="Make SERVER run RELEASE of APP (or its newest release with --latest). "
                                    "skiapush.conf must allow APP on SERVER. The change is recorded in the "
                                    "history and the server's agent is triggered.")
@@ -77,7 +86,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--note", default="", help="why (kept in the history)")
     p.set_defaults(func=cmd_deploy)
 
-    p = sub.add_parser("rollback", parents=[common, remote], help="return an app to the release it ran before",
+    p = sub.add_parser("rollback", parents=[common, remote, signer], help="return an app to the release it ran before",
                        description="Return APP on SERVER to the release it ran before the current one, as the "
                                    "history records it (not merely the second newest release).")
     p.add_argument("server")
@@ -93,6 +102,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("action", choices=["start", "stop", "restart"])
     p.add_argument("--note", default="", help="why (kept in the history)")
     p.set_defaults(func=cmd_unit)
+
+    p = sub.add_parser("resign", parents=[common], help="re-sign server files before their statements expire",
+                       description=RESIGN_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("servers", nargs="*", metavar="SERVER", help="only these servers (default: every server in "
+                                                                "skiapush.conf)")
+    p.add_argument("--deploy-key", metavar="FILE", default=os.environ.get("PUSH_DEPLOY_KEY") or None,
+                   help="the deploy key that signs (NAME.key; default: $PUSH_DEPLOY_KEY)")
+    p.add_argument("--trust-deploy-key", action="append", metavar="FILE", default=None,
+                   help="also renew statements signed by this public key (NAME.pub): the old key, during a "
+                        "rotation; repeatable (default: $PUSH_TRUST_DEPLOY_KEYS, space-separated)")
+    p.add_argument("--adopt", action="store_true",
+                   help="sign the current contents of the named servers whatever their statement (the first "
+                        "signing of a fleet, an expired statement, an edit you checked); needs SERVER")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_resign)
+
+
+RESIGN_DESCRIPTION = """Renew the statements of server files (signatures/server/NAME.json) that have passed half
+their life, or were signed by another trusted key (rotation), straight in the bucket. For
+a fleet without a push server (which does this on its own poll): run it at least every 12
+hours, e.g. from cron, or agents that verify refuse the expired statements and keep what
+they run.
+
+Only a statement that verifies (signed by --deploy-key or a --trust-deploy-key), names
+the file's current bytes and has not expired is renewed: a server file edited straight in
+the bucket, or an old one put back, is never signed this way. Those are listed as refused
+(exit 1). --adopt SERVER signs what the file holds now, after you have checked it.
+"""
 
 
 # -- the two ways to reach the fleet ----------------------------------------------------------
@@ -110,7 +147,9 @@ class Direct:
 
         config = config_mod.load(args.config, required=True)
         self.fleet = fleet
-        self.ctx = fleet.direct_context(open_store(args.store), config, via=f"cli@{socket.gethostname()}")
+        deploy_key = getattr(args, "deploy_key", None)
+        self.ctx = fleet.direct_context(open_store(args.store), config, via=f"cli@{socket.gethostname()}",
+                                        deploy_key=_deploy_key(deploy_key) if deploy_key else None)
         self.who = os.environ.get("PUSH_USER") or f"{getpass.getuser()}@{socket.gethostname()}"
 
     def status(self, server: str | None, app: str | None) -> FleetState:
@@ -234,6 +273,14 @@ class Remote:
 _UNSET = object()
 
 
+def _deploy_key(path: str) -> Any:
+    from pathlib import Path
+
+    from push.signing import SigningKey
+
+    return SigningKey.load(Path(path))
+
+
 @contextlib.contextmanager
 def _backend(args: argparse.Namespace) -> Iterator[Direct | Remote]:
     """The push server (--push-url) or the bucket, closed when the command is done."""
@@ -335,3 +382,39 @@ def cmd_unit(args: argparse.Namespace) -> int:
         change = backend.unit(args.server, args.unit, args.action, args.note)
     _print_change(args, change)
     return 0
+
+
+def cmd_resign(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from push import config as config_mod
+    from push.serversigning import Resigner
+    from push.signing import Keyring
+    from push.store import open_store
+
+    if not args.deploy_key:
+        print("push resign: error: no deploy key: give --deploy-key FILE or set PUSH_DEPLOY_KEY", file=sys.stderr)
+        return 2
+    if args.adopt and not args.servers:
+        print("push resign: error: --adopt signs what a file holds now: name the SERVERs you checked",
+              file=sys.stderr)
+        return 2
+    key = _deploy_key(args.deploy_key)
+    trusted = args.trust_deploy_key or os.environ.get("PUSH_TRUST_DEPLOY_KEYS", "").split()
+    config = config_mod.load(args.config, required=True)
+    servers = args.servers or list(config.servers)
+    for server in args.servers:
+        config.require_server(server)
+    store = open_store(args.store)
+    try:
+        resigner = Resigner(store, key, Keyring.load([Path(p) for p in trusted]) if trusted else None)
+        outcomes = [resigner.resign(server, adopt=args.adopt) for server in servers]
+    finally:
+        store.close()
+    if args.json:
+        print_json([{"server": o.server, "action": o.action, "why": o.why, "version": o.version} for o in outcomes])
+    else:
+        for o in outcomes:
+            detail = f": {o.why}" if o.why else (f" (version {o.version})" if o.version else "")
+            print(f"{o.server}: {o.action}{detail}")
+    return 1 if any(o.action == "refused" for o in outcomes) else 0

@@ -86,14 +86,18 @@ def server_of_status_key(key: str) -> str | None:
     return _name_under(STATUS, key)
 
 
+# Where the statements of server files are kept, one per server (listed by re-signers).
+SERVER_SIGNATURES = f"{SIGNATURES}server/"
+
+
 def server_signature_key(server: str) -> str:
     """Where the signed statement of server/{server}.json is kept (docs/trust.md)."""
-    return f"{SIGNATURES}server/{check_server(server)}{_JSON}"
+    return f"{SERVER_SIGNATURES}{check_server(server)}{_JSON}"
 
 
 def server_of_signature_key(key: str) -> str | None:
     """The server whose server-file statement `key` is (None if it is not one)."""
-    return _name_under(f"{SIGNATURES}server/", key)
+    return _name_under(SERVER_SIGNATURES, key)
 
 
 # -- requests/: unit requests ------------------------------------------------------------

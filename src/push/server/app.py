@@ -8,6 +8,7 @@ a refusal.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -30,6 +31,8 @@ from push.history import History
 from push.server.auth import CSRF_COOKIE, Auth, AuthSettings
 from push.server.metrics import Metrics, MetricsMiddleware
 from push.server.watch import WatchHub
+from push.serversigning import Resigner
+from push.signing import Keyring, SigningKey
 from push.store import Store
 from push.store.counting import CountingStore
 from push.triggers import Triggers
@@ -77,13 +80,19 @@ def http_status(error: PushError | type[PushError]) -> int:
 
 def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None,
                poll_interval: float = 2.0, catalog_interval: float = 10.0,
-               full_interval: float = FULL_INTERVAL, catalog: Catalog | None = None) -> FastAPI:
+               catalog: Catalog | None = None, deploy_key: SigningKey | None = None,
+               trusted_deploy_keys: Keyring | None = None, resign_interval: float = 10.0,
+               full_interval: float = FULL_INTERVAL) -> FastAPI:
+    """`deploy_key` signs every server file this server writes, and renews statements at
+    half-life every `resign_interval` seconds (those signed by it or by `trusted_deploy_keys`).
+    `full_interval`: the fleet view's full re-list (push.fleetview)."""
     settings = auth or AuthSettings()
     # Every bucket operation of this process is counted (/metrics: push_store_operations).
     counted = store if isinstance(store, CountingStore) else CountingStore(store)
     store = counted
     catalog = catalog or Catalog(store)
-    ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}")
+    ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}",
+                  deploy_key=deploy_key)
     view = FleetView(ctx, full_interval=full_interval)
     hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval)
     ctx.triggers = Triggers(config, on_change=hub.wake_from_thread, background=True)
@@ -96,9 +105,16 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.start()
+        resigning = (asyncio.create_task(_resign_loop(Resigner(store, deploy_key, trusted_deploy_keys), ctx,
+                                                      resign_interval), name="push-resign")
+                     if deploy_key is not None else None)
         try:
             yield
         finally:
+            if resigning is not None:
+                resigning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await resigning
             await hub.stop()
             if ctx.triggers is not None:
                 ctx.triggers.close()
@@ -129,6 +145,20 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
         return error_response(request, exc)
 
     return app
+
+
+async def _resign_loop(resigner: Resigner, ctx: Context, interval: float) -> None:
+    """Renew statements before they expire (TUF's timestamp role), so agents that verify
+    can tell a fresh choice from a frozen bucket. Two listings a round; a server is read
+    only when its file or statement changed, or its statement reached half-life."""
+    while True:
+        try:
+            await asyncio.to_thread(resigner.resign_all, list(ctx.config.servers))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the store is down: try again next round
+            log.warning("re-signing failed: %s: %s", type(e).__name__, e)
+        await asyncio.sleep(interval)
 
 
 def wants_json(request: Request) -> bool:
