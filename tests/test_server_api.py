@@ -476,6 +476,10 @@ def test_healthz_and_metrics(client, rels):
     assert re.search(r'push_http_requests_total\{method="POST",'
                      r'route="/api/v1/servers/\{server\}/apps/\{app\}/deploy",status="200"\} 1.0', text)
     assert "push_watchers 0.0" in text and "push_fleet_servers 3.0" in text
+    # The bucket operations of this process: the deploy's CAS write is a put, its read a read.
+    ops = {m[0]: float(m[1]) for m in re.findall(r'push_store_operations_total\{op="(\w+)"\} ([0-9.e+]+)', text)}
+    assert set(ops) == {"list", "stat", "read", "put", "delete"}, text
+    assert ops["put"] >= 4 and ops["list"] >= 3 and ops["read"] >= 1, ops
 
 
 def test_healthz_reports_a_broken_bucket(bucket, tmp_path, monkeypatch):
@@ -521,3 +525,12 @@ def test_pages_deploy_everywhere_remove_and_units_by_form(client, bucket, rels):
                  "/history?server=web-1", "/history?app=hello"]:
         assert client.get(path, headers={**user("viewer@example.com"), **html}).status_code == 200, path
     assert client.get("/servers/nowhere", headers={**user("viewer@example.com"), **html}).status_code == 404
+
+
+def test_idle_long_polls_are_answered_within_their_timeout_at_spread_moments():
+    """Agents that connected together (a restart) must not time out together forever."""
+    from push.server.watch import TIMEOUT_JITTER, jittered
+
+    waits = [jittered(55.0) for _ in range(200)]
+    assert all(55.0 * (1 - TIMEOUT_JITTER) <= w <= 55.0 for w in waits)
+    assert max(waits) - min(waits) > 2.0

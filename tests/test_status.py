@@ -92,10 +92,10 @@ def test_a_report_in_todays_format_reads_unchanged() -> None:
                                                                         "hello.timer": "inactive"})
     assert got.apps["pulld"].desired == "pulld/" and got.apps["pulld"].installed is None
     # Written back, it is the same JSON: same keys, same values, plus the fields added since
-    # (each None: the old agent did not know them).
+    # (each None or false: the old agent did not know them; `journaled`: push.changes).
     written = got.to_json()
     assert {k: v for k, v in written.items() if k in json.loads(data)} == json.loads(data)
-    assert {k: v for k, v in written.items() if k not in json.loads(data)} == {"trust": None}
+    assert {k: v for k, v in written.items() if k not in json.loads(data)} == {"trust": None, "journaled": False}
 
 
 def test_keys_a_newer_pulld_adds_are_ignored() -> None:
