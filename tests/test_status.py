@@ -92,10 +92,10 @@ def test_a_report_in_todays_format_reads_unchanged() -> None:
                                                                         "hello.timer": "inactive"})
     assert got.apps["pulld"].desired == "pulld/" and got.apps["pulld"].installed is None
     # Written back, it is the same JSON: same keys, same values, plus the fields added since
-    # (at their defaults: the old agent did not know them).
+    # (at their defaults: the old agent did not know them; `journaled`: push.changes).
     written = got.to_json()
     assert {k: v for k, v in written.items() if k in json.loads(data)} == {**json.loads(data), "apps": written["apps"]}
-    assert {k: v for k, v in written.items() if k not in json.loads(data)} == {"trust": None}
+    assert {k: v for k, v in written.items() if k not in json.loads(data)} == {"trust": None, "journaled": False}
     health = {"health": "unknown", "health_detail": None, "reverted_from": None, "health_since": None,
               "health_deadline": None}
     assert written["apps"] == {app: {**fields, **health} for app, fields in json.loads(data)["apps"].items()}

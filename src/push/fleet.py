@@ -18,14 +18,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from push import serverfile, serversigning, status, unitrequests
+from push import lookup, serverfile, serversigning, status, unitrequests
 from push.catalog import Catalog
 from push.config import Config
 from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
 from push.history import History, Record, new_record
 from push.model import Model
-from push.names import check_app, check_server, check_unit
-from push.release import Release, ReleaseInfo, app_of
+from push.names import check_server, check_unit
+from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile
 from push.signing import SigningKey
 from push.status import AgentStatus
@@ -225,25 +225,34 @@ def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = 
            latest: bool = False, expected_from: Any = ANY, note: str = "") -> Change:
     """Make `server` run `release` (or the newest release of `app` with latest=True).
 
-    Refused (NotFound / NotAllowed) unless skiapush.conf allows `app` on `server`, whatever
-    the caller asked. With `expected_from`, refused with ChangedMeanwhile if the app's entry
-    is no longer that release (None: not deployed), so no edit is ever silently lost.
+    `release` is any name push.lookup takes (full name, hash prefix, latest, previous).
+    Refused (UnknownApp / NotFound / NotAllowed) unless skiapush.conf allows `app` on
+    `server`, whatever the caller asked. With `expected_from`, refused with ChangedMeanwhile
+    if the app's entry is no longer that release (None: not deployed), so no edit is ever
+    silently lost.
     """
     check_server(server)
-    check_app(app)
+    require_app(ctx, app)
     ctx.config.check_allowed(server, app)
     if latest == (release is not None):
         raise InvalidRequest("give either a release or latest, not both" if latest
                              else "no release given (or use latest)")
-    if latest:
-        ctx.catalog.refresh()
-        info = ctx.catalog.latest(app)
-    else:
-        assert release is not None
-        if app_of(release) != app:
-            raise InvalidRequest(f"release {release!r} is not a release of {app!r}")
-        info = ctx.catalog.get(release)
-    return _set_release(ctx, who, server, app, info, "deploy", expected_from, note)
+    info = lookup.release(ctx.catalog, app, lookup.LATEST if latest else str(release),
+                          previous=lambda: rollback_target(ctx, server, app).to)
+    return _set_release(ctx, who, server, app, info, "deploy", _expected_name(ctx, app, expected_from), note)
+
+
+def _expected_name(ctx: Context, app: str, expected_from: Any) -> Any:
+    """What the caller expects there, by its full name: a short name (a hash prefix,
+    latest) is resolved; a full name is compared as it is (its release may be gone)."""
+    if isinstance(expected_from, str) and "/" not in expected_from:
+        return lookup.release(ctx.catalog, app, expected_from).name
+    return expected_from
+
+
+def require_app(ctx: Context, app: str) -> str:
+    """`app` if Push knows it; UnknownApp with near names otherwise (push.lookup)."""
+    return lookup.require_app(ctx.catalog, ctx.config, app)
 
 
 class RollbackTarget(Model, frozen=True):
@@ -272,7 +281,7 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
              expected_to: Any = ANY, note: str = "") -> Change:
     """Return `app` on `server` to the release it ran before the current one, by the history."""
     check_server(server)
-    check_app(app)
+    require_app(ctx, app)
     ctx.config.check_allowed(server, app)
     plan = rollback_target(ctx, server, app)
     current, target = plan.from_, plan.to
@@ -290,9 +299,9 @@ def remove(ctx: Context, who: str, server: str, app: str, *, expected_from: Any 
            note: str = "") -> Change:
     """Take `app` off `server` (pulld then removes its package). Works for apps the config
     no longer allows, so they can be cleaned up."""
-    check_app(app)
+    require_app(ctx, app)
     ctx.config.require_server(server)
-    return _set_release(ctx, who, server, app, None, "remove", expected_from, note)
+    return _set_release(ctx, who, server, app, None, "remove", _expected_name(ctx, app, expected_from), note)
 
 
 class Deployed(Change, frozen=True):
@@ -334,14 +343,36 @@ def servers_running(ctx: Context, app: str) -> list[str]:
     return out
 
 
+class EverywherePlan(Model, frozen=True):
+    """What a fleet-wide deploy would change now: the release a name resolves to, and each
+    server that runs the app with the release it runs (the guard shows these and sends them
+    back as `expected`, so exactly those servers change, each only if unchanged)."""
+
+    app: str
+    release: str = Field(description="the release's full name")
+    servers: dict[str, str | None] = Field(description="server -> the release it runs now (null: none)")
+
+
+def plan_everywhere(ctx: Context, app: str, release: str) -> EverywherePlan:
+    """The servers a deploy of `release` (any name but `previous`) to every server that
+    runs `app` would change, and what each runs now."""
+    require_app(ctx, app)
+    name = lookup.release(ctx.catalog, app, release).name
+    current = {server: _current(serverfile.read(ctx.store, server) or ServerFile(server), app)
+               for server in servers_running(ctx, app)}
+    return EverywherePlan(app=app, release=name, servers=current)
+
+
 def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
                       expected: dict[str, str | None] | None = None, note: str = "") -> FleetDeploy:
     """Deploy `release` to every server that runs `app`, each by its own compare-and-swap.
 
     With `expected` (server -> release the user saw), exactly those servers are changed,
     each only if it still runs what the user saw. One server's failure stops no other.
+    `release` is any name push.lookup takes but `previous` (which differs per server).
     """
-    check_app(app)
+    require_app(ctx, app)
+    release = lookup.release(ctx.catalog, app, release).name
     servers = list(expected) if expected is not None else servers_running(ctx, app)
     outcomes: list[Deployed | Refused] = []
     for server in servers:

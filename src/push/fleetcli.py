@@ -1,11 +1,16 @@
-"""`push status|history|deploy|rollback|unit|resign`: read and change the fleet from the command line.
+"""`push status|history|deploy|rollback|remove|unit|resign`: read and change the fleet from the command line.
 
 Two ways, same checks, same history, same output: through a push server (`--push-url` /
 PUSH_URL, with an API token from PUSH_TOKEN), or straight to the bucket with push.fleet
 (skiapush.conf is then read locally and enforced the same way; GCE triggers are sent from
-here, and push servers notice the change at their next bucket poll). Straight to the
-bucket, a deploy key (--deploy-key / PUSH_DEPLOY_KEY) signs each server file written, and
-`push resign` renews the statements of a fleet without a push server (docs/trust.md).
+here, and push servers notice the change at their next bucket poll). Every command that
+reads or changes the fleet (and `push releases`, `push completion`'s values) takes one of
+the two from `backend(args)`, so none can read the bucket when a push server was named.
+A release is named as push.lookup says (full name, hash prefix, latest, previous): the
+names are passed on as they are and resolved by push.fleet, here or in the push server.
+Straight to the bucket, a deploy key (--deploy-key / PUSH_DEPLOY_KEY) signs each server
+file written, and `push resign` renews the statements of a fleet without a push server
+(docs/trust.md).
 """
 
 from __future__ import annotations
@@ -31,16 +36,21 @@ from push.errors import (
     Unauthenticated,
     error_class,
 )
+from push.exits import PROBLEMS, USAGE, exit_code
 
 if TYPE_CHECKING:  # the model is imported when a command runs, so `push --help` stays fast
-    from push.fleet import Change
-    from push.fleetstate import FleetState
+    import httpx
+
+    from push.fleet import Change, EverywherePlan, FleetDeploy
+    from push.fleetstate import FleetState, ReleaseEntry
     from push.history import Record
+    from push.store import Store
 
 T = TypeVar("T")
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+def remote_options() -> argparse.ArgumentParser:
+    """--push-url, --token and --json: every command that reads or changes the fleet takes them."""
     remote = argparse.ArgumentParser(add_help=False)
     remote.add_argument("--push-url", metavar="URL", default=os.environ.get("PUSH_URL"),
                         help="go through this push server (default: $PUSH_URL; unset: straight to the bucket)")
@@ -48,6 +58,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                         help="API token for --push-url (default: $PUSH_TOKEN; prefer the variable, "
                              "arguments are visible to other users)")
     remote.add_argument("--json", action="store_true", help="print JSON")
+    return remote
+
+
+RELEASE_HELP = "the release: its full name, 7+ hex digits of its git hash, latest or previous"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    remote = remote_options()
     # Commands that write server files sign them when they go straight to the bucket
     # (through a push server, the push server signs with its own deploy key).
     signer = argparse.ArgumentParser(add_help=False)
@@ -59,10 +77,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p = sub.add_parser("status", parents=[common, remote], help="what every server should run and runs",
                        description="Show every server in skiapush.conf (or SERVER) with each app: the desired "
                                    "release, what its agent reports installed, unit states, when it last "
-                                   "reported, and marks (out_of_date, dirty, drift, failed, ...).")
+                                   "reported, and marks (out_of_date, dirty, drift, failed, ...). With "
+                                   f"--problems, exits {PROBLEMS} when any server shown has a problem.")
     p.add_argument("server", nargs="?", help="only this server")
     p.add_argument("--app", help="only apps whose name contains APP")
-    p.add_argument("--problems", action="store_true", help="only servers with problems")
+    p.add_argument("--problems", action="store_true",
+                   help=f"only servers with problems; exit {PROBLEMS} if there are any")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("history", parents=[common, remote], help="who changed what, when",
@@ -74,17 +94,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("deploy", parents=[common, remote, signer], help="deploy a release of an app to a server",
+                       usage="push deploy [options] SERVER APP (RELEASE | --latest)\n"
+                             "       push deploy [options] --all-servers APP (RELEASE | --latest)",
                        description="Make SERVER run RELEASE of APP (or its newest release with --latest). "
                                    "skiapush.conf must allow APP on SERVER. The change is recorded in the "
-                                   "history and the server's agent is triggered.")
-    p.add_argument("server")
-    p.add_argument("app")
-    p.add_argument("release", nargs="?", help="release name (see `push releases APP`)")
+                                   "history and the server's agent is triggered. With --all-servers, deploy "
+                                   "RELEASE to every server that runs APP: the servers and what each runs are "
+                                   "shown and confirmed first (--yes: without asking), and exactly those "
+                                   "change, each only if it still runs what was shown. RELEASE is its full "
+                                   "name, 7+ hex digits of its git hash, latest or previous.")
+    p.add_argument("server", metavar="SERVER", help="the server (with --all-servers: the app)")
+    p.add_argument("app", metavar="APP", help="the app (with --all-servers: the release)")
+    p.add_argument("release", metavar="RELEASE", nargs="?", help=RELEASE_HELP)
     p.add_argument("--latest", action="store_true", help="the newest release of APP")
+    p.add_argument("--all-servers", action="store_true", help="every server that runs APP (confirmed first)")
+    p.add_argument("-y", "--yes", action="store_true", help="with --all-servers: do not ask")
     p.add_argument("--expect", metavar="RELEASE",
-                   help="only if SERVER still runs this release ('none': nothing), else exit 3")
+                   help="only if SERVER still runs this release (any name but previous; 'none': nothing), "
+                        "else exit 3")
     p.add_argument("--note", default="", help="why (kept in the history)")
-    p.set_defaults(func=cmd_deploy)
+    p.set_defaults(func=cmd_deploy, parser=p)
 
     p = sub.add_parser("rollback", parents=[common, remote, signer], help="return an app to the release it ran before",
                        description="Return APP on SERVER to the release it ran before the current one, as the "
@@ -93,6 +122,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("app")
     p.add_argument("--note", default="", help="why (kept in the history)")
     p.set_defaults(func=cmd_rollback)
+
+    p = sub.add_parser("remove", parents=[common, remote, signer], help="take an app off a server",
+                       description="Take APP off SERVER: its agent then removes the package. Works for apps "
+                                   "skiapush.conf no longer allows there, so they can be cleaned up. Recorded "
+                                   "in the history; needs the admin role through a push server.")
+    p.add_argument("server")
+    p.add_argument("app")
+    p.add_argument("--expect", metavar="RELEASE",
+                   help="only if SERVER still runs this release ('none': nothing), else exit 3")
+    p.add_argument("--note", default="", help="why (kept in the history)")
+    p.set_defaults(func=cmd_remove)
 
     p = sub.add_parser("unit", parents=[common, remote], help="start, stop or restart a unit on a server",
                        description="Ask SERVER's agent to start, stop or restart UNIT (a unit of an app "
@@ -137,18 +177,32 @@ the bucket, or an old one put back, is never signed this way. Those are listed a
 # the commands print: the JSON of a fact is the same whichever way it came.
 
 
+def open_existing_store(url: str | None) -> Store:
+    """The store named by --store / PUSH_STORE (else the default), which must exist: a
+    mistyped path is an error, never an empty fleet (exit 4)."""
+    from push.store import default_store_url, open_store
+    from push.store.local import LocalStore
+
+    store = open_store(url)
+    if isinstance(store, LocalStore) and not store.root.is_dir():
+        given = url or os.environ.get("PUSH_STORE")
+        where = f"--store {given}" if given else f"the default store {default_store_url()} (no --store, PUSH_STORE)"
+        raise StoreUnavailable(f"no store at {store.root}: the directory does not exist ({where})",
+                               store=store.url)
+    return store
+
+
 class Direct:
     """Straight to the bucket, with push.fleet: the same code the push server runs."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, *, config_required: bool = True) -> None:
         from push import config as config_mod
         from push import fleet
-        from push.store import open_store
 
-        config = config_mod.load(args.config, required=True)
+        config = config_mod.load(args.config, required=config_required)
         self.fleet = fleet
         deploy_key = getattr(args, "deploy_key", None)
-        self.ctx = fleet.direct_context(open_store(args.store), config, via=f"cli@{socket.gethostname()}",
+        self.ctx = fleet.direct_context(open_existing_store(args.store), config, via=f"cli@{socket.gethostname()}",
                                         deploy_key=_deploy_key(deploy_key) if deploy_key else None)
         self.who = os.environ.get("PUSH_USER") or f"{getpass.getuser()}@{socket.gethostname()}"
 
@@ -160,15 +214,51 @@ class Direct:
         return FleetView(self.ctx).state(None, app)
 
     def history(self, server: str | None, app: str | None, limit: int) -> list[Record]:
+        if server is not None:
+            self.ctx.config.require_server(server)
+        if app is not None:
+            self.fleet.require_app(self.ctx, app)
         return self.ctx.history.records(server, app, limit=limit)
+
+    def releases(self, app: str | None) -> list[ReleaseEntry]:
+        from push.fleetstate import ReleaseEntry
+
+        if app is not None:
+            self.fleet.require_app(self.ctx, app)
+        catalog = self.ctx.catalog
+        releases = catalog.releases(app)
+        if catalog.skipped:
+            why = next(iter(catalog.skipped.values()))
+            print(f"push: warning: skipped {len(catalog.skipped)} object(s) under debs/ that are not valid "
+                  f"releases, e.g. {why}", file=sys.stderr)
+        return [ReleaseEntry.of(r) for r in releases]
+
+    def servers(self) -> list[str]:
+        return list(self.ctx.config.servers)
+
+    def apps(self) -> list[str]:
+        from push import lookup
+
+        return lookup.known_apps(self.ctx.catalog, self.ctx.config)
 
     def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any, note: str) -> Change:
         expected = self.fleet.ANY if expect is _UNSET else expect
         return self.fleet.deploy(self.ctx, self.who, server, app, release, latest=latest,
                                  expected_from=expected, note=note)
 
+    def plan_everywhere(self, app: str, release: str) -> EverywherePlan:
+        return self.fleet.plan_everywhere(self.ctx, app, release)
+
+    def deploy_everywhere(self, plan: EverywherePlan, note: str) -> FleetDeploy:
+        return self.fleet.deploy_everywhere(self.ctx, self.who, plan.app, plan.release,
+                                            expected=plan.servers, note=note)
+
     def rollback(self, server: str, app: str, note: str) -> Change:
         return self.fleet.rollback(self.ctx, self.who, server, app, note=note)
+
+    def remove(self, server: str, app: str, expect: Any, note: str) -> Change:
+        expected = self.fleet.ANY if expect is _UNSET else expect
+        return self.fleet.remove(self.ctx, self.who, server, app, expected_from=expected, note=note)
 
     def unit(self, server: str, unit: str, action: str, note: str) -> Change:
         return self.fleet.unit_action(self.ctx, self.who, server, unit, action, note=note)
@@ -176,6 +266,7 @@ class Direct:
     def close(self) -> None:
         if self.ctx.triggers is not None:
             self.ctx.triggers.close()
+        self.ctx.store.close()
 
 
 # For an answer whose `type` names no error this version knows (a newer push server).
@@ -185,7 +276,7 @@ _BY_STATUS: dict[int, type[PushError]] = {400: InvalidInput, 401: Unauthenticate
 
 def _error_from_answer(status: int, body: object, url: str) -> PushError:
     """The error the push server answered with, as the same class: by its `type`, else by status."""
-    import push.fleet  # noqa: F401 - defines ChangedMeanwhile, which the server may name
+    import push.fleet  # noqa: F401 - defines ChangedMeanwhile (and push.lookup UnknownApp), which the server may name
 
     message, cls = f"HTTP {status}: {json.dumps(body)[:200]}", None  # e.g. FastAPI's 422 {"detail": ...}
     if isinstance(body, dict) and isinstance(body.get("error"), str):
@@ -194,6 +285,24 @@ def _error_from_answer(status: int, body: object, url: str) -> PushError:
     if cls is None:
         cls = _BY_STATUS.get(status, StoreUnavailable if status >= 500 else PushError)
     return cls(f"{message} (push server {url})")
+
+
+def _what_answered(response: httpx.Response) -> str:
+    """One line on what answered: status, content type, the server's name and a page title."""
+    import re
+
+    kind = response.headers.get("content-type", "no content type").split(";")[0]
+    parts = [f"HTTP {response.status_code}", kind]
+    if response.headers.get("server"):
+        parts.append(f"server {response.headers['server'][:40]!r}")
+    title = re.search(r"<title[^>]*>([^<]{1,80})", response.text[:4096], re.IGNORECASE)
+    if title and title.group(1).strip():
+        parts.append(f"page {' '.join(title.group(1).split())!r}")
+    return ", ".join(parts)
+
+
+class NotAPushServer(StoreUnavailable):
+    """--push-url names something that answers, but not as a push server does."""
 
 
 class Remote:
@@ -215,11 +324,20 @@ class Remote:
             r = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
             raise StoreUnavailable(f"cannot reach the push server {self.url}: {e}") from None
-        if r.status_code >= 400:
+        # A push server answers JSON, and its refusals name their error; anything else (a
+        # web page, another service's JSON) is not Push: say what answered, in one line.
+        is_json = r.headers.get("content-type", "").split(";")[0].strip() == "application/json"
+        body: Any = None
+        if is_json:
             try:
                 body = r.json()
             except ValueError:
-                body = {"error": f"HTTP {r.status_code}: {r.text[:200]}"}
+                is_json = False
+        refusal = isinstance(body, dict) and isinstance(body.get("error"), str)
+        if not is_json or (r.status_code >= 400 and not refusal and r.status_code != 422):
+            raise NotAPushServer(f"{self.url} is not a Push server: {method} {path} answered {_what_answered(r)}",
+                                 store=self.url)
+        if r.status_code >= 400:
             raise _error_from_answer(r.status_code, body, self.url)
         return r.content
 
@@ -246,6 +364,23 @@ class Remote:
         params = {k: v for k, v in (("server", server), ("app", app)) if v}
         return self._answer(list[Record], self._call("GET", "/api/v1/history", params={**params, "limit": limit}))
 
+    def releases(self, app: str | None) -> list[ReleaseEntry]:
+        from push.fleetstate import ReleaseEntry
+
+        # A ReleaseState answer read as ReleaseEntry: the entry's fields, the rest ignored.
+        apps = [app] if app is not None else self.apps()
+        entries = [e for a in apps
+                   for e in self._answer(list[ReleaseEntry], self._call("GET", f"/api/v1/apps/{a}/releases"))]
+        return sorted(entries, key=lambda e: (e.datetime, e.name), reverse=True)  # as the catalogue orders them
+
+    def servers(self) -> list[str]:
+        return [s.server for s in self.status(None, None).servers]
+
+    def apps(self) -> list[str]:
+        from push.fleetstate import AppSummary
+
+        return [a.app for a in self._answer(list[AppSummary], self._call("GET", "/api/v1/apps"))]
+
     def deploy(self, server: str, app: str, release: str | None, latest: bool, expect: Any, note: str) -> Change:
         from push.fleet import Change
 
@@ -254,11 +389,31 @@ class Remote:
             body["expected_from"] = expect
         return self._answer(Change, self._call("POST", f"/api/v1/servers/{server}/apps/{app}/deploy", json=body))
 
+    def plan_everywhere(self, app: str, release: str) -> EverywherePlan:
+        from push.fleet import EverywherePlan
+
+        return self._answer(EverywherePlan, self._call("GET", f"/api/v1/apps/{app}/deploy-all",
+                                                       params={"release": release}))
+
+    def deploy_everywhere(self, plan: EverywherePlan, note: str) -> FleetDeploy:
+        from push.fleet import FleetDeploy
+
+        body = {"release": plan.release, "expected": plan.servers, "note": note}
+        return self._answer(FleetDeploy, self._call("POST", f"/api/v1/apps/{plan.app}/deploy-all", json=body))
+
     def rollback(self, server: str, app: str, note: str) -> Change:
         from push.fleet import Change
 
         return self._answer(Change, self._call("POST", f"/api/v1/servers/{server}/apps/{app}/rollback",
                                                json={"note": note}))
+
+    def remove(self, server: str, app: str, expect: Any, note: str) -> Change:
+        from push.fleet import Change
+
+        body: dict[str, Any] = {"note": note}
+        if expect is not _UNSET:
+            body["expected_from"] = expect
+        return self._answer(Change, self._call("POST", f"/api/v1/servers/{server}/apps/{app}/remove", json=body))
 
     def unit(self, server: str, unit: str, action: str, note: str) -> Change:
         from push.fleet import Change
@@ -282,13 +437,16 @@ def _deploy_key(path: str) -> Any:
 
 
 @contextlib.contextmanager
-def _backend(args: argparse.Namespace) -> Iterator[Direct | Remote]:
-    """The push server (--push-url) or the bucket, closed when the command is done."""
-    backend = Remote(args.push_url, args.token or os.environ.get("PUSH_TOKEN")) if args.push_url else Direct(args)
+def backend(args: argparse.Namespace, *, config_required: bool = True) -> Iterator[Direct | Remote]:
+    """The push server (--push-url / PUSH_URL) or the bucket, closed when the command is done."""
+    if args.push_url:
+        chosen: Direct | Remote = Remote(args.push_url, args.token or os.environ.get("PUSH_TOKEN"))
+    else:
+        chosen = Direct(args, config_required=config_required)
     try:
-        yield backend
+        yield chosen
     finally:
-        backend.close()
+        chosen.close()
 
 
 def _short(name: str | None) -> str:
@@ -301,16 +459,18 @@ def _short(name: str | None) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    with _backend(args) as backend:
-        state = backend.status(args.server, args.app)
+    with backend(args) as fleet:
+        state = fleet.status(args.server, args.app)
     servers = state.servers
     if args.server:
         servers = [s for s in servers if s.server == args.server]
     if args.problems:
         servers = [s for s in servers if s.problems]
+    # --problems answers "is anything wrong?" in its exit code too, for scripts and checks.
+    outcome = PROBLEMS if args.problems and servers else 0
     if args.json:
         print_json(state.model_copy(update={"count": len(servers), "servers": servers}).to_json())
-        return 0
+        return outcome
     for s in servers:
         seen = f"last seen {s.last_seen[:19].replace('T', ' ')}Z" if s.last_seen else "no agent report"
         flags = " STALE" if s.stale else ""
@@ -328,12 +488,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  {'':<16} units {units}")
             if a.error:
                 print(f"  {'':<16} failed: {a.error}")
-    return 0
+    return outcome
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    with _backend(args) as backend:
-        records = backend.history(args.server, args.app, args.limit)
+    with backend(args) as fleet:
+        records = fleet.history(args.server, args.app, args.limit)
     if args.json:
         print_json([r.to_json() for r in records])
         return 0
@@ -352,34 +512,105 @@ def _print_change(args: argparse.Namespace, change: Change) -> None:
         print_json(change.to_json())
     elif change.request is not None:
         print(f"asked the agent on {change.server} to {change.action[5:]} {change.request.unit}")
+    elif not change.changed and change.action == "remove":
+        print(f"{change.app} is not on {change.server}: nothing changed")
     elif not change.changed:
         print(f"{change.app} on {change.server} already runs {_short(change.to)}: nothing changed")
+    elif change.action == "remove":
+        print(f"removed {change.app} from {change.server}: {_short(change.from_)} -> (nothing)")
     else:
         verb = "rolled back" if change.action == "rollback" else "deployed"
         print(f"{verb} {change.app} on {change.server}: {_short(change.from_)} -> {_short(change.to)}")
 
 
+def _usage(args: argparse.Namespace, message: str) -> int:
+    """A bad command line found after parsing: argparse's own form, exit 2."""
+    args.parser.print_usage(sys.stderr)
+    print(f"{args.parser.prog}: error: {message}", file=sys.stderr)
+    return USAGE
+
+
+def _expectation(args: argparse.Namespace) -> Any:
+    return _UNSET if args.expect is None else (None if args.expect == "none" else args.expect)
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.all_servers:
+        return _deploy_everywhere(args)
     if args.latest == bool(args.release):
-        print("push deploy: error: give a RELEASE or --latest (one of them)", file=sys.stderr)
-        return 2
-    expect: Any = _UNSET if args.expect is None else (None if args.expect == "none" else args.expect)
-    with _backend(args) as backend:
-        change = backend.deploy(args.server, args.app, args.release, args.latest, expect, args.note)
+        return _usage(args, "give a RELEASE or --latest (one of them)")
+    with backend(args) as fleet:
+        change = fleet.deploy(args.server, args.app, args.release, args.latest, _expectation(args), args.note)
     _print_change(args, change)
     return 0
 
 
+def _confirmed(question: str) -> bool:
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        return input().strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def _deploy_everywhere(args: argparse.Namespace) -> int:
+    """`push deploy --all-servers APP RELEASE`: the guard of the web UI's deploy-everywhere.
+    The servers and what each runs are shown and confirmed, then sent back as `expected`,
+    so exactly those servers change, each only if it still runs what was shown."""
+    from push.fleet import Refused
+
+    app, release = args.server, args.app  # the positionals shift: no SERVER
+    if args.release is not None or args.latest == (release is not None):
+        return _usage(args, "with --all-servers: push deploy --all-servers APP (RELEASE | --latest)")
+    if args.expect is not None:
+        return _usage(args, "--expect is for one server; --all-servers expects what it shows")
+    if not args.yes and not sys.stdin.isatty():
+        return _usage(args, "--all-servers asks before deploying: give --yes where there is no terminal")
+    with backend(args) as fleet:
+        plan = fleet.plan_everywhere(app, "latest" if args.latest else release)
+        if not plan.servers:
+            print(f"no server runs {app}: nothing to deploy (push deploy SERVER {app} ... for a first deploy)",
+                  file=sys.stderr)
+            return 1
+        print(f"deploy {_short(plan.release)} to every server that runs {app}:", file=sys.stderr)
+        for server, current in plan.servers.items():
+            same = "  (already)" if current == plan.release else ""
+            print(f"  {server:<24} {_short(current)}{same}", file=sys.stderr)
+        if not args.yes and not _confirmed(f"deploy to these {len(plan.servers)} server(s)?"):
+            print("push: nothing deployed", file=sys.stderr)
+            return 1
+        result = fleet.deploy_everywhere(plan, args.note)
+    if args.json:
+        print_json(result.to_json())
+    code = 0
+    for o in result.outcomes:
+        if isinstance(o, Refused):
+            cls = error_class(o.type) or PushError
+            code = code or exit_code(cls(o.error))
+            if not args.json:
+                print(f"{o.server}: not deployed: {o.error}")
+        elif not args.json:
+            _print_change(args, o)
+    return code
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
-    with _backend(args) as backend:
-        change = backend.rollback(args.server, args.app, args.note)
+    with backend(args) as fleet:
+        change = fleet.rollback(args.server, args.app, args.note)
+    _print_change(args, change)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    with backend(args) as fleet:
+        change = fleet.remove(args.server, args.app, _expectation(args), args.note)
     _print_change(args, change)
     return 0
 
 
 def cmd_unit(args: argparse.Namespace) -> int:
-    with _backend(args) as backend:
-        change = backend.unit(args.server, args.unit, args.action, args.note)
+    with backend(args) as fleet:
+        change = fleet.unit(args.server, args.unit, args.action, args.note)
     _print_change(args, change)
     return 0
 
@@ -390,7 +621,6 @@ def cmd_resign(args: argparse.Namespace) -> int:
     from push import config as config_mod
     from push.serversigning import Resigner
     from push.signing import Keyring
-    from push.store import open_store
 
     if not args.deploy_key:
         print("push resign: error: no deploy key: give --deploy-key FILE or set PUSH_DEPLOY_KEY", file=sys.stderr)
@@ -405,7 +635,7 @@ def cmd_resign(args: argparse.Namespace) -> int:
     servers = args.servers or list(config.servers)
     for server in args.servers:
         config.require_server(server)
-    store = open_store(args.store)
+    store = open_existing_store(args.store)
     try:
         resigner = Resigner(store, key, Keyring.load([Path(p) for p in trusted]) if trusted else None)
         outcomes = [resigner.resign(server, adopt=args.adopt) for server in servers]

@@ -85,6 +85,9 @@ class AgentStatus(Model):
     apps: dict[str, AppStatus] = Field(default_factory=dict)
     error: str | None = None           # an error not tied to one app (store unreachable, bad server file)
     trust: TrustStatus | None = None   # None: an agent from before signatures
+    # The agent journals every report that says something new (push.changes), so a push
+    # server need not re-read its heartbeats; pulld before the journal leaves it out.
+    journaled: bool = False
 
     @property
     def reported_at(self) -> datetime:

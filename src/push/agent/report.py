@@ -33,7 +33,7 @@ def build(plan: Plan, *, server: str, hostname: str, time: str, step: int, gener
     in_sync = error is None and plan.has_file and all(st.state == "ok" for st in apps.values())
     return AgentStatus(server=server, agent_version=__version__, time=time, hostname=hostname,
                        server_file_generation=generation, in_sync=in_sync, step=step, apps=apps, error=error,
-                       trust=trust)
+                       trust=trust, journaled=True)
 
 
 def _app(p: AppPlan, failure: Failure | None, unit_error: str | None, units: Mapping[str, str],

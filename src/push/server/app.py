@@ -26,7 +26,7 @@ from push.catalog import Catalog
 from push.config import Config
 from push.errors import AccessDenied, Conflict, NotFound, PushError, StoreError, Unauthenticated
 from push.fleet import ChangedMeanwhile, Context, Refusal
-from push.fleetview import FleetView
+from push.fleetview import FULL_INTERVAL, FleetView
 from push.history import History
 from push.server.auth import CSRF_COOKIE, Auth, AuthSettings
 from push.server.metrics import Metrics, MetricsMiddleware
@@ -34,6 +34,7 @@ from push.server.watch import WatchHub
 from push.serversigning import Resigner
 from push.signing import Keyring, SigningKey
 from push.store import Store
+from push.store.counting import CountingStore
 from push.triggers import Triggers
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class PushServer:
     auth: Auth
     templates: Environment
     metrics: Metrics
+    store: CountingStore
 
 
 def server_of(request: Request) -> PushServer:
@@ -79,20 +81,26 @@ def http_status(error: PushError | type[PushError]) -> int:
 def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None,
                poll_interval: float = 2.0, catalog_interval: float = 10.0,
                catalog: Catalog | None = None, deploy_key: SigningKey | None = None,
-               trusted_deploy_keys: Keyring | None = None, resign_interval: float = 10.0) -> FastAPI:
+               trusted_deploy_keys: Keyring | None = None, resign_interval: float = 10.0,
+               full_interval: float = FULL_INTERVAL) -> FastAPI:
     """`deploy_key` signs every server file this server writes, and renews statements at
-    half-life every `resign_interval` seconds (those signed by it or by `trusted_deploy_keys`)."""
+    half-life every `resign_interval` seconds (those signed by it or by `trusted_deploy_keys`).
+    `full_interval`: the fleet view's full re-list (push.fleetview)."""
     settings = auth or AuthSettings()
-    catalog = catalog or Catalog(store)
+    # Every bucket operation of this process is counted (/metrics: push_store_operations).
+    counted = store if isinstance(store, CountingStore) else CountingStore(store)
+    store = counted
+    # A push server keeps the catalogue index up to date for every reader of the bucket.
+    catalog = catalog or Catalog(store, writes_index=True)
     ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}",
                   deploy_key=deploy_key)
-    view = FleetView(ctx)
+    view = FleetView(ctx, full_interval=full_interval)
     hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval)
     ctx.triggers = Triggers(config, on_change=hub.wake_from_thread, background=True)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
     metrics = Metrics()
-    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics)
+    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics, counted)
     metrics.watch(push)
 
     @contextlib.asynccontextmanager
