@@ -129,11 +129,45 @@ def test_rollback_refuses_when_target_changed(ctx, rels):
     assert fleet.rollback(ctx, "a", "web-1", "hello", expected_from=rels[1].name, expected_to=rels[0].name).changed
 
 
-def test_remove(ctx, rels):
+def test_remove_writes_the_placeholder_never_drops_the_entry(ctx, rels):
     fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
     change = fleet.remove(ctx, "a", "web-1", "hello")
-    assert change.to is None and serverfile.read(ctx.store, "web-1").entries == ()
+    assert change.to is None and serverfile.read(ctx.store, "web-1").entries == ("hello/",)
     assert ctx.history.records()[0].action == "remove"
+    assert not fleet.remove(ctx, "a", "web-1", "hello").changed  # already "hello/"
+
+
+def test_remove_of_an_app_the_file_does_not_mention_writes_its_placeholder(ctx, rels):
+    """How an unmanaged app (installed, not mentioned) is taken off: "APP/" says so."""
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
+    assert fleet.remove(ctx, "a", "web-1", "api").changed
+    assert serverfile.read(ctx.store, "web-1").entries == (rels[0].name, "api/")
+
+
+def test_a_server_file_that_vanished_is_not_recreated_with_one_app(ctx, rels):
+    """A deleted file, or an empty or wrong bucket: the history shows the server had a file."""
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
+    ctx.store.delete("server/web-1.json")
+    with pytest.raises(fleet.ServerFileMissing) as e:
+        fleet.deploy(ctx, "a", "web-1", "hello", rels[1].name)
+    assert "server/web-1.json is missing" in str(e.value) and "its history (last: deploy hello by a" in str(e.value)
+    assert isinstance(e.value, Conflict) and e.value.detail().last_change is not None
+    with pytest.raises(fleet.ServerFileMissing):
+        fleet.remove(ctx, "a", "web-1", "hello")
+    assert serverfile.read(ctx.store, "web-1").generation is None  # nothing written
+
+
+def test_a_server_file_missing_where_the_agent_reports_apps_is_not_created(ctx, rels, tmp_path):
+    """A fresh (empty) bucket with no history, but the agent reports what it runs."""
+    from push import status
+    from push.status import AgentStatus, AppStatus
+
+    status.write(ctx.store, AgentStatus(server="web-2", agent_version="1", time="2026-01-01T00:00:00Z",
+                                        apps={"hello": AppStatus(installed=rels[0].name, package="push-hello")}))
+    with pytest.raises(fleet.ServerFileMissing, match="its agent's report of hello installed"):
+        fleet.deploy(ctx, "a", "web-2", "hello", rels[1].name)
+    # A server that never had a file (no history, no apps reported) gets one.
+    assert fleet.deploy(ctx, "a", "web-1", "hello", rels[1].name).changed
 
 
 def test_deploy_everywhere_each_server_on_its_own(ctx, rels):

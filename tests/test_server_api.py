@@ -303,6 +303,17 @@ def test_rollback(client, rels):
     assert r.status_code == 200 and r.json()["to"] == rels[3].name and r.json()["action"] == "rollback"
 
 
+def test_a_deploy_to_a_server_whose_file_vanished_is_refused_and_writes_nothing(client, bucket, rels):
+    """A store replaced by an empty one, or the file deleted: never a new one-app file."""
+    assert deploy(client, rels[0].name).status_code == 200
+    bucket.delete("server/web-1.json")
+    r = deploy(client, rels[1].name)
+    assert r.status_code == 409 and r.json()["type"] == "ServerFileMissing"
+    assert "server/web-1.json is missing" in r.json()["error"] and "its history" in r.json()["error"]
+    assert r.json()["conflict"]["last_change"]["to"] == rels[0].name
+    assert serverfile.read(bucket, "web-1").generation is None
+
+
 def test_remove_needs_admin(client, bucket, rels):
     deploy(client, rels[0].name)
     assert client.post("/api/v1/servers/web-1/apps/hello/remove", headers=token("ci")).status_code == 403
@@ -311,7 +322,7 @@ def test_remove_needs_admin(client, bucket, rels):
     assert r.status_code == 409
     r = client.post("/api/v1/servers/web-1/apps/hello/remove", headers=token("ops"))
     assert r.status_code == 200 and r.json()["to"] is None
-    assert serverfile.read(bucket, "web-1").entries == ()
+    assert serverfile.read(bucket, "web-1").entries == ("hello/",)  # removal is the placeholder
 
 
 def test_deploy_all(client, rels):

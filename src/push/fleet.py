@@ -22,6 +22,7 @@ from push.catalog import Catalog
 from push.config import Config
 from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
 from push.history import History, Record, new_record
+from push.layout import server_file_key
 from push.model import Model
 from push.names import check_app, check_server, check_unit
 from push.release import Release, ReleaseInfo, app_of
@@ -84,6 +85,21 @@ class ChangedMeanwhile(Conflict):
                               last_change=self.last_change)
 
 
+class ServerFileMissing(Conflict):
+    """The server has no server file, but the history or its agent shows it had one: a
+    deleted file, or a wrong or empty bucket. Creating a file that names only one app would
+    hide the others, so nothing is written (docs/push-server.md#removal)."""
+
+    def __init__(self, message: str, *, key: str, server: str, app: str, found: list[str],
+                 last_change: Record | None) -> None:
+        super().__init__(message, key=key)
+        self.server, self.app, self.found, self.last_change = server, app, found, last_change
+
+    def detail(self) -> ConflictDetail:
+        return ConflictDetail(server=self.server, app=self.app, expected=None, current=None,
+                              last_change=self.last_change)
+
+
 class ConflictDetail(Model, frozen=True):
     """What a ChangedMeanwhile found: the release the user saw, what is there now, and the
     last change that put it there."""
@@ -120,8 +136,8 @@ class Refusal(Model, frozen=True):
 
     @classmethod
     def of(cls, error: PushError) -> Refusal:
-        return cls(error=str(error), type=type(error).__name__,
-                   conflict=error.detail() if isinstance(error, ChangedMeanwhile) else None)
+        detail = error.detail() if isinstance(error, ChangedMeanwhile | ServerFileMissing) else None
+        return cls(error=str(error), type=type(error).__name__, conflict=detail)
 
 
 @dataclass
@@ -172,17 +188,42 @@ def _fire(ctx: Context, server: str, what: str) -> None:
         ctx.triggers.changed(server, what)
 
 
+def check_may_create(ctx: Context, server: str, app: str) -> None:
+    """Refuse to create `server`'s file when the server had one: its history names changes,
+    or its agent reports apps installed. A new file would mention only `app`; on a wrong or
+    emptied bucket that is a silent fork of the fleet (ServerFileMissing names what was found)."""
+    found: list[str] = []
+    last = next(iter(ctx.history.records(server, limit=1)), None)
+    if last is not None:
+        found.append(f"its history (last: {last.action} {last.app} by {last.who} at {last.time[:19]}Z)")
+    try:
+        report = status.read(ctx.store, server)
+    except PushError:
+        report = None
+    running = sorted(a for a, st in report.apps.items() if st.installed or st.package) if report else []
+    if running:
+        found.append(f"its agent's report of {', '.join(running)} installed")
+    if found:
+        key = server_file_key(server)
+        raise ServerFileMissing(
+            f"{key} is missing in {ctx.store.url}, but {server} had one: found {' and '.join(found)}. "
+            f"Nothing was written: check the store (--store / PUSH_STORE: a wrong or empty bucket?) "
+            f"or restore the file", key=key, server=server, app=app, found=found, last_change=last)
+
+
 def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseInfo | None,
                  action: str, expected_from: Any, note: str) -> Change:
-    """The one write path for deploy, rollback and remove: CAS on the server file."""
+    """The one write path for deploy, rollback and remove: CAS on the server file. A removal
+    writes the placeholder "APP/"; an entry is never dropped."""
 
     def change(sf: ServerFile) -> ServerFile:
         current = _current(sf, app)
         if expected_from is not ANY and current != expected_from:
             raise _Mismatch(current)
-        if target is None:
-            return sf.without_app(app)
-        return sf.with_release(target.release)
+        after = sf.with_placeholder(app) if target is None else sf.with_release(target.release)
+        if sf.generation is None and after.entries != sf.entries:
+            check_may_create(ctx, server, app)
+        return after
 
     try:
         before, after = serverfile.update(ctx.store, server, change)

@@ -21,10 +21,12 @@ from push.release import ReleaseInfo
 from push.serverfile import ServerFile
 from push.status import AgentStatus
 
-Mark = Literal["out_of_date", "dirty", "drift", "failed", "not_allowed", "no_report", "unknown_release"]
+Mark = Literal["out_of_date", "dirty", "drift", "failed", "not_allowed", "no_report", "unknown_release",
+               "unmanaged"]
 MARKS: tuple[str, ...] = get_args(Mark)
 # Marks that make an app a problem; out_of_date and dirty are worth seeing, not fixing now.
-PROBLEMS = frozenset({"drift", "failed", "not_allowed", "unknown_release"})
+# unmanaged: installed, but the server file does not mention it (left running; only "APP/" removes it).
+PROBLEMS = frozenset({"drift", "failed", "not_allowed", "unknown_release", "unmanaged"})
 
 
 class AppState(Model, frozen=True):
@@ -35,7 +37,8 @@ class AppState(Model, frozen=True):
     desired: str | None = Field(description="release named by server/{server}.json (null: none)")
     desired_note: str | None = Field(default=None, description="the desired release's note")
     actual: str | None = Field(description="release the agent reports installed")
-    state: str | None = Field(description="agent's state for the app: ok, pending, installing, failed, removing")
+    state: str | None = Field(description="agent's state for the app: ok, pending, installing, failed, removing, "
+                                          "unmanaged (installed, not in the server file: left running)")
     error: str | None = Field(description="why it failed, in the agent's words")
     units: dict[str, str] = Field(description="unit -> state (active, inactive, failed, ...), as the agent reports")
     latest: str | None = Field(description="newest release of the app")
@@ -53,7 +56,7 @@ class ServerState(Model, frozen=True):
     agent_error: str | None = Field(description="an error of the agent not tied to one app")
     file_error: str | None = Field(description="why server/{server}.json cannot be read")
     generation: str | None = Field(description="generation of server/{server}.json")
-    problems: int = Field(description="apps with drift, failed, not_allowed or unknown_release, "
+    problems: int = Field(description="apps with drift, failed, not_allowed, unknown_release or unmanaged, "
                                       "plus one for a stale, silent or failing agent or a bad server file")
     apps: list[AppState]
 
@@ -88,6 +91,10 @@ def server_state(server: str, *, allowed: Sequence[str], file: ServerFile | None
     stale = report.is_stale(now) if report is not None else None
     listed = file.apps if file is not None else []
     apps = list(allowed) + [a for a in listed if a not in allowed]
+    # Installed apps the file does not mention (left running by pulld): shown, marked unmanaged.
+    unmanaged = {a for a, st in (report.apps.items() if report is not None and file is not None else ())
+                 if a not in listed and (st.state == "unmanaged" or st.installed)}
+    apps += sorted(a for a in unmanaged if a not in apps)
     states = []
     problems = 0
     for app in apps:
@@ -109,6 +116,8 @@ def server_state(server: str, *, allowed: Sequence[str], file: ServerFile | None
             marks.append("not_allowed")
         if report is None:
             marks.append("no_report")
+        elif app in unmanaged:
+            marks.append("unmanaged")
         elif actual != desired:
             marks.append("drift")
         error = None

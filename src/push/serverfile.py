@@ -1,7 +1,9 @@
 """server/{server}.json: the releases a server should run, read and written with compare-and-swap.
 
 The file is a JSON array of release names, exactly as the original Push wrote it. An entry
-`"app/"` is a placeholder meaning "nothing chosen for app". Every write is conditional on
+`"app/"` is a placeholder meaning "nothing of app on this server": pulld removes the app if
+it installed it. Removal is only ever that explicit entry; an app the file does not mention
+is left as it is (docs/pulld.md#removal). Every write is conditional on
 the generation that was read, so concurrent edits never silently overwrite each other.
 """
 
@@ -92,9 +94,18 @@ class ServerFile:
             entries.append(release.name)
         return ServerFile(self.server, tuple(entries), self.generation)
 
-    def without_app(self, app: str) -> ServerFile:
-        """A copy that no longer lists `app` (so pulld removes its package)."""
-        return ServerFile(self.server, tuple(e for e in self.entries if app_of(e) != app), self.generation)
+    def with_placeholder(self, app: str) -> ServerFile:
+        """A copy that says `app/` for `app` (in place, else appended): pulld removes it.
+        The entry is never dropped: an app the file does not mention is left running."""
+        placeholder = check_app(app) + "/"
+        entries = list(self.entries)
+        for i, entry in enumerate(entries):
+            if app_of(entry) == app:
+                entries[i] = placeholder
+                break
+        else:
+            entries.append(placeholder)
+        return ServerFile(self.server, tuple(entries), self.generation)
 
 
 def read(store: Store, server: str, if_generation_not_match: str | None = None) -> ServerFile | None:
