@@ -79,12 +79,24 @@ class Catalog:
                 return self._full_refresh()
             return self._journal_refresh()
 
+    def _skip(self, key: str, why: str) -> None:
+        """Count an object that is no release (logged once per reason)."""
+        if self.skipped.get(key) != why:
+            log.warning("skipping %s: %s", key, why)
+        self.skipped[key] = why
+
     def _read_info(self, obj: ObjectInfo) -> ReleaseInfo | None:
+        if obj.damaged is not None:
+            self._skip(obj.key, obj.damaged)
+            return None
         metadata = obj.metadata
         if not self.store.lists_metadata:
             try:
                 obj = self.store.stat(obj.key)
             except NotFound:
+                return None
+            except PushError as e:  # one unreadable object: skipped and counted, the rest reads on
+                self._skip(obj.key, str(e))
                 return None
             self.metadata_reads += 1
             metadata = obj.metadata
@@ -92,7 +104,7 @@ class Catalog:
             info = ReleaseInfo.from_metadata(obj.key, metadata)
         except InvalidInput as e:
             # The original ignored objects without release metadata; we do too, but say so.
-            self.skipped[obj.key] = str(e)
+            self._skip(obj.key, str(e))
             return None
         self.skipped.pop(obj.key, None)
         return info
@@ -102,11 +114,13 @@ class Catalog:
         seen: dict[str, ReleaseInfo] = {}
         generations: dict[str, str] = {}
         new: list[ReleaseInfo] = []
+        listed: set[str] = set()
         token: str | None = None
         while True:
             page = self.store.list_page(layout.DEBS, token)
             self.list_pages += 1
             for obj in page.items:
+                listed.add(obj.key)
                 name = layout.release_name_of(obj.key)
                 if name is None:
                     continue
@@ -125,6 +139,7 @@ class Catalog:
             token = page.next_token
         self._by_name = seen
         self._generations = generations
+        self.skipped = {k: why for k, why in self.skipped.items() if k in listed}
         self._reindex()
         self._loaded = True
         self._last_full = time.monotonic()
@@ -146,15 +161,19 @@ class Catalog:
                 self._journal_cursor_ns = max(self._journal_cursor_ns, stamp)
                 if name in self._by_name:
                     continue
+                key = layout.release_key(name)
                 try:
-                    deb = self.store.stat(layout.release_key(name))
+                    deb = self.store.stat(key)
                 except NotFound:
+                    continue
+                except PushError as e:  # a damaged object: skipped and counted
+                    self._skip(key, str(e))
                     continue
                 self.metadata_reads += 1
                 try:
                     info = ReleaseInfo.from_metadata(deb.key, deb.metadata)
                 except InvalidInput as e:
-                    self.skipped[deb.key] = str(e)
+                    self._skip(deb.key, str(e))
                     continue
                 self._by_name[name] = info
                 self._generations[name] = deb.generation

@@ -20,7 +20,7 @@ from pydantic import Field
 from push import serverfile, status, unitrequests
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, InvalidData, InvalidRequest, NotFound, PushError, StoreUnavailable
 from push.history import History, Record, new_record
 from push.layout import server_file_key
 from push.model import Model
@@ -378,8 +378,11 @@ def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
 def units_of(ctx: Context, server: str, report: AgentStatus | None = None) -> dict[str, str]:
     """unit -> app, for the apps skiapush.conf allows on `server`: the units named by the
     desired releases' metadata (templates left out: nothing to act on), and those the
-    agent reports."""
-    sf = serverfile.read(ctx.store, server) or ServerFile(server)
+    agent reports (only those, when the server file cannot be read)."""
+    try:
+        sf = serverfile.read(ctx.store, server) or ServerFile(server)
+    except InvalidData:
+        sf = ServerFile(server)
     units: dict[str, str] = {}
     for app in ctx.config.apps_for(server):
         release = sf.release_of(app)

@@ -40,13 +40,13 @@ from typing import Protocol
 from push import layout, serverfile, status, timestamps
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import InvalidData, NotFound, PushError
+from push.errors import CorruptObject, InvalidData, NotFound, PushError
 from push.fleetstate import AppSummary, FleetFilter, FleetState, ReleaseState, ServerState, filter_apps, server_state
 from push.names import check_server
 from push.release import ReleaseInfo
 from push.serverfile import ServerFile
 from push.status import AgentStatus
-from push.store import Store
+from push.store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,9 @@ class Seen:
     file_errors: Mapping[str, tuple[str, str]]         # server -> (generation, why)
     reports: Mapping[str, tuple[str, AgentStatus]]     # server -> (generation, report)
     requests: Mapping[str, tuple[str, ...]]            # server -> its request keys, sorted
+    # Objects that cannot be read, by key: (generation, why). Each is skipped on its own;
+    # everything else is read as if it were not there ("problems in the bucket").
+    problems: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 EMPTY = Seen({}, {}, {}, {})
@@ -350,14 +353,21 @@ class FleetView:
     def _look_at_everything(self, prev: Seen) -> Seen:
         """List server/, status/ and requests/; read only the objects whose generation changed."""
         store = self.sources.store
+        problems: dict[str, tuple[str, str]] = {}
+
+        def damaged(info: ObjectInfo) -> bool:
+            if info.damaged is not None:
+                problems[info.key] = (info.generation, info.damaged)
+            return info.damaged is not None
+
         file_gens = {server: i.generation for i in store.list(layout.SERVER)
                      if (server := layout.server_of_file_key(i.key)) is not None}
         report_gens = {server: i.generation for i in store.list(layout.STATUS)
-                       if (server := layout.server_of_status_key(i.key)) is not None}
+                       if (server := layout.server_of_status_key(i.key)) is not None and not damaged(i)}
         requests: dict[str, list[str]] = {}
         for info in store.list(layout.REQUESTS):
             request = layout.request_of_key(info.key)
-            if request is not None:
+            if request is not None and not damaged(info):
                 requests.setdefault(request[0], []).append(info.key)
 
         files: dict[str, ServerFile] = {}
@@ -378,6 +388,7 @@ class FleetView:
             except NotFound:
                 continue
             except PushError as e:
+                log.warning("cannot read %s: %s", layout.server_file_key(server), e)
                 file_errors[server] = (gen, str(e))
                 continue
             if sf is not None and sf.generation is not None:
@@ -389,15 +400,26 @@ class FleetView:
             if old_report is not None and old_report[0] == gen:
                 reports[server] = old_report
                 continue
+            key = layout.status_key(server)
+            bad = prev.problems.get(key)
+            if bad is not None and bad[0] == gen:
+                problems[key] = bad
+                continue
             try:
-                key = layout.status_key(server)
                 got = store.get(key)
                 self.object_reads += 1
                 assert got is not None
                 reports[server] = (got[1].generation, status.parse(got[0], key))
-            except PushError:  # gone meanwhile, not a report, or not readable now: shown as no report
+            except NotFound:  # gone meanwhile
                 continue
-        return Seen(files, file_errors, reports, {s: tuple(sorted(k)) for s, k in requests.items()})
+            except (InvalidData, CorruptObject) as e:  # not a report: shown as no report, and as a problem
+                log.warning("cannot read %s: %s", key, e)
+                problems[key] = (gen, str(e))
+            except PushError:  # not readable now: shown as no report until the next poll
+                continue
+        for server, (gen, why) in file_errors.items():
+            problems[layout.server_file_key(server)] = (gen, why)
+        return Seen(files, file_errors, reports, {s: tuple(sorted(k)) for s, k in requests.items()}, problems)
 
     def _look_at_server(self, prev: Seen, server: str) -> Seen:
         """Re-read one server's file (if its generation changed) and list its unit requests."""
@@ -420,9 +442,23 @@ class FleetView:
             requests[server] = keys
         else:
             requests.pop(server, None)
-        return Seen(files, file_errors, prev.reports, requests)
+        problems = dict(prev.problems)
+        if server not in file_errors:
+            problems.pop(layout.server_file_key(server), None)
+        return Seen(files, file_errors, prev.reports, requests, problems)
 
     # -- reading (each call reads one snapshot) --------------------------------------------------
+
+    def problems(self) -> dict[str, str]:
+        """Every object in the bucket that cannot be read, key -> why: server files, agent
+        reports and unit requests (from the last look), releases (the catalogue's skipped)
+        and history keys (when the sources keep a history). Each was skipped on its own."""
+        out = {key: why for key, (_, why) in self.snapshot.seen.problems.items()}
+        out.update(self.sources.catalog.skipped)
+        history = getattr(self.sources, "history", None)
+        if history is not None:
+            out.update(history.skipped)
+        return dict(sorted(out.items()))
 
     def rev(self, server: str) -> str:
         snapshot = self._snapshot
@@ -463,5 +499,6 @@ def _same(a: Seen, b: Seen) -> bool:
     if a is b:
         return True
     pairs: tuple[tuple[Mapping[str, object], Mapping[str, object]], ...] = (
-        (a.files, b.files), (a.file_errors, b.file_errors), (a.reports, b.reports), (a.requests, b.requests))
+        (a.files, b.files), (a.file_errors, b.file_errors), (a.reports, b.reports), (a.requests, b.requests),
+        (a.problems, b.problems))
     return all(x.keys() == y.keys() and all(v is y[k] or v == y[k] for k, v in x.items()) for x, y in pairs)

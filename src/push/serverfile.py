@@ -63,6 +63,8 @@ class ServerFile:
             entries = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise _invalid(server, f"not valid JSON ({e})") from None
+        except RecursionError:  # "[[[[…" nested deeper than the parser goes
+            raise _invalid(server, "not a JSON array of release names (nested too deeply)") from None
         if not isinstance(entries, list):
             raise _invalid(server, "expected a JSON array of release names")
         return cls(server=server, entries=tuple(entries), generation=generation)

@@ -80,7 +80,8 @@ class Whoami(Model):
 
 
 class Health(Model):
-    """Whether this push server has read the bucket and its last poll worked."""
+    """Whether this push server has read the bucket and its last poll worked. Objects that
+    cannot be read are skipped one by one: counted here, never a reason for 503."""
 
     ok: bool
     loaded: bool
@@ -88,6 +89,14 @@ class Health(Model):
     last_poll_error: str | None
     watchers: int
     store: str
+    unreadable: int = Field(description="objects in the bucket that cannot be read (GET /api/v1/problems)")
+
+
+class BucketProblem(Model):
+    """An object in the bucket that cannot be read, and why; it is skipped, everything else works."""
+
+    key: str
+    error: str
 
 
 REFUSALS: dict[int | str, dict[str, Any]] = {
@@ -198,6 +207,15 @@ def get_history(request: Request, server: str | None = None, app: str | None = N
     return push.ctx.history.records(server or None, app or None, limit=limit, before=before)
 
 
+@router.get(f"{API}/problems", tags=["fleet"], responses=REFUSALS)
+def get_problems(request: Request) -> list[BucketProblem]:
+    """Objects in the bucket that cannot be read (damaged, malformed, foreign), by key: each
+    is skipped on its own and logged with its key; every other object works."""
+    push = server_of(request)
+    push.auth.require(request, "view")
+    return [BucketProblem(key=k, error=why) for k, why in push.view.problems().items()]
+
+
 @router.get(f"{API}/servers/{{server}}/requests", tags=["units"], responses=REFUSALS)
 def get_requests(request: Request, server: str) -> list[UnitRequest]:
     """The server's unit requests (pending and recently finished), oldest first."""
@@ -299,7 +317,8 @@ def healthz(request: Request, response: Response) -> Health:
     push = server_of(request)
     health = Health(ok=push.view.loaded and push.hub.last_poll_error is None, loaded=push.view.loaded,
                     last_poll=push.view.last_refresh, last_poll_error=push.hub.last_poll_error,
-                    watchers=push.hub.watchers, store=push.ctx.store.url)
+                    watchers=push.hub.watchers, store=push.ctx.store.url,
+                    unreadable=len(push.view.problems()) if push.view.loaded else 0)
     response.status_code = 200 if health.ok else 503
     return health
 

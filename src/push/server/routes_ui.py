@@ -170,6 +170,7 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
         return Response(status_code=204)
     live_params = {**params, **({"page": str(page)} if page > 1 else {}), **({"all": "1"} if all else {})}
     context: dict[str, Any] = dict(rows=rows, count=len(states), server=server, app=app,
+                   bucket_problems=push.view.problems(),
                    live_link="/?" + urlencode({**live_params, "since": digest}),
                    problems=problems, total=len(push.ctx.config.servers),
                    with_problems=sum(1 for s in states if s.state.problems),
