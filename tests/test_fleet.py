@@ -10,6 +10,7 @@ import pytest
 from fleetdata import make_config, make_release
 from push import fleet, serverfile, unitrequests
 from push.errors import Conflict, InvalidName, NotAllowed, NotFound, PushError
+from push.release import Release
 from push.store.local import LocalStore
 from push.triggers import Triggers
 
@@ -304,3 +305,37 @@ def test_gce_pushrev_written_through_compute_api(bucket, tmp_path, rels, compute
     # An instance the Compute API does not know: logged and counted, the deploy still stands.
     fleet.deploy(ctx, "a", "web-2", "hello", rels[1].name)
     assert ctx.triggers.gce_failed == 1 and ctx.triggers.gce_ok == 2
+
+
+def test_concurrent_deploys_of_different_apps_to_one_server_all_go_through(bucket, tmp_path):
+    """8 writers, each its own app, one server file: no 409 (ChangedMeanwhile or Conflict)
+    for a change that conflicts with nothing, and no update lost."""
+    apps = [f"app{i}" for i in range(8)]
+    config = make_config(tmp_path, f'\n[servers.busy]\nappNames = {json.dumps(apps)}\n')
+    rels = {a: [make_release(bucket, a, n).name for n in (1, 2)] for a in apps}
+    ctx = fleet.Context.open(bucket, config, via="test")
+    serverfile.write(bucket, serverfile.ServerFile("busy"))
+    errors: list[Exception] = []
+    last: dict[str, str] = {}
+    start = threading.Barrier(len(apps))
+
+    def writer(app: str) -> None:
+        start.wait()
+        seen = None
+        for i in range(12):
+            target = rels[app][i % 2]
+            try:
+                fleet.deploy(ctx, "w", "busy", app, target, expected_from=seen)
+            except Exception as e:
+                errors.append(e)
+                return
+            seen = last[app] = target
+
+    threads = [threading.Thread(target=writer, args=(a,)) for a in apps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert serverfile.read(bucket, "busy").releases == {a: Release.parse(n) for a, n in last.items()}
+    assert len(ctx.history.records("busy", limit=None)) == 8 * 12

@@ -10,10 +10,12 @@ the generation that was read, so concurrent edits never silently overwrite each 
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from push.errors import Conflict, InvalidInput, InvalidServerFile, NotFound
+from push.errors import Conflict, InvalidInput, InvalidServerFile, NotFound, StoreUnavailable
 from push.layout import server_file_key
 from push.names import check_app, check_server
 from push.release import Release, app_of
@@ -138,14 +140,29 @@ def write(store: Store, new: ServerFile) -> ServerFile:
     return ServerFile(new.server, new.entries, info.generation)
 
 
+# Backoff between compare-and-swap attempts: "full jitter" (a random wait up to a cap that
+# doubles per attempt), so writers that collided once spread out instead of colliding again.
+BACKOFF_FIRST = 0.005
+BACKOFF_CAP = 0.5
+# A change that still applies is retried this long before the store is called too busy.
+UPDATE_DEADLINE = 60.0
+
+
 def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile],
-           attempts: int = 5) -> tuple[ServerFile, ServerFile]:
+           attempts: int | None = None, deadline: float = UPDATE_DEADLINE) -> tuple[ServerFile, ServerFile]:
     """Read-modify-write with compare-and-swap, re-reading on Conflict.
 
-    `change` is called on fresh data each attempt and may raise (for example Conflict when
-    what it meant to change has been changed by someone else). Returns (before, after).
+    `change` is called on fresh data each attempt and raises when the change no longer
+    applies (the caller's own expectation, e.g. ChangedMeanwhile); as long as it applies, a
+    write that lost a race to another writer (another app's change) is retried with jittered
+    backoff, so concurrent changes of different apps all go through. Only after `deadline`
+    seconds of lost races is the store called too busy (StoreUnavailable, nothing written).
+    `attempts` bounds the tries instead (then the last Conflict is raised; for benchmarks).
+    Returns (before, after).
     """
-    for attempt in range(attempts):
+    start = time.monotonic()
+    attempt = 0
+    while True:
         before = read(store, server)
         assert before is not None
         after = change(before)
@@ -154,7 +171,13 @@ def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile]
         try:
             return before, write(store, after)
         except Conflict:
-            if attempt == attempts - 1:
+            attempt += 1
+            if attempts is not None and attempt >= attempts:
                 raise
-    raise AssertionError("unreachable")
+            if time.monotonic() - start > deadline:
+                raise StoreUnavailable(
+                    f"{server_file_key(server)} is being changed by too many writers at once: "
+                    f"{attempt} tries in {deadline:.0f} s lost the race; nothing was written, try again",
+                    key=server_file_key(server)) from None
+            time.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** attempt)))
 
