@@ -496,13 +496,23 @@ def test_pages_deploy_everywhere_remove_and_units_by_form(client, bucket, rels):
     r = client.post("/apps/hello/deploy-all", data=form, headers={**user("deployer@example.com"), **html})
     assert r.status_code == 200 and r.text.count("class=\"ok\"") == 2
     assert {serverfile.read(bucket, s).release_of("hello").name for s in ("web-1", "web-2")} == {rels[3].name}
+    assert "Deployed to all 2 servers (2 changed" in r.text
+    # The result page is honest: when every server refused, nothing is "deployed" and it is no 200.
+    form["release"] = rels[2].name  # both still expected at rels[0]: both refuse
+    r = client.post("/apps/hello/deploy-all", data=form, headers={**user("deployer@example.com"), **html})
+    assert r.status_code == 409 and "Nothing deployed" in r.text and "all 2 servers refused" in r.text
+    assert r.text.count("refused (409 ChangedMeanwhile)") == 2 and "<title>hello: nothing deployed" in r.text
+    form["expected"] = [f"web-1={rels[3].name}", f"web-2={rels[0].name}"]
+    r = client.post("/apps/hello/deploy-all", data=form, headers={**user("deployer@example.com"), **html})
+    assert r.status_code == 200 and "Deployed to 1 of 2 servers" in r.text and "1 refused" in r.text
     # Removing needs admin, from a page with the CSRF token.
     r = client.post("/servers/web-1/apps/hello/remove", data={"csrf_token": csrf, "expected_from": rels[3].name},
                     headers={**user("deployer@example.com"), **html})
     assert r.status_code == 403 and "may not admin" in r.text
-    r = client.post("/servers/web-1/apps/hello/remove", data={"csrf_token": csrf, "expected_from": rels[3].name},
+    r = client.post("/servers/web-1/apps/hello/remove", data={"csrf_token": csrf, "expected_from": rels[2].name},
                     headers={**user("admin@example.com"), **html}, follow_redirects=False)
     assert r.status_code == 303 and serverfile.read(bucket, "web-1").release_of("hello") is None
+    assert serverfile.read(bucket, "web-1").entries == ("hello/",)  # the UI's remove writes the placeholder
     # A unit action by form lands as a pending request.
     r = client.post("/servers/web-2/units/hello.service/stop", data={"csrf_token": csrf},
                     headers={**user("deployer@example.com"), **html}, follow_redirects=False)

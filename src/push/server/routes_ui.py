@@ -18,11 +18,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
 from push import fleet, serverfile, unitrequests
-from push.errors import InvalidRequest, NotFound, PushError
+from push.errors import InvalidRequest, NotFound, PushError, error_class
 from push.fleetview import ServerView
 from push.names import check_app, check_server
 from push.release import Release
-from push.server.app import PushServer, RetryForm, error_response, server_of, set_csrf_cookie
+from push.server.app import PushServer, RetryForm, error_response, http_status, server_of, set_csrf_cookie
 from push.server.auth import Identity
 from push.serverfile import ServerFile
 
@@ -339,9 +339,17 @@ async def post_deploy_all(request: Request, app: str) -> Response:
     for o in result.outcomes:
         if isinstance(o, fleet.Deployed) and o.changed:
             push.metrics.changes.labels("deploy").inc()
-    failed = [o for o in result.outcomes if isinstance(o, fleet.Refused)]
+    refused = [o for o in result.outcomes if isinstance(o, fleet.Refused)]
+    statuses = {o.server: http_status(error_class(o.type) or PushError) for o in refused}
+    status = 200
+    if result.outcomes and len(refused) == len(result.outcomes):
+        # Every server refused: the page says so, and so does its status (the most common refusal's).
+        counts = list(statuses.values())
+        status = max(counts, key=lambda s: (counts.count(s), s))
     return _page(request, "deploy_all_done.html", identity, app=app, release=release, outcomes=result.outcomes,
-                 status=409 if failed and all(o.type == "ChangedMeanwhile" for o in failed) else 200)
+                 refused=len(refused), statuses=statuses,
+                 changed=sum(1 for o in result.outcomes if isinstance(o, fleet.Deployed) and o.changed),
+                 status=status)
 
 
 # -- units ------------------------------------------------------------------------------------
