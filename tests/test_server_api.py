@@ -30,7 +30,8 @@ def token(name):
 
 
 def user(email):
-    return {"X-Forwarded-Email": email}
+    """A browser session signed in through the proxy (a browser sends Origin on every POST)."""
+    return {"X-Forwarded-Email": email, "Origin": "http://testserver"}
 
 
 @pytest.fixture
@@ -62,9 +63,9 @@ def deploy(client, release, headers=None, **body):
                        headers=token("ci") if headers is None else headers)
 
 
-def browser_csrf(client):
-    """Sign in as a browser would: a page sets the CSRF cookie; return the token in it."""
-    r = client.get("/", headers={**user("deployer@example.com"), "accept": "text/html"})
+def browser_csrf(client, email="deployer@example.com"):
+    """Sign in as a browser would: a page carries the CSRF token signed for `email`."""
+    r = client.get("/", headers={**user(email), "accept": "text/html"})
     assert r.status_code == 200
     return re.search(r'name="csrf_token" value="([^"]+)"|"X-CSRF-Token": "([^"]+)"', r.text).group(2)
 
@@ -238,7 +239,7 @@ def test_odd_input_is_never_a_500(client):
         assert 400 <= r.status_code < 500, (path, r.status_code)
     r = client.post("/api/v1/servers/web-1/apps/hello/deploy", content=b"{not json",
                     headers={**token("ci"), "content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["error"].startswith("the body is not JSON")
     assert client.get("/api/v1/history?before=zz", headers=token("dash")).status_code == 400
 
 
@@ -247,7 +248,7 @@ def test_odd_input_is_never_a_500(client):
 
 def test_browser_session_writes_need_csrf_token(client, rels):
     csrf = browser_csrf(client)
-    assert client.cookies.get("push_csrf") == csrf
+    assert "push_csrf" not in client.cookies  # nothing a cookie says is trusted
     hdr = user("deployer@example.com")
     r = deploy(client, rels[0].name, headers=hdr)
     assert r.status_code == 403 and "CSRF" in r.json()["error"]
@@ -257,6 +258,47 @@ def test_browser_session_writes_need_csrf_token(client, rels):
     assert r.status_code == 403 and "cross-site" in r.json()["error"]
     r = deploy(client, rels[0].name, headers={**hdr, "X-CSRF-Token": csrf, "Origin": "http://testserver"})
     assert r.status_code == 200
+
+
+def test_csrf_tokens_are_signed_for_the_identity_and_origin_is_required(client, rels):
+    deployer, other = browser_csrf(client), browser_csrf(client, "admin@example.com")
+    nonce, _, mac = deployer.partition(".")
+    assert len(nonce) >= 22 and mac  # 128 random bits, and a MAC over them and the identity
+    hdr = user("deployer@example.com")
+    for forged in ("abc", other, nonce + "." + "A" * len(mac), deployer + "x"):
+        r = deploy(client, rels[0].name, headers={**hdr, "X-CSRF-Token": forged})
+        assert r.status_code == 403 and "CSRF" in r.json()["error"], forged
+    # An attacker's cookie is no token: the old double-submit check accepted any value matched to itself.
+    client.cookies.set("push_csrf", "abc")
+    assert deploy(client, rels[0].name, headers={**hdr, "X-CSRF-Token": "abc"}).status_code == 403
+    no_origin = {"X-Forwarded-Email": "deployer@example.com", "X-CSRF-Token": deployer}
+    r = deploy(client, rels[0].name, headers={**no_origin, "Origin": "null"})
+    assert r.status_code == 403 and "cross-site" in r.json()["error"]
+    r = deploy(client, rels[0].name, headers=no_origin)
+    assert r.status_code == 403 and "Origin or Referer" in r.json()["error"]
+    r = deploy(client, rels[0].name, headers={**no_origin, "Referer": "https://evil.example/x"})
+    assert r.status_code == 403
+    r = deploy(client, rels[0].name, headers={**no_origin, "Referer": "http://testserver/servers/web-1"})
+    assert r.status_code == 200, r.text
+
+
+def test_authentication_and_roles_come_before_the_body(client, rels):
+    """An anonymous or under-privileged write is 401/403 whatever its body, never 400/422."""
+    url = "/api/v1/servers/web-1/apps/hello/deploy"
+    for body in (b"not json", b'{"release": 5}', b"[" * 5000, b'{"release": NaN}', b"\xff"):
+        r = client.post(url, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 401, (body[:20], r.status_code, r.text)
+        r = client.post(url, content=body, headers={**token("dash"), "content-type": "application/json"})
+        assert r.status_code == 403, (body[:20], r.status_code, r.text)
+        r = client.post(url, content=body, headers={**token("ci"), "content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["type"] == "InvalidRequest", (body[:20], r.text)
+    r = client.post("/api/v1/servers/web-1/apps/hello/remove", content=b"{", headers=token("ci"))
+    assert r.status_code == 403
+    # The pages' forms too: a missing field from a stranger is 401, from a viewer 403.
+    html = {"accept": "text/html"}
+    assert client.post("/servers/web-1/apps/hello/deploy", data={}, headers=html).status_code == 401
+    r = client.post("/servers/web-1/apps/hello/deploy", data={}, headers={**user("viewer@example.com"), **html})
+    assert r.status_code == 403
 
 
 def test_form_posts_need_csrf_token(client, rels):
@@ -278,9 +320,7 @@ def test_form_posts_need_csrf_token(client, rels):
 
 
 def test_viewer_form_post_is_403_page(client, rels):
-    r = client.get("/", headers={**user("viewer@example.com"), "accept": "text/html"})
-    csrf = client.cookies.get("push_csrf")
-    assert r.status_code == 200 and csrf
+    csrf = browser_csrf(client, "viewer@example.com")
     r = client.post("/servers/web-1/apps/hello/deploy", data={"release": rels[0].name, "csrf_token": csrf},
                     headers={**user("viewer@example.com"), "accept": "text/html"})
     assert r.status_code == 403 and "may not deploy" in r.text
@@ -490,7 +530,7 @@ def test_pages_deploy_everywhere_remove_and_units_by_form(client, bucket, rels):
     html = {"accept": "text/html"}
     r = client.get(f"/apps/hello/deploy-all?release={rels[3].name}", headers={**user("deployer@example.com"), **html})
     assert r.status_code == 200 and r.text.count('name="expected"') == 2
-    csrf = client.cookies.get("push_csrf")
+    csrf = browser_csrf(client)
     form = {"release": rels[3].name, "csrf_token": csrf, "note": "all",
             "expected": [f"web-1={rels[0].name}", f"web-2={rels[0].name}"]}
     r = client.post("/apps/hello/deploy-all", data=form, headers={**user("deployer@example.com"), **html})
@@ -509,7 +549,8 @@ def test_pages_deploy_everywhere_remove_and_units_by_form(client, bucket, rels):
     r = client.post("/servers/web-1/apps/hello/remove", data={"csrf_token": csrf, "expected_from": rels[3].name},
                     headers={**user("deployer@example.com"), **html})
     assert r.status_code == 403 and "may not admin" in r.text
-    r = client.post("/servers/web-1/apps/hello/remove", data={"csrf_token": csrf, "expected_from": rels[2].name},
+    r = client.post("/servers/web-1/apps/hello/remove",
+                    data={"csrf_token": browser_csrf(client, "admin@example.com"), "expected_from": rels[2].name},
                     headers={**user("admin@example.com"), **html}, follow_redirects=False)
     assert r.status_code == 303 and serverfile.read(bucket, "web-1").release_of("hello") is None
     assert serverfile.read(bucket, "web-1").entries == ("hello/",)  # the UI's remove writes the placeholder

@@ -157,13 +157,33 @@ def _error_from_answer(status: int, body: object, url: str) -> PushError:
     return cls(f"{message} (push server {url})")
 
 
+def push_url(url: str) -> str:
+    """A --push-url / PUSH_URL, checked: http(s)://HOST[:PORT][/PATH], never with credentials
+    (they would be echoed in every message and sent on every request; use PUSH_TOKEN). The
+    refusal never prints what came before the '@'."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise InvalidInput("--push-url is not a URL: expected http(s)://HOST[:PORT]") from None
+    host = parts.netloc.rpartition("@")[2]
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise InvalidInput(f"--push-url must not carry credentials ({parts.scheme}://…@{host}): "
+                             "send an API token with --token or PUSH_TOKEN instead")
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidInput(f"--push-url must be http(s)://HOST[:PORT], not {parts.scheme or 'no scheme'}://{host}")
+    return url.strip().rstrip("/")
+
+
 class Remote:
     """Through a push server's JSON API, with an API token; answers parsed into the model."""
 
     def __init__(self, url: str, token: str | None) -> None:
         import httpx
 
-        self.url = url.rstrip("/")
+        self.url = push_url(url)
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
