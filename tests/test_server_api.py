@@ -6,6 +6,7 @@ message, a lost race is 409 with what changed, never a 500.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -563,3 +564,70 @@ def test_pages_deploy_everywhere_remove_and_units_by_form(client, bucket, rels):
                  "/history?server=web-1", "/history?app=hello"]:
         assert client.get(path, headers={**user("viewer@example.com"), **html}).status_code == 200, path
     assert client.get("/servers/nowhere", headers={**user("viewer@example.com"), **html}).status_code == 404
+
+
+# -- input at the edge: limits, strict JSON, store faults ------------------------------------
+
+
+def _keys(bucket):
+    return sorted(i.key for i in bucket.list(""))
+
+
+def test_a_refused_request_writes_nothing_and_says_why_in_one_line(client, bucket, rels):
+    before = _keys(bucket)
+    url = "/api/v1/servers/web-1/apps/hello/deploy"
+    cases = [
+        (b'{"release": "%s", "note": "\\ud800"}' % rels[0].name.encode(), 400, "lone UTF-16 surrogate"),
+        (b'{"release": "%s", "note": "x", "latest": NaN}' % rels[0].name.encode(), 400, "NaN"),
+        (b'{"release": "%s", "expected_from": Infinity}' % rels[0].name.encode(), 400, "Infinity"),
+        (b'{"release": "\xff"}', 400, "not UTF-8"),
+        (json.dumps({"release": rels[0].name, "note": "x" * 10_000_000}).encode(), 413, "at most 65536"),
+        (json.dumps({"release": rels[0].name, "note": "x" * 1001}).encode(), 400, "at most 1000"),
+    ]
+    for body, status, words in cases:
+        r = client.post(url, content=body, headers={**token("ci"), "content-type": "application/json"})
+        assert r.status_code == status and words in r.json()["error"], (body[:60], r.status_code, r.text[:200])
+        assert "\n" not in r.json()["error"]
+    r = client.post("/api/v1/servers/web-1/apps/" + "a" * 300 + "/deploy", json={"release": rels[0].name},
+                    headers=token("ci"))
+    assert r.status_code == 400 and "at most 64 bytes" in r.json()["error"]
+    csrf = browser_csrf(client)
+    r = client.post(url.replace("/api/v1", ""), data={"release": rels[0].name, "note": "x" * 5000, "csrf_token": csrf},
+                    headers={**user("deployer@example.com"), "accept": "text/html"})
+    assert r.status_code == 400 and "at most 1000" in r.text
+    assert _keys(bucket) == before  # nothing written, not even half
+    assert client.get("/api/v1/history", headers=token("dash")).status_code == 200
+    assert client.get("/history", headers={**user("viewer@example.com"), "accept": "text/html"}).status_code == 200
+
+
+def test_odd_query_parameters_are_400_with_one_line(client):
+    for url in ["/api/v1/history?limit=1e309", "/api/v1/history?limit=%C2%B2", "/api/v1/watch/web-1?timeout=nan",
+                "/?page=" + "9" * 5000]:
+        r = client.get(url, headers={**token("dash"), "accept": "application/json"})
+        assert r.status_code == 400 and r.json()["type"] == "InvalidRequest", (url, r.status_code, r.text[:200])
+
+
+def test_a_store_the_server_may_not_read_is_503_with_a_message(client, bucket, rels, monkeypatch):
+    """PermissionError on the local store (a root-owned directory, a bad mount)."""
+    import builtins
+    import os
+
+    import push.store.local as local
+
+    root = str(bucket.root)
+    real_open, real_scandir = builtins.open, os.scandir
+
+    def deny(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(root):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(local, "open", deny(real_open), raising=False)
+    monkeypatch.setattr(os, "scandir", deny(real_scandir))
+    deploy_body = {"json": {"release": rels[0].name}}
+    for method, url, kwargs in [("GET", "/api/v1/history", {}), ("GET", "/api/v1/servers/web-1/requests", {}),
+                                ("POST", "/api/v1/servers/web-1/apps/hello/deploy", deploy_body)]:
+        r = client.request(method, url, headers=token("ci"), **kwargs)
+        assert r.status_code == 503 and "Permission denied" in r.json()["error"], (url, r.status_code, r.text)

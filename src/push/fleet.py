@@ -24,7 +24,7 @@ from push.errors import Conflict, InvalidData, InvalidRequest, NotFound, PushErr
 from push.history import History, Record, new_record
 from push.layout import server_file_key
 from push.model import Model
-from push.names import check_app, check_server, check_unit
+from push.names import check_app, check_note, check_server, check_unit
 from push.release import Release, ReleaseInfo, app_of
 from push.serverfile import ServerFile
 from push.status import AgentStatus
@@ -252,6 +252,7 @@ def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = 
     """
     check_server(server)
     check_app(app)
+    check_note(note)
     ctx.config.check_allowed(server, app)
     if latest == (release is not None):
         raise InvalidRequest("give either a release or latest, not both" if latest
@@ -294,6 +295,7 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
     """Return `app` on `server` to the release it ran before the current one, by the history."""
     check_server(server)
     check_app(app)
+    check_note(note)
     ctx.config.check_allowed(server, app)
     plan = rollback_target(ctx, server, app)
     current, target = plan.from_, plan.to
@@ -312,6 +314,7 @@ def remove(ctx: Context, who: str, server: str, app: str, *, expected_from: Any 
     """Take `app` off `server` (pulld then removes its package). Works for apps the config
     no longer allows, so they can be cleaned up."""
     check_app(app)
+    check_note(note)
     ctx.config.require_server(server)
     return _set_release(ctx, who, server, app, None, "remove", expected_from, note)
 
@@ -363,6 +366,7 @@ def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
     each only if it still runs what the user saw. One server's failure stops no other.
     """
     check_app(app)
+    check_note(note)
     servers = list(expected) if expected is not None else servers_running(ctx, app)
     outcomes: list[Deployed | Refused] = []
     for server in servers:
@@ -403,6 +407,7 @@ def unit_action(ctx: Context, who: str, server: str, unit: str, action: str, *,
                 report: AgentStatus | None = None, note: str = "") -> Change:
     """Ask the server's agent to start, stop or restart `unit` (see docs/unit-requests.md)."""
     check_unit(unit)
+    check_note(note)
     unitrequests.check_action(action)
     ctx.config.require_server(server)
     if report is None:

@@ -25,7 +25,7 @@ from pydantic import Field
 from push import layout, timestamps
 from push.errors import CorruptObject, InvalidData, InvalidRequest, NotFound, PushError, StoreError
 from push.model import Model
-from push.names import check_app, check_server
+from push.names import check_app, check_note, check_server
 from push.store import Store
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ def new_record(who: str, server: str, app: str, action: str, *, from_: str | Non
         raise InvalidRequest(f"unknown history action {action!r}")
     check_server(server)
     check_app(app)
+    check_note(note)
     record_id = timestamps.new_id(now_ns)
     return Record(id=record_id, time=timestamps.format_time(timestamps.id_time(record_id)), who=who,
                   server=server, app=app, action=action, from_=from_, to=to, note=note, result=result,
