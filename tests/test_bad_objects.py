@@ -107,3 +107,22 @@ def test_push_status_of_the_bad_server_prints_one_clear_line(bucket, broken, tmp
     assert servers["web-1"]["file_error"] is None and servers["web-2"]["file_error"]
     assert main(["releases", "hello"]) == 0
     assert broken[1].name in capsys.readouterr().out
+
+
+# -- an operator's bad day: a typo, an empty store ---------------------------------------------
+
+
+def test_a_wrong_or_empty_store_is_said_so(tmp_path, monkeypatch, capsys):
+    conf = tmp_path / "skiapush.conf"
+    conf.write_text(conf_text())
+    monkeypatch.setenv("PUSH_CONFIG", str(conf))
+    assert main(["status", "--store", str(tmp_path / "typo")]) == 0
+    err = capsys.readouterr().err
+    assert "holds no server files, agent reports or releases: is --store / PUSH_STORE right?" in err
+    assert not (tmp_path / "typo").exists()  # reading never creates a store
+    assert main(["status", "--store", "s3:/bucket"]) == 2
+    assert "missing a slash: use s3://" in capsys.readouterr().err
+    app = create_app(LocalStore(tmp_path / "empty"), make_config(tmp_path), auth=AuthSettings(no_auth=True))
+    with TestClient(app) as client:
+        assert client.get("/healthz").json()["empty"] is True
+        assert "holds nothing" in client.get("/", headers={"accept": "text/html"}).text

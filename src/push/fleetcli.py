@@ -118,7 +118,19 @@ class Direct:
 
         if server is not None:
             self.ctx.config.require_server(server)
-        return FleetView(self.ctx).state(None, app)
+        view = FleetView(self.ctx)
+        state = view.state(None, app)
+        if view.snapshot.empty and not self.ctx.catalog.releases():
+            # A typo in --store, a wrong bucket, a mount that failed: say so rather than show
+            # a fleet of servers that merely never reported.
+            print(f"push: warning: {self.ctx.store.url} holds no server files, agent reports or releases: "
+                  "is --store / PUSH_STORE right?", file=sys.stderr)
+        problems = view.problems()
+        if problems:
+            first = next(iter(problems))
+            print(f"push: warning: {len(problems)} object(s) in the bucket cannot be read and were skipped "
+                  f"(first: {first}: {problems[first]})", file=sys.stderr)
+        return state
 
     def history(self, server: str | None, app: str | None, limit: int) -> list[Record]:
         return self.ctx.history.records(server, app, limit=limit)

@@ -122,6 +122,13 @@ class Snapshot:
     def rev(self, server: str) -> str:
         return self.revs.get(server, NO_REV)
 
+    @property
+    def empty(self) -> bool:
+        """The look found no server file, agent report or unit request at all: an empty (or
+        wrong) bucket, worth a warning."""
+        seen = self.seen
+        return not (seen.files or seen.file_errors or seen.reports or seen.requests or seen.problems)
+
     def report(self, server: str) -> AgentStatus | None:
         got = self.seen.reports.get(server)
         return got[1] if got else None

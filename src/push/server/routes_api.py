@@ -92,6 +92,7 @@ class Health(Model):
     watchers: int
     store: str
     unreadable: int = Field(description="objects in the bucket that cannot be read (GET /api/v1/problems)")
+    empty: bool = Field(description="the bucket holds no server file, agent report or release (a wrong store?)")
 
 
 class BucketProblem(Model):
@@ -340,7 +341,8 @@ def healthz(request: Request, response: Response) -> Health:
     health = Health(ok=push.view.loaded and push.hub.last_poll_error is None, loaded=push.view.loaded,
                     last_poll=push.view.last_refresh, last_poll_error=push.hub.last_poll_error,
                     watchers=push.hub.watchers, store=push.ctx.store.url,
-                    unreadable=len(push.view.problems()) if push.view.loaded else 0)
+                    unreadable=len(push.view.problems()) if push.view.loaded else 0,
+                    empty=push.view.loaded and push.view.snapshot.empty and not push.ctx.catalog.releases())
     response.status_code = 200 if health.ok else 503
     return health
 

@@ -183,6 +183,8 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
     live_params = {**params, **({"page": str(page)} if page > 1 else {}), **({"all": "1"} if all else {})}
     context: dict[str, Any] = dict(rows=rows, count=len(states), server=server, app=app,
                    bucket_problems=push.view.problems(),
+                   empty_store=push.view.snapshot.empty and not push.ctx.catalog.releases(),
+                   store_url=push.ctx.store.url,
                    live_link="/?" + urlencode({**live_params, "since": digest}),
                    problems=problems, total=len(push.ctx.config.servers),
                    with_problems=sum(1 for s in states if s.state.problems),
