@@ -85,6 +85,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--note", default="", help="why (kept in the history)")
     p.set_defaults(func=cmd_rollback)
 
+    p = sub.add_parser("remove", parents=[common, remote], help="take an app off a server",
+                       description='Take APP off SERVER: writes the placeholder "APP/" into its server file, '
+                                   "and its agent then removes what it installed for APP. An app the file "
+                                   "does not mention is left running (unmanaged); this is how to remove it. "
+                                   "Needs the admin role through a push server.")
+    p.add_argument("server")
+    p.add_argument("app")
+    p.add_argument("--expect", metavar="RELEASE",
+                   help="only if SERVER still runs this release ('none': nothing), else exit 3")
+    p.add_argument("--note", default="", help="why (kept in the history)")
+    p.set_defaults(func=cmd_remove)
+
     p = sub.add_parser("unit", parents=[common, remote], help="start, stop or restart a unit on a server",
                        description="Ask SERVER's agent to start, stop or restart UNIT (a unit of an app "
                                    "skiapush.conf allows there). Recorded in the history.")
@@ -142,6 +154,10 @@ class Direct:
 
     def rollback(self, server: str, app: str, note: str) -> Change:
         return self.fleet.rollback(self.ctx, self.who, server, app, note=note)
+
+    def remove(self, server: str, app: str, expect: Any, note: str) -> Change:
+        expected = self.fleet.ANY if expect is _UNSET else expect
+        return self.fleet.remove(self.ctx, self.who, server, app, expected_from=expected, note=note)
 
     def unit(self, server: str, unit: str, action: str, note: str) -> Change:
         return self.fleet.unit_action(self.ctx, self.who, server, unit, action, note=note)
@@ -253,6 +269,14 @@ class Remote:
         return self._answer(Change, self._call("POST", f"/api/v1/servers/{server}/apps/{app}/rollback",
                                                json={"note": note}))
 
+    def remove(self, server: str, app: str, expect: Any, note: str) -> Change:
+        from push.fleet import Change
+
+        body: dict[str, Any] = {"note": note}
+        if expect is not _UNSET:
+            body["expected_from"] = expect
+        return self._answer(Change, self._call("POST", f"/api/v1/servers/{server}/apps/{app}/remove", json=body))
+
     def unit(self, server: str, unit: str, action: str, note: str) -> Change:
         from push.fleet import Change
 
@@ -337,8 +361,13 @@ def _print_change(args: argparse.Namespace, change: Change) -> None:
         print_json(change.to_json())
     elif change.request is not None:
         print(f"asked the agent on {change.server} to {change.action[5:]} {change.request.unit}")
+    elif not change.changed and change.action == "remove":
+        print(f'{change.server}\'s server file already says "{change.app}/": nothing changed')
     elif not change.changed:
         print(f"{change.app} on {change.server} already runs {_short(change.to)}: nothing changed")
+    elif change.action == "remove":
+        print(f'removed {change.app} from {change.server}: {_short(change.from_)} -> "{change.app}/" '
+              "(its agent removes it)")
     else:
         verb = "rolled back" if change.action == "rollback" else "deployed"
         print(f"{verb} {change.app} on {change.server}: {_short(change.from_)} -> {_short(change.to)}")
@@ -358,6 +387,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     with _backend(args) as backend:
         change = backend.rollback(args.server, args.app, args.note)
+    _print_change(args, change)
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    expect: Any = _UNSET if args.expect is None else (None if args.expect == "none" else args.expect)
+    with _backend(args) as backend:
+        change = backend.remove(args.server, args.app, expect, args.note)
     _print_change(args, change)
     return 0
 
