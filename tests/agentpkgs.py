@@ -18,6 +18,7 @@ from pathlib import Path
 
 from push.catalog import publish
 from push.release import Release, ReleaseInfo
+from push.signing import SigningKey, sign_release
 from push.store import Store
 
 EPOCH = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -107,11 +108,12 @@ def release_for(app: str, n: int) -> Release:
 
 def publish_deb(store: Store, app: str, n: int, deb: Path, *, version: str | None = None,
                 package: str | None = None, legacy: bool = False, tamper: bool = False,
-                note: str = "") -> ReleaseInfo:
+                note: str = "", signing_key: SigningKey | None = None) -> ReleaseInfo:
     """Upload `deb` as release number `n` of `app`, with the metadata the builder writes.
 
     `legacy`: only the original's metadata (no sha256/size/package/version).
     `tamper`: the uploaded bytes differ from what the metadata's sha256 says.
+    `signing_key`: signed as `push release --signing-key` signs.
     """
     digest = hashlib.sha256()
     with open(deb, "rb") as f:
@@ -124,7 +126,10 @@ def publish_deb(store: Store, app: str, n: int, deb: Path, *, version: str | Non
     else:
         info = ReleaseInfo(release=rel, note=note, services=(f"{app}.service",),
                            sha256=digest.hexdigest(), size=size,
-                           extra={"package": package or f"push-{app}", "version": version or f"1.{n}"})
+                           extra={"package": package or f"push-{app}", "version": version or f"1.{n}",
+                                  "architecture": "all"})
+        if signing_key is not None:
+            info = sign_release(info, signing_key)
     if tamper:
         data = bytearray(deb.read_bytes())
         data[len(data) // 2] ^= 0xFF
@@ -139,11 +144,12 @@ def make_release(store: Store, workdir: Path, app: str, n: int, **build: object)
     """Build and publish release `n` of `app` (Debian version 1.n)."""
     legacy = bool(build.pop("legacy", False))
     tamper = bool(build.pop("tamper", False))
+    signing_key = build.pop("signing_key", None)
     version = str(build.pop("version", f"1.{n}"))
     deb = build_deb(workdir, app, version, **build)  # type: ignore[arg-type]
     try:
         return publish_deb(store, app, n, deb, version=version, package=build.get("package"),  # type: ignore[arg-type]
-                           legacy=legacy, tamper=tamper)
+                           legacy=legacy, tamper=tamper, signing_key=signing_key)  # type: ignore[arg-type]
     finally:
         deb.unlink(missing_ok=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta, timezone
 
-from push import catalog, config, status
+from push import catalog, changes, config, status
 from push.release import Release, ReleaseInfo
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -79,3 +79,4 @@ def report(store, server: str, apps: dict[str, str | None], *, age: timedelta = 
             state="failed" if app in failed else "ok", error=failed.get(app),
             units=units.get(app, {f"{app}.service": "active"} if installed else {}))
     status.write(store, st)
+    changes.record(store, changes.STATUS, server)  # as pulld's publisher does: push servers see it at their next poll

@@ -28,6 +28,8 @@ from agentpkgs import make_release, set_server_file
 from emulators import free_port
 from push import status
 from push.agent.dpkg import Dpkg
+from push.layout import server_signature_key
+from push.signing import sign_server_file, write_key_pair
 from push.store import Store, open_store
 from waiting import wait_for
 
@@ -484,6 +486,38 @@ def test_self_update_reexecs_and_carries_on(tmp_path: Path, root: Path, procs: l
     # The re-executed agent adopted hello's unit instead of starting a second copy.
     assert p.has_event("unit.adopt")
     assert len([e for e in p.events() if e.get("event") == "install.done"]) == 2
+
+
+def test_self_update_when_signed(tmp_path: Path, root: Path, procs: list[Pulld]) -> None:
+    """pulld's own release is verified like any other, and still re-executes into the new
+    pulld (which keeps the trust flags and /etc/default's PULLD_* variables)."""
+    url = f"file://{tmp_path / 'store'}"
+    store = open_store(url)
+    release_key, _, release_pub = write_key_pair(tmp_path / "keys", "release")
+    deploy_key, _, deploy_pub = write_key_pair(tmp_path / "keys", "deploy")
+    p1 = make_release(store, tmp_path, "pulld", 1, signing_key=release_key)
+    h1 = make_release(store, tmp_path, "hello", 1, signing_key=release_key)
+    set_server_file(store, SERVER, [p1.name, h1.name])
+    data = store.get(f"server/{SERVER}.json")[0]  # type: ignore[index]
+    store.put(server_signature_key(SERVER), sign_server_file(SERVER, data, deploy_key, None).to_bytes())
+    p = Pulld(url, root, "--interval", "600", "--trust-release-key", str(release_pub),
+              env={"PULLD_TRUST_DEPLOY_KEYS": str(deploy_pub)})
+    procs.append(p)
+    wait_for(lambda: [e for e in p.events() if e.get("event") == "start"][1:], what="pulld to restart itself")
+    assert [e["trust"] for e in p.events() if e.get("event") == "start"] == ["verified", "verified"]
+    rep = wait_for(lambda: (r := report(store)) is not None and r.in_sync and r, what="in sync after restart")
+    assert rep.trust is not None and rep.trust.mode == "verified" and rep.trust.keyid == deploy_key.key_id
+    assert installed(root) == {"push-pulld": "1.1", "push-hello": "1.1"}
+
+
+def test_a_key_that_cannot_be_trusted_stops_pulld(tmp_path: Path, root: Path) -> None:
+    key, private, _ = write_key_pair(tmp_path / "keys", "deploy")
+    for args, words in ((["--trust-deploy-key", str(private)], "is a private key"),
+                        (["--trust-release-key", str(tmp_path / "nope.pub")], "cannot read public key"),
+                        (["--revoked-key", "deploy"], "is not 16 hex digits")):
+        p = Pulld(f"file://{tmp_path / 'store'}", root, "--once", *args)
+        assert p.wait() != 0
+        assert words in p.log().splitlines()[-1], p.log()
 
 
 def test_metrics_endpoint(tmp_path: Path, root: Path, procs: list[Pulld]) -> None:

@@ -26,7 +26,7 @@ def test_only_news_is_written_until_the_heartbeat_is_due(tmp_path: Path) -> None
     assert status.read(store, "s1").step == 1  # type: ignore[union-attr]
     assert pub.publish(a_report(3, "pending")) is True
     assert pub.publish(a_report(4, "pending"), force=True) is True
-    assert 3590 < pub.due_in() <= 3600
+    assert 0.9 * 3600 - 10 < pub.due_in() <= 3600  # the heartbeat's jitter
     pub.interval = 0
     assert pub.due_in() == 0 and pub.publish(a_report(5, "pending")) is True
     assert status.read(store, "s1").step == 5  # type: ignore[union-attr]
@@ -49,3 +49,16 @@ def test_a_failed_write_is_tried_again_with_the_next_report(tmp_path: Path) -> N
     store.refuse = False
     assert pub.publish(a_report(2).model_copy()) is True  # nothing new, but never written
     assert metrics.reports.labels("failed")._value.get() == 1 and metrics.reports.labels("ok")._value.get() == 1
+
+
+def test_heartbeats_are_jittered_so_agents_that_reported_together_drift_apart(tmp_path: Path) -> None:
+    """A fleet-wide deploy makes every agent report at once; without jitter each would
+    heartbeat at the same moment every minute from then on."""
+    store = LocalStore(tmp_path)
+    dues = []
+    for _ in range(20):
+        pub = Publisher(store, interval=60, metrics=Metrics())
+        assert pub.publish(a_report(1)) is True
+        dues.append(pub.due_in())
+    assert all(0.9 * 60 - 1 < d <= 60 for d in dues)
+    assert max(dues) - min(dues) > 1.0  # 20 draws from a 6-second range

@@ -57,6 +57,26 @@ def test_the_catalogue_skips_a_damaged_release_and_counts_it(bucket, broken, cap
     assert broken[2].release.key in caplog.text
 
 
+def test_a_damaged_release_stays_skipped_and_counted_when_the_catalogue_loads_from_its_index(bucket, broken,
+                                                                                             tmp_path):
+    """The catalogue index (a push server's) keeps what it skipped: a catalogue that starts
+    from it, a push server that does, and a full re-list all still skip, count and list it."""
+    writer = Catalog(bucket, writes_index=True)
+    writer.releases("hello")
+    assert writer.write_index(force=True)
+    key = broken[2].release.key
+    reader = Catalog(bucket)
+    assert [r.name for r in reader.releases("hello")] == [broken[1].name, broken[0].name]
+    assert reader.index_reads == 1 and list(reader.skipped) == [key] and "damaged" in reader.skipped[key]
+    reader.refresh(full=True)
+    assert [r.name for r in reader.releases("hello")] == [broken[1].name, broken[0].name]
+    assert list(reader.skipped) == [key]
+    app = create_app(bucket, make_config(tmp_path), auth=AuthSettings(no_auth=True), poll_interval=0.05)
+    with TestClient(app) as client:
+        assert key in {p["key"] for p in client.get("/api/v1/problems").json()}
+        assert client.get("/api/v1/apps/hello/releases").status_code == 200
+
+
 def test_a_deeply_nested_server_file_is_one_invalid_file(bucket, broken):
     with pytest.raises(Exception) as e:
         serverfile.read(bucket, "web-2")
@@ -116,13 +136,43 @@ def test_a_wrong_or_empty_store_is_said_so(tmp_path, monkeypatch, capsys):
     conf = tmp_path / "skiapush.conf"
     conf.write_text(conf_text())
     monkeypatch.setenv("PUSH_CONFIG", str(conf))
-    assert main(["status", "--store", str(tmp_path / "typo")]) == 0
+    # A store that does not exist is an error (everyday CLI); one that exists but holds
+    # nothing (a mount that failed, a wrong bucket) is read, with a warning.
+    assert main(["status", "--store", str(tmp_path / "typo")]) == 4
+    assert "no store at" in capsys.readouterr().err
+    assert not (tmp_path / "typo").exists()  # reading never creates a store
+    (tmp_path / "unmounted").mkdir()
+    assert main(["status", "--store", str(tmp_path / "unmounted")]) == 0
     err = capsys.readouterr().err
     assert "holds no server files, agent reports or releases: is --store / PUSH_STORE right?" in err
-    assert not (tmp_path / "typo").exists()  # reading never creates a store
     assert main(["status", "--store", "s3:/bucket"]) == 2
     assert "missing a slash: use s3://" in capsys.readouterr().err
     app = create_app(LocalStore(tmp_path / "empty"), make_config(tmp_path), auth=AuthSettings(no_auth=True))
     with TestClient(app) as client:
         assert client.get("/healthz").json()["empty"] is True
         assert "holds nothing" in client.get("/", headers={"accept": "text/html"}).text
+
+
+def test_a_bad_object_found_through_the_change_journal_is_one_problem(bucket, broken, tmp_path):
+    """Between full re-lists the fleet view reads only what the journal names: a server file
+    or report damaged meanwhile is a problem of its own there too, and never stops the poll."""
+    from push import changes
+    from push.fleetview import FleetView
+
+    ctx = fleet.Context.open(bucket, make_config(tmp_path), via="test")
+    view = FleetView(ctx)
+    view.refresh(full=True)
+    assert "server/web-1.json" not in view.problems()
+    (bucket.root / "objects" / "server/web-1.json").write_bytes(b"{not a header\n[]")
+    bucket.put("status/web-1.json", DEEP)
+    changes.record(bucket, changes.SERVER, "web-1")
+    changes.record(bucket, changes.STATUS, "web-1")
+    view.refresh()  # the journal's tail, not a full re-list
+    problems = view.problems()
+    assert {"server/web-1.json", "status/web-1.json"} <= problems.keys(), problems
+    assert view.state().servers  # every other server is still there
+    (bucket.root / "objects" / "server/web-1.json").unlink()  # the damaged file is taken away
+    report(bucket, "web-1", {"hello": broken[1].name})
+    changes.record(bucket, changes.SERVER, "web-1")
+    view.refresh()
+    assert not {"server/web-1.json", "status/web-1.json"} & view.problems().keys()

@@ -55,9 +55,12 @@ def test_same_errors_as_every_check(tmp_path: Path, python_script: bool) -> None
     everything = errors_of(deb)
     assert errors_of(deb, "--tags", ",".join(checks.lintian_error_tags())) == everything
     assert any(e.startswith("python3-script-but-no-python3-dep") for e in everything) == python_script
-    if python_script:
-        with pytest.raises(BuildError, match="python3-script-but-no-python3-dep"):
+    if python_script:  # the error, and how to fix it
+        with pytest.raises(BuildError, match="python3-script-but-no-python3-dep") as e:
             checks.lintian(deb)
+        assert str(e.value).endswith("To fix: python3-script-but-no-python3-dep: a script runs python3, which the "
+                                     "package does not depend on: add --depends python3 "
+                                     '(or depends = ["python3"] in push.toml)')
     else:
         report = checks.lintian(deb)
         assert report.errors == [] and report.checked_tags == len(checks.lintian_error_tags())

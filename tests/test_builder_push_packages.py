@@ -18,7 +18,8 @@ import pytest
 from buildapp import deb_field, deb_paths, dpkg, installed
 
 # builds Push's own packages with pip and lintian: a minute
-pytestmark = pytest.mark.slow
+# The module fixture builds both packages with lintian: minutes of wall time on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = {"pulld": "push-pulld", "push-server": "push-server"}
@@ -94,6 +95,7 @@ def test_both_install_side_by_side_and_run_on_debian_python(built: dict[str, Pat
         assert installed(root, package)[1] == "install ok installed"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     env["PUSH_STORE"] = str(tmp_path / "store")
+    (tmp_path / "store").mkdir()  # an empty store: one that does not exist is an error
     pulld = subprocess.run([str(DEBIAN_PYTHON), str(root / "usr/bin/pulld"), "--version"], capture_output=True,
                            text=True, env=env, timeout=60)
     assert pulld.returncode == 0, pulld.stderr

@@ -41,8 +41,8 @@ class CountingStore:
             page = type(page)([replace(i, metadata={}) for i in page.items], page.next_token)
         return page
 
-    def put(self, *a, **kw):
-        return self.inner.put(*a, **kw)
+    def __getattr__(self, name):  # everything else (put, get, list_keys, ...) as the store does it
+        return getattr(self.inner, name)
 
 
 def test_newest_first_per_app_and_overall(store):

@@ -23,10 +23,19 @@ def push(*args, env=None):
 
 
 def test_empty_store_prints_empty_json_array(tmp_path):
+    (tmp_path / "empty").mkdir()
     r = push("releases", "--json", "--store", f"file://{tmp_path}/empty")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == []
-    assert not (tmp_path / "empty").exists()  # reading creates nothing
+
+
+def test_a_store_that_does_not_exist_is_an_error(tmp_path):
+    """A mistyped path is no empty fleet: exit 4, one line, and reading creates nothing."""
+    r = push("releases", "--json", "--store", f"file://{tmp_path}/missing")
+    assert r.returncode == 4 and r.stdout == ""
+    assert r.stderr.strip() == (f"push: error: no store at {tmp_path}/missing: the directory does not exist "
+                                f"(--store file://{tmp_path}/missing)")
+    assert not (tmp_path / "missing").exists()
 
 
 def test_lists_releases_with_metadata_newest_first(tmp_path):
@@ -72,8 +81,11 @@ def test_unknown_app_is_a_named_error_but_a_configured_one_is_empty(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     conf = tmp_path / "skiapush.conf"
     conf.write_text('[servers.s1]\nappNames = ["web"]\n')
+    (tmp_path / "b").mkdir()
     r = push("releases", "nosuch", "--store", str(tmp_path / "b"), "--config", str(conf))
-    assert r.returncode == 1 and "unknown app 'nosuch'" in r.stderr
+    assert r.returncode == 1 and "no such app 'nosuch'" in r.stderr
+    r = push("releases", "wbe", "--store", str(tmp_path / "b"), "--config", str(conf))
+    assert r.returncode == 1 and r.stderr.strip().endswith("did you mean web?")
     r = push("releases", "web", "--json", "--store", str(tmp_path / "b"), "--config", str(conf))
     assert r.returncode == 0 and json.loads(r.stdout) == []
 

@@ -1,4 +1,4 @@
-"""`push demo`, the README's first command: it comes up, a deploy goes live, Ctrl-C leaves nothing behind."""
+"""`push demo`, the README's first command: it comes up signed, a deploy goes live, Ctrl-C leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -47,10 +47,13 @@ def test_demo_runs_deploys_rolls_back_and_stops_cleanly(tmp_path: Path) -> None:
             servers = {s["server"]: s for s in json.loads(status.stdout)["servers"]}
             assert sorted(servers) == ["demo-1", "demo-2", "demo-3"]
             if all(a["actual"] and a["actual"] == a["desired"] for s in servers.values() for a in s["apps"]):
+                # Signed end to end: every agent verified what it installed, and refused nothing.
+                assert {(s["trust"], tuple(s["untrusted"])) for s in servers.values()} == {("verified", ())}
                 break
             assert time.monotonic() < deadline, status.stdout
             time.sleep(0.5)
 
+        # Through the push server, which signs the server file with the demo's deploy key.
         subprocess.run([push_bin, "deploy", "demo-1", "hello", "--latest", "--push-url", url], check=True,
                        capture_output=True, timeout=30)
         deadline = time.monotonic() + 30

@@ -139,8 +139,19 @@ def test_remove_writes_the_placeholder_never_drops_the_entry(ctx, rels):
 
 
 def test_remove_of_an_app_the_file_does_not_mention_writes_its_placeholder(ctx, rels):
-    """How an unmanaged app (installed, not mentioned) is taken off: "APP/" says so."""
+    """How an unmanaged app (installed, not mentioned) is taken off: "APP/" says so, even
+    when Push knows the app no longer (no release left, in no appNames); a name neither
+    Push nor the server knows is refused (a typo), writing nothing."""
+    from push import status
+    from push.lookup import UnknownApp
+    from push.status import AgentStatus, AppStatus
+
     fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
+    with pytest.raises(UnknownApp):
+        fleet.remove(ctx, "a", "web-1", "api")
+    status.write(ctx.store, AgentStatus(server="web-1", agent_version="1", time="2026-01-01T00:00:00Z",
+                                        apps={"api": AppStatus(installed="api/2026-01-01T00:00:00Z-x-abcdef0.deb",
+                                                               package="push-api", state="unmanaged")}))
     assert fleet.remove(ctx, "a", "web-1", "api").changed
     assert serverfile.read(ctx.store, "web-1").entries == (rels[0].name, "api/")
 

@@ -20,6 +20,8 @@ from fleetdata import TOKENS, conf_text, make_release, report
 from push import timestamps
 from push.cli import main
 from push.history import History, Record, new_record
+from push.layout import server_signature_key
+from push.signing import Keyring, verify_server_file, write_key_pair
 from push.store.local import LocalStore
 from pushserver import PushServerProcess
 from waiting import wait_for
@@ -116,6 +118,41 @@ def test_direct_unit(setup, capsys):
     run(capsys, "deploy", "web-1", "hello", rels[0].name)
     code, out, _ = run(capsys, "unit", "web-1", "hello.service", "restart")
     assert code == 0 and out.strip() == "asked the agent on web-1 to restart hello.service"
+
+
+def test_direct_changes_are_signed_and_push_resign_renews(setup, capsys, monkeypatch, tmp_path):
+    """With a deploy key, every server file the CLI writes is signed as pulld verifies it;
+    `push resign` renews statements and refuses (exit 1) a file edited straight in the bucket."""
+    bucket, rels, _ = setup
+    key, key_path, _ = write_key_pair(tmp_path / "keys", "deploy")
+    keyring = Keyring([key.public])
+
+    def verified(server):
+        data = bucket.get(f"server/{server}.json")[0]
+        return verify_server_file(server, data, bucket.get(server_signature_key(server))[0], keyring)
+
+    run(capsys, "deploy", "web-1", "hello", rels[0].name, "--deploy-key", str(key_path))
+    first = verified("web-1").statement.version
+    monkeypatch.setenv("PUSH_DEPLOY_KEY", str(key_path))
+    run(capsys, "deploy", "web-1", "hello", rels[1].name)
+    code, out, _ = run(capsys, "rollback", "web-1", "hello")
+    assert code == 0 and verified("web-1").statement.version > first
+
+    code, out, _ = run(capsys, "resign")
+    assert code == 0 and "web-1: current (version" in out and "web-2: no-file" in out
+    bucket.put("server/web-2.json", b'["hello/"]\n')  # written by someone without the key
+    code, out, _ = run(capsys, "resign", "web-1", "web-2")
+    assert code == 1 and "web-2: refused: server/web-2.json has no valid statement" in out
+    code, _, err = run(capsys, "resign", "--adopt")
+    assert code == 2 and "name the SERVERs" in err
+    code, out, _ = run(capsys, "resign", "web-2", "--adopt", "--json")
+    assert code == 0 and json.loads(out)[0]["action"] == "signed" and verified("web-2")
+    monkeypatch.delenv("PUSH_DEPLOY_KEY")
+    code, _, err = run(capsys, "resign")
+    assert code == 2 and "no deploy key" in err
+    key_path.chmod(0o644)
+    code, _, err = run(capsys, "deploy", "web-1", "hello", rels[2].name, "--deploy-key", str(key_path))
+    assert code == 2 and "too open" in err and verified("web-1")  # nothing written unsigned
 
 
 def test_remote_mode_same_output_as_direct(setup, server, capsys, monkeypatch, tmp_path):

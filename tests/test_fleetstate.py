@@ -11,7 +11,7 @@ import pytest
 from push.fleetstate import AppState, ReleaseEntry, ReleaseState, ServerState, filter_apps, server_state
 from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile
-from push.status import AgentStatus, AppStatus
+from push.status import AgentStatus, AppStatus, TrustStatus
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=timezone.utc)
 
@@ -149,6 +149,31 @@ def test_bad_server_file() -> None:
     assert s.file_error == "server/web-1.json: not valid JSON" and s.generation is None
     assert [(a.app, a.desired) for a in s.apps] == [("hello", None), ("pulld", None)]
     assert app(s, "hello").marks == ["drift"] and s.problems == 2
+
+
+def test_a_refused_release_is_untrusted_and_a_problem() -> None:
+    """docs/trust.md: the agent keeps what it runs and says what it refused, and why."""
+    error = f"untrusted (unsigned): release {HELLO2.name} is not signed"
+    rep = report({"hello": HELLO1.name}, failed={"hello": error})
+    rep.trust = TrustStatus(releases="verified", server_files="verified", refused=[
+        {"subject": HELLO2.name, "reason": "unsigned", "message": error, "app": "hello"}])
+    s = state(HELLO2.name, rep=rep)
+    assert s.trust == "verified" and s.untrusted == [f"{HELLO2.name}: unsigned"]
+    assert "untrusted" in app(s, "hello").marks and app(s, "hello").error == error and s.problems == 1
+
+
+def test_a_refused_server_file_is_one_problem_of_the_server() -> None:
+    rep = report({"hello": HELLO2.name})
+    rep.trust = TrustStatus(releases="off", server_files="verified", refused=[
+        {"subject": "server/web-1.json", "reason": "expired", "message": "the statement expired"}])
+    s = state(HELLO2.name, rep=rep)
+    assert s.trust == "server files only" and s.untrusted == ["server/web-1.json: expired"]
+    assert app(s, "hello").marks == [] and s.problems == 1
+
+
+def test_an_agent_from_before_signatures_says_nothing_of_trust() -> None:
+    s = state(HELLO2.name, rep=report({"hello": HELLO2.name}))
+    assert s.trust is None and s.untrusted == [] and s.problems == 0
 
 
 def test_units_come_from_the_report() -> None:

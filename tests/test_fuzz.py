@@ -5,7 +5,8 @@ path parameters, query parameters and bodies drawn from good values, near misses
 hostile ones: names past the file system's limits, lone UTF-16 surrogates, NaN and
 Infinity, bodies that are not UTF-8 or nested deeply, numbers in odd notations. Asserted for
 every case: no answer is a 5xx, and every key the request left in the bucket is one Push
-writes (a server file, a history record, a unit request, each under its own prefix).
+writes (a server file, a history record, a unit request, a change journal entry, the
+catalogue index, each under its own prefix).
 
 The quick run (in the suite) is bounded by FUZZ_EXAMPLES cases; the slow variant runs ten
 times as many. docs/testing.md records the figures.
@@ -28,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fleetdata import TOKENS, make_config, make_release, report
-from push import layout
+from push import catalogindex, layout
 from push.server.app import create_app
 from push.server.auth import AuthSettings
 from push.store.local import LocalStore
@@ -123,6 +124,12 @@ def _written_by_push(key: str) -> bool:
         return layout.history_id_of_key(key) is not None
     if key.startswith(layout.REQUESTS):
         return layout.request_of_key(key) is not None
+    if key.startswith(layout.CHANGES):  # the change journal: written with every server file and report
+        return layout.change_entry(key) is not None
+    if key.startswith(layout.SERVER_SIGNATURES):
+        return layout.server_of_signature_key(key) is not None
+    if key.startswith(layout.CATALOG_INDEX):  # the push server keeps the catalogue index
+        return key == layout.catalog_index_key(catalogindex.VERSION)
     return key.startswith((layout.DEBS, layout.STATUS, layout.CATALOG_LOG))  # the fixture's own
 
 

@@ -14,7 +14,7 @@ import re
 import pytest
 
 from fleetdata import conf_text, make_release, report
-from push import fleet
+from push import changes, fleet
 from push.config import load
 from push.store.local import LocalStore
 from pushserver import PushServerProcess
@@ -172,6 +172,7 @@ def test_fleet_view_updates_live_when_an_agent_reports(browser, world):
     assert page.locator(f"{row} .marks").inner_text().strip() == ""
     # The agent on web-1 reports a failure; the open page shows it without a reload.
     report(bucket, "web-1", {"hello": None, "pulld": None}, failed={"hello": "dpkg: error: postinst failed"})
+    changes.record(bucket, changes.STATUS, "web-1")  # as pulld's Publisher does after a report with news
     page.wait_for_function(
         "document.querySelector(\"tbody[data-server=web-1] tr[data-app=hello] .marks\").innerText.includes('failed')",
         timeout=15_000)

@@ -107,6 +107,10 @@ def test_every_answer_matches_the_openapi_document(world):
     assert (preview["from"], preview["to"]) == (r3, r0) and preview["basis"]["to"] == r3
     check("POST", "/api/v1/servers/web-1/apps/hello/rollback", 200, headers=CI, json={"note": "back"})
     check("POST", "/api/v1/servers/web-2/apps/hello/deploy", 200, headers=CI, json={"release": r1})
+    plan = check("GET", f"/api/v1/apps/hello/deploy-all?release={rels[2].release.hash[:8]}", 200, headers=DASH)
+    assert plan == {"app": "hello", "release": r2, "servers": {"web-1": r0, "web-2": r1}}
+    check("GET", "/api/v1/apps/helo/deploy-all?release=latest", 404, headers=DASH)
+    check("GET", "/api/v1/history?server=nowhere", 404, headers=DASH)
     everywhere = check("POST", "/api/v1/apps/hello/deploy-all", 200, headers=CI,
                        json={"release": r2, "expected": {"web-1": r0, "web-2": r0}})
     assert [o["ok"] for o in everywhere["outcomes"]] == [True, False]

@@ -67,6 +67,18 @@ def test_a_damaged_report_is_invalid_data(data: bytes) -> None:
     assert e.value.key == "status/web-1.json"
 
 
+def test_trust_field_roundtrip_and_reports_without_it() -> None:
+    rep = report(1)
+    rep.trust = status.TrustStatus(releases="verified", server_files="off", refused=[
+        {"subject": "hello/x", "reason": "unsigned", "message": "release hello/x is not signed", "app": "hello"}])
+    doc = rep.to_json()
+    assert doc["trust"]["refused"][0]["reason"] == "unsigned"  # type: ignore[index]
+    back = AgentStatus.from_json(doc)
+    assert back.trust == rep.trust and back.trust is not None and back.trust.mode == "releases only"
+    # A report from an agent before signatures has none; a newer agent's extra trust fields are ignored.
+    assert AgentStatus.from_json({k: v for k, v in doc.items() if k != "trust"}).trust is None
+    newer = AgentStatus.from_json({**doc, "trust": {"releases": "off", "server_files": "off", "later": 1}})
+    assert newer.trust is not None and newer.trust.mode == "off"
 FORMATS = Path(__file__).parent / "formats"
 
 
@@ -79,8 +91,11 @@ def test_a_report_in_todays_format_reads_unchanged() -> None:
     assert (hello.state, hello.attempts, hello.units) == ("failed", 2, {"hello.service": "active",
                                                                         "hello.timer": "inactive"})
     assert got.apps["pulld"].desired == "pulld/" and got.apps["pulld"].installed is None
-    # Written back, it is the same JSON: same keys, same values.
-    assert got.to_json() == json.loads(data)
+    # Written back, it is the same JSON: same keys, same values, plus the fields added since
+    # (each None or false: the old agent did not know them; `journaled`: push.changes).
+    written = got.to_json()
+    assert {k: v for k, v in written.items() if k in json.loads(data)} == json.loads(data)
+    assert {k: v for k, v in written.items() if k not in json.loads(data)} == {"trust": None, "journaled": False}
 
 
 def test_keys_a_newer_pulld_adds_are_ignored() -> None:

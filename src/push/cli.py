@@ -7,17 +7,19 @@ Each front end registers its subcommands from a small module that imports nothin
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from push import __version__
 from push.errors import PushError
-from push.exits import INTERRUPTED, exit_code
+from push.exits import INTERRUPTED, MEANINGS, exit_code
 
 # Modules with `register(subparsers, common)`; each adds its subcommands.
 COMMAND_MODULES = [
@@ -27,6 +29,7 @@ COMMAND_MODULES = [
     "push.server.command",
     "push.demo.command",
     "push.keyscli",
+    "push.completion",
 ]
 
 
@@ -42,10 +45,30 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with "did you mean" for a mistyped command (Python 3.11's argparse has none)."""
+
+    def error(self, message: str) -> NoReturn:
+        m = re.match(r"argument \S+: invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2))
+            near = difflib.get_close_matches(m.group(1), choices, n=3, cutoff=0.6)
+            if near:
+                message += f"; did you mean {' or '.join(repr(n) for n in near)}?"
+        super().error(message)
+
+
+def exit_codes_text() -> str:
+    return "exit codes:\n" + "\n".join(f"  {code:<4} {meaning}" for code, meaning in MEANINGS)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="push",
         description="Deploy Debian packages to a fleet of servers, and roll them back.",
+        epilog="A release is named by its full name, 7+ hex digits of its git hash, latest or previous.\n"
+               "Shell completion: eval \"$(push completion bash)\" (or zsh).\n\n" + exit_codes_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"push {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

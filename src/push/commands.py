@@ -1,6 +1,7 @@
-"""Subcommands of `push` that read the bucket directly: `push releases`.
+"""`push releases`: the releases of an app (or of every app), newest first.
 
-Thin: each parses its arguments, asks the model, prints text or --json.
+Thin: parses its arguments, asks the fleet (straight to the bucket or through a push
+server, as push.fleetcli's backend chooses), prints text or --json.
 """
 
 from __future__ import annotations
@@ -9,45 +10,33 @@ import argparse
 import sys
 
 from push.cli import print_json
-from push.errors import NotFound
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("releases", parents=[common], help="list releases, newest first",
-                       description="List every release of APP (or of every app), newest first.")
+    from push.fleetcli import remote_options
+
+    p = sub.add_parser("releases", parents=[common, remote_options()], help="list releases, newest first",
+                       description="List every release of APP (or of every app), newest first. A release "
+                                   "is named elsewhere by its full name (the second line), 7+ hex digits "
+                                   "of its git hash (the first), latest or previous.")
     p.add_argument("app", nargs="?", help="only this app")
-    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_releases)
 
 
 def cmd_releases(args: argparse.Namespace) -> int:
-    # Imported here: every `push` command registers this module, and `push release` needs neither.
-    from push import catalog as catalog_mod
-    from push import config as config_mod
-    from push.store import open_store
+    from push.fleetcli import backend
 
-    catalog = catalog_mod.Catalog(open_store(args.store))
-    releases = catalog.releases(args.app)
-    if catalog.skipped:
-        why = next(iter(catalog.skipped.values()))
-        print(f"push: warning: skipped {len(catalog.skipped)} object(s) under debs/ that are not valid releases, "
-              f"e.g. {why}", file=sys.stderr)
-    if args.app and not releases:
-        cfg = config_mod.load(args.config)
-        if not any(args.app in apps for apps in cfg.servers.values()):
-            raise NotFound(f"unknown app {args.app!r}: no releases in {catalog.store.url} "
-                           "and not in any server's appNames")
+    # skiapush.conf is optional here: a build machine lists releases without one.
+    with backend(args, config_required=False) as fleet:
+        releases = fleet.releases(args.app)
     if args.json:
-        from push.fleetstate import ReleaseEntry
-
-        print_json([ReleaseEntry.of(r).to_json() for r in releases])
+        print_json([r.to_json() for r in releases])
         return 0
     if not releases:
         print("no releases" + (f" of {args.app}" if args.app else ""), file=sys.stderr)
         return 0
     for r in releases:
-        rel = r.release
         dirty = " dirty" if r.dirty else ""
-        print(f"{rel.timestamp}  {rel.app:<16} {rel.short_hash}{dirty:<6} {rel.user:<12} {r.note}")
-        print(f"    {rel.name}")
+        print(f"{r.datetime}  {r.app:<16} {r.hash[:7]}{dirty:<6} {r.user:<12} {r.note}")
+        print(f"    {r.name}")
     return 0

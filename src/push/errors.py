@@ -12,6 +12,7 @@ class from that name (`error_class`).
     │   ├── InvalidName         an app, server, unit, user or host name (.kind, .value)
     │   ├── InvalidKey          an object key that is not a safe relative path (.key)
     │   ├── InvalidRelease      a release name or release metadata off the format (.name)
+    │   │   └── AmbiguousRelease  (push.lookup) a hash prefix several releases share (.matches)
     │   ├── InvalidRelation     a Debian dependency (push.debian)
     │   ├── InvalidConfig       skiapush.conf (.path)
     │   ├── InvalidStoreURL     a --store / PUSH_STORE value (.url)
@@ -20,7 +21,8 @@ class from that name (`error_class`).
     ├── InvalidData             an object in the bucket that is not what Push writes (.key)
     │   └── InvalidServerFile   server/{name}.json (.server)
     ├── NotFound                no such object, release, app or history (.key)
-    │   └── UnknownServer       a server skiapush.conf does not list (.server, .source)
+    │   ├── UnknownServer       a server skiapush.conf does not list (.server, .source)
+    │   └── UnknownApp          (push.lookup) no release and no server's appNames (.app, .near)
     ├── Conflict                someone else changed it first: nothing was written (.key)
     │   └── ChangedMeanwhile    (push.fleet) an app's entry is not what the user saw
     ├── AccessDenied            who is asking may not do this

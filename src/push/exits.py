@@ -18,6 +18,7 @@ from push.errors import (
 )
 
 USAGE = 2  # also argparse's own code for a bad command line
+PROBLEMS = 7  # `push status --problems` found some: not an error of the command itself
 INTERRUPTED = 130
 
 EXIT_CODES: dict[type[PushError], int] = {
@@ -39,3 +40,17 @@ def exit_code(error: PushError) -> int:
         if code is not None:
             return code
     return 1
+
+
+# What each code means, for `push --help` and docs/push-server.md.
+MEANINGS: tuple[tuple[int, str], ...] = (
+    (0, "done"),
+    (1, "failed: not found (no such server, app, release or history), invalid input, a failed build"),
+    (USAGE, "usage: a bad command line, skiapush.conf, --store URL or signing key"),
+    (3, "conflict: changed meanwhile (by someone else); nothing was written"),
+    (4, "the store or the push server cannot be used (unreachable, missing, not Push)"),
+    (5, "access denied: not signed in, not allowed by a role or skiapush.conf"),
+    (6, "untrusted: a signature or statement that does not hold"),
+    (PROBLEMS, "push status --problems found problems"),
+    (INTERRUPTED, "interrupted"),
+)

@@ -2,7 +2,8 @@
 
 Both front ends call these operations: the push server (`push serve`) and the CLI when it
 goes straight to the bucket. Every operation enforces skiapush.conf, writes the server
-file by compare-and-swap, records the change in the history and fires the triggers, so the
+file by compare-and-swap, signs it when the context has a deploy key (push.serversigning),
+records the change in the history and fires the triggers, so the
 two front ends cannot disagree; each answers with the same typed result (`Change`,
 `FleetDeploy`, `RollbackTarget`), which the API returns and the CLI prints. Reading the
 fleet is push.fleetview (the snapshots) and push.fleetstate (one server's state).
@@ -17,16 +18,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from push import serverfile, status, unitrequests
+from push import lookup, serverfile, serversigning, status, unitrequests
 from push.catalog import Catalog
 from push.config import Config
 from push.errors import Conflict, InvalidData, InvalidRequest, NotFound, PushError, StoreUnavailable
 from push.history import History, Record, new_record
 from push.layout import server_file_key
 from push.model import Model
-from push.names import check_app, check_note, check_server, check_unit
-from push.release import Release, ReleaseInfo, app_of
+from push.names import check_note, check_server, check_unit
+from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile
+from push.signing import SigningKey
 from push.status import AgentStatus
 from push.store import Store
 from push.triggers import Triggers
@@ -151,12 +153,14 @@ class Context:
     history: History
     triggers: Triggers | None = None
     via: str = ""
+    deploy_key: SigningKey | None = None   # signs every server file written (docs/trust.md)
 
     @classmethod
     def open(cls, store: Store, config: Config, *, catalog: Catalog | None = None,
-             triggers: Triggers | None = None, via: str = "") -> Context:
+             triggers: Triggers | None = None, via: str = "", deploy_key: SigningKey | None = None) -> Context:
         # `catalog or ...` would load it: a Catalog's len() reads the whole bucket.
-        return cls(store, config, catalog if catalog is not None else Catalog(store), History(store), triggers, via)
+        return cls(store, config, catalog if catalog is not None else Catalog(store), History(store), triggers, via,
+                   deploy_key)
 
 
 class _Mismatch(Exception):
@@ -211,6 +215,19 @@ def check_may_create(ctx: Context, server: str, app: str) -> None:
             f"or restore the file", key=key, server=server, app=app, found=found, last_change=last)
 
 
+def _sign(ctx: Context, after: ServerFile) -> PushError | None:
+    """Sign the server file just written (with the deploy key, if any); the error, if signing failed."""
+    if ctx.deploy_key is None:
+        return None
+    assert after.generation is not None
+    try:
+        serversigning.sign_written(ctx.store, after.server, after.to_bytes(), after.generation, ctx.deploy_key)
+    except PushError as e:  # the change stands; until signed, agents that verify keep what they run
+        return StoreUnavailable(f"the change was made, but its statement could not be written ({e}): agents that "
+                                f"verify will not follow it until `push resign {after.server}` signs it")
+    return None
+
+
 def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseInfo | None,
                  action: str, expected_from: Any, note: str) -> Change:
     """The one write path for deploy, rollback and remove: CAS on the server file. A removal
@@ -233,12 +250,15 @@ def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseI
     from_, to = _current(before, app), _current(after, app)
     if before.entries == after.entries:
         return Change(server=server, app=app, action=action, from_=from_, to=to, changed=False)
+    unsigned = _sign(ctx, after)  # before the trigger: a woken agent finds the statement
     record = new_record(who, server, app, action, from_=from_, to=to, note=note, via=ctx.via)
     try:
         _record(ctx, record)
     finally:
         _fire(ctx, server, to or f"{app}/")
     log.info("%s: %s %s on %s: %s -> %s", who, action, app, server, from_, to)
+    if unsigned is not None:
+        raise unsigned
     return Change(server=server, app=app, action=action, from_=from_, to=to, changed=True, record=record)
 
 
@@ -246,26 +266,48 @@ def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = 
            latest: bool = False, expected_from: Any = ANY, note: str = "") -> Change:
     """Make `server` run `release` (or the newest release of `app` with latest=True).
 
-    Refused (NotFound / NotAllowed) unless skiapush.conf allows `app` on `server`, whatever
-    the caller asked. With `expected_from`, refused with ChangedMeanwhile if the app's entry
-    is no longer that release (None: not deployed), so no edit is ever silently lost.
+    `release` is any name push.lookup takes (full name, hash prefix, latest, previous).
+    Refused (UnknownApp / NotFound / NotAllowed) unless skiapush.conf allows `app` on
+    `server`, whatever the caller asked. With `expected_from`, refused with ChangedMeanwhile
+    if the app's entry is no longer that release (None: not deployed), so no edit is ever
+    silently lost.
     """
     check_server(server)
-    check_app(app)
+    require_app(ctx, app)
     check_note(note)
     ctx.config.check_allowed(server, app)
     if latest == (release is not None):
         raise InvalidRequest("give either a release or latest, not both" if latest
                              else "no release given (or use latest)")
-    if latest:
-        ctx.catalog.refresh()
-        info = ctx.catalog.latest(app)
-    else:
-        assert release is not None
-        if app_of(release) != app:
-            raise InvalidRequest(f"release {release!r} is not a release of {app!r}")
-        info = ctx.catalog.get(release)
-    return _set_release(ctx, who, server, app, info, "deploy", expected_from, note)
+    info = lookup.release(ctx.catalog, app, lookup.LATEST if latest else str(release),
+                          previous=lambda: rollback_target(ctx, server, app).to)
+    return _set_release(ctx, who, server, app, info, "deploy", _expected_name(ctx, app, expected_from), note)
+
+
+def _expected_name(ctx: Context, app: str, expected_from: Any) -> Any:
+    """What the caller expects there, by its full name: a short name (a hash prefix,
+    latest) is resolved; a full name is compared as it is (its release may be gone)."""
+    if isinstance(expected_from, str) and "/" not in expected_from:
+        return lookup.release(ctx.catalog, app, expected_from).name
+    return expected_from
+
+
+def _present_on(ctx: Context, server: str, app: str) -> bool:
+    """Whether `server`'s file names `app` or its agent reports it installed."""
+    try:
+        sf = serverfile.read(ctx.store, server)
+        if sf is not None and app in sf.apps:
+            return True
+        report = status.read(ctx.store, server)
+    except PushError:
+        return False
+    st = report.apps.get(app) if report is not None else None
+    return st is not None and bool(st.installed or st.package or st.state == "unmanaged")
+
+
+def require_app(ctx: Context, app: str) -> str:
+    """`app` if Push knows it; UnknownApp with near names otherwise (push.lookup)."""
+    return lookup.require_app(ctx.catalog, ctx.config, app)
 
 
 class RollbackTarget(Model, frozen=True):
@@ -294,7 +336,7 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
              expected_to: Any = ANY, note: str = "") -> Change:
     """Return `app` on `server` to the release it ran before the current one, by the history."""
     check_server(server)
-    check_app(app)
+    require_app(ctx, app)
     check_note(note)
     ctx.config.check_allowed(server, app)
     plan = rollback_target(ctx, server, app)
@@ -312,11 +354,18 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
 def remove(ctx: Context, who: str, server: str, app: str, *, expected_from: Any = ANY,
            note: str = "") -> Change:
     """Take `app` off `server` (pulld then removes its package). Works for apps the config
-    no longer allows, so they can be cleaned up."""
-    check_app(app)
+    no longer allows, so they can be cleaned up, and for apps Push no longer knows (no release
+    left, in no appNames) that the server's file names or its agent reports installed, so an
+    unmanaged app can always be taken off."""
+    try:
+        require_app(ctx, app)
+    except lookup.UnknownApp:
+        ctx.config.require_server(server)
+        if not _present_on(ctx, server, app):
+            raise
     check_note(note)
     ctx.config.require_server(server)
-    return _set_release(ctx, who, server, app, None, "remove", expected_from, note)
+    return _set_release(ctx, who, server, app, None, "remove", _expected_name(ctx, app, expected_from), note)
 
 
 class Deployed(Change, frozen=True):
@@ -358,15 +407,37 @@ def servers_running(ctx: Context, app: str) -> list[str]:
     return out
 
 
+class EverywherePlan(Model, frozen=True):
+    """What a fleet-wide deploy would change now: the release a name resolves to, and each
+    server that runs the app with the release it runs (the guard shows these and sends them
+    back as `expected`, so exactly those servers change, each only if unchanged)."""
+
+    app: str
+    release: str = Field(description="the release's full name")
+    servers: dict[str, str | None] = Field(description="server -> the release it runs now (null: none)")
+
+
+def plan_everywhere(ctx: Context, app: str, release: str) -> EverywherePlan:
+    """The servers a deploy of `release` (any name but `previous`) to every server that
+    runs `app` would change, and what each runs now."""
+    require_app(ctx, app)
+    name = lookup.release(ctx.catalog, app, release).name
+    current = {server: _current(serverfile.read(ctx.store, server) or ServerFile(server), app)
+               for server in servers_running(ctx, app)}
+    return EverywherePlan(app=app, release=name, servers=current)
+
+
 def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
                       expected: dict[str, str | None] | None = None, note: str = "") -> FleetDeploy:
     """Deploy `release` to every server that runs `app`, each by its own compare-and-swap.
 
     With `expected` (server -> release the user saw), exactly those servers are changed,
     each only if it still runs what the user saw. One server's failure stops no other.
+    `release` is any name push.lookup takes but `previous` (which differs per server).
     """
-    check_app(app)
+    require_app(ctx, app)
     check_note(note)
+    release = lookup.release(ctx.catalog, app, release).name
     servers = list(expected) if expected is not None else servers_running(ctx, app)
     outcomes: list[Deployed | Refused] = []
     for server in servers:
@@ -426,7 +497,7 @@ def unit_action(ctx: Context, who: str, server: str, unit: str, action: str, *,
                   record=record, request=request)
 
 
-def direct_context(store: Store, config: Config, via: str) -> Context:
+def direct_context(store: Store, config: Config, via: str, deploy_key: SigningKey | None = None) -> Context:
     """A context for the CLI going straight to the bucket: GCE triggers are sent in-line."""
-    return Context.open(store, config, triggers=Triggers(config), via=via)
+    return Context.open(store, config, triggers=Triggers(config), via=via, deploy_key=deploy_key)
 

@@ -22,11 +22,11 @@ from push.serverfile import ServerFile
 from push.status import AgentStatus
 
 Mark = Literal["out_of_date", "dirty", "drift", "failed", "not_allowed", "no_report", "unknown_release",
-               "unmanaged"]
+               "untrusted", "unmanaged"]
 MARKS: tuple[str, ...] = get_args(Mark)
 # Marks that make an app a problem; out_of_date and dirty are worth seeing, not fixing now.
 # unmanaged: installed, but the server file does not mention it (left running; only "APP/" removes it).
-PROBLEMS = frozenset({"drift", "failed", "not_allowed", "unknown_release", "unmanaged"})
+PROBLEMS = frozenset({"drift", "failed", "not_allowed", "unknown_release", "untrusted", "unmanaged"})
 
 
 class AppState(Model, frozen=True):
@@ -56,8 +56,13 @@ class ServerState(Model, frozen=True):
     agent_error: str | None = Field(description="an error of the agent not tied to one app")
     file_error: str | None = Field(description="why server/{server}.json cannot be read")
     generation: str | None = Field(description="generation of server/{server}.json")
-    problems: int = Field(description="apps with drift, failed, not_allowed, unknown_release or unmanaged, "
-                                      "plus one for a stale, silent or failing agent or a bad server file")
+    trust: str | None = Field(default=None, description="what the agent verifies: verified, off, releases only, "
+                                                        "server files only (null: an agent from before signatures)")
+    untrusted: list[str] = Field(default_factory=list, description="what the agent refuses now, as "
+                                                                   "'subject: reason' (docs/trust.md)")
+    problems: int = Field(description="apps with drift, failed, not_allowed, unknown_release, untrusted or unmanaged, "
+                                      "plus one for a stale, silent or failing agent, a refused server file "
+                                      "or a bad server file")
     apps: list[AppState]
 
 
@@ -89,6 +94,9 @@ def server_state(server: str, *, allowed: Sequence[str], file: ServerFile | None
     release of each app that has any.
     """
     stale = report.is_stale(now) if report is not None else None
+    trust = report.trust if report is not None else None
+    refused = trust.refused if trust is not None else []
+    untrusted_apps = {r.get("app") for r in refused}
     listed = file.apps if file is not None else []
     apps = list(allowed) + [a for a in listed if a not in allowed]
     # Installed apps the file does not mention (left running by pulld): shown, marked unmanaged.
@@ -124,13 +132,16 @@ def server_state(server: str, *, allowed: Sequence[str], file: ServerFile | None
         if app_report is not None and app_report.state == "failed":
             marks.append("failed")
             error = app_report.error or "failed (the agent gave no reason)"
+        if app in untrusted_apps:
+            marks.append("untrusted")
         if PROBLEMS.intersection(marks):
             problems += 1
         states.append(AppState(
             app=app, allowed=app in allowed, desired=desired, desired_note=info.note if info else None,
             actual=actual, state=app_report.state if app_report is not None else None, error=error,
             units=dict(app_report.units) if app_report is not None else {}, latest=latest, marks=marks))
-    agent_trouble = report is None or bool(stale) or bool(report.error)
+    file_refused = any("app" not in r for r in refused)  # the agent will not follow its server file
+    agent_trouble = report is None or bool(stale) or bool(report.error) or file_refused
     return ServerState(
         server=server,
         last_seen=report.time if report is not None else None,
@@ -140,6 +151,8 @@ def server_state(server: str, *, allowed: Sequence[str], file: ServerFile | None
         agent_error=report.error if report is not None else None,
         file_error=file_error,
         generation=file.generation if file is not None else None,
+        trust=trust.mode if trust is not None else None,
+        untrusted=[f"{r['subject']}: {r['reason']}" for r in refused],
         problems=problems + (1 if agent_trouble or file_error else 0),
         apps=states,
     )

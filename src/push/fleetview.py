@@ -8,9 +8,15 @@ fleet without a lock. The push server keeps one view for its lifetime; `push sta
 straight to the bucket builds one and reads it once.
 
 Snapshots are built in one place (`FleetView._advance`), one at a time under one lock, each
-from the one before, after one of three looks at the bucket:
-- `refresh()`, the bucket poll: lists server/, status/ and requests/ and reads only the
-  objects whose generation changed;
+from the one before, after one of four looks at the bucket:
+- `refresh()`, the bucket poll: lists the change journal's tail (push.changes) and re-reads
+  only the servers it names: one listing page when nothing changed, whatever the fleet's
+  size;
+- every `full_interval` seconds instead, the full re-list, the safety net for writers that
+  write no journal (the original tools, older agents, heartbeats): lists server/, status/
+  and requests/ and reads only the objects whose generation changed (the report of an agent
+  that journals its reports, `AgentStatus.journaled`, only once the copy is older than
+  `report_reread`);
 - `refresh_server(server)`, called after this process wrote to that server: re-reads its
   file and its request keys, so a read that starts after the write returned sees it;
 - `refresh_catalog()`: new releases in the catalogue, the same objects.
@@ -37,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
-from push import layout, serverfile, status, timestamps
+from push import changes, layout, serverfile, status, timestamps
 from push.catalog import Catalog
 from push.config import Config
 from push.errors import CorruptObject, InvalidData, NotFound, PushError
@@ -49,6 +55,13 @@ from push.status import AgentStatus
 from push.store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
+
+# The full re-list's interval: how late a change by a writer that writes no journal is seen.
+FULL_INTERVAL = 60.0
+# A report whose writer journals its changes is re-read at a full re-list only when the copy
+# is older than this (its heartbeats say nothing new but its time; well inside the 15
+# minutes after which a report is stale).
+REPORT_REREAD = 600.0
 
 
 def watch_rev(generation: str | None, request_keys: Iterable[str]) -> str:
@@ -196,13 +209,20 @@ class Snapshot:
 class FleetView:
     """Builds snapshots of the fleet and hands out the current one. Thread-safe."""
 
-    def __init__(self, sources: Sources) -> None:
+    def __init__(self, sources: Sources, *, full_interval: float = FULL_INTERVAL,
+                 report_reread: float = REPORT_REREAD) -> None:
         self.sources = sources
+        self.full_interval = full_interval
+        self.report_reread = report_reread
         self._lock = threading.Lock()      # one builder at a time
         self._first = threading.Lock()     # one first load, however many readers wait for it
         self._snapshot: Snapshot | None = None
+        self._journal = changes.Journal(sources.store)
+        self._last_full = float("-inf")    # time.monotonic() of the last full re-list
+        self._report_read_at: dict[str, float] = {}   # server -> when its report was last read
         # For /metrics and the benchmarks.
         self.refreshes = 0
+        self.full_refreshes = 0
         self.object_reads = 0
         self.last_refresh: float | None = None
         self.last_refresh_seconds = 0.0
@@ -227,17 +247,25 @@ class FleetView:
                 if self._snapshot is None:
                     self.refresh(include_catalog=True)
 
-    # -- the three looks at the bucket --------------------------------------------------------
+    # -- the looks at the bucket ----------------------------------------------------------
 
-    def refresh(self, include_catalog: bool = True) -> set[str]:
-        """Poll the bucket (and the catalogue); returns the servers whose watch revision
+    def refresh(self, include_catalog: bool = True, full: bool = False) -> set[str]:
+        """Poll the bucket (and the catalogue): the journal's tail, or every `full_interval`
+        (and with `full`) the full re-list; returns the servers whose watch revision
         changed. If the bucket cannot be listed, the snapshot is rebuilt from what was last
         seen (so `stale` moves on with the clock) and the error raised."""
         if include_catalog:
             self._refresh_catalog()
         start = time.monotonic()
         try:
-            return self._advance(self._look_at_everything)
+            if full or self._snapshot is None or start - self._last_full >= self.full_interval:
+                changed = self._advance(self._look_at_everything)
+                self._last_full = start
+                self.full_refreshes += 1
+                with contextlib.suppress(PushError):  # old entries go at the next full re-list
+                    changes.prune(self.sources.store)
+                return changed
+            return self._advance(self._look_at_journal)
         finally:
             self.refreshes += 1
             self.last_refresh = time.time()
@@ -248,13 +276,13 @@ class FleetView:
         returns the servers whose watch revision changed."""
         check_server(server)
         self.ensure_loaded()  # (a first load that listed before the write is followed by this look)
-        return self._advance(lambda seen: self._look_at_server(seen, server), only=server)
+        return self._advance(lambda seen: (self._look_at_server(seen, server), frozenset((server,))))
 
     def refresh_catalog(self) -> bool:
         """The catalogue's incremental refresh; True if there are new releases."""
         new = self._refresh_catalog()
         if new and self._snapshot is not None:
-            self._advance(lambda seen: seen)
+            self._advance(lambda seen: (seen, None))
         return bool(new)
 
     def _refresh_catalog(self) -> list[ReleaseInfo]:
@@ -270,18 +298,20 @@ class FleetView:
 
     # -- building ---------------------------------------------------------------------------
 
-    def _advance(self, look: Callable[[Seen], Seen], only: str | None = None) -> set[str]:
+    def _advance(self, look: Callable[[Seen], tuple[Seen, frozenset[str] | None]]) -> set[str]:
         """Look at the bucket, build the next snapshot from the last, swap it in; returns the
         servers whose watch revision changed. The one place snapshots are built.
 
-        `only`: the look re-read that one server, so only it is re-checked (a local write
-        costs the same whatever the fleet's size); every other server is carried over as
-        the last snapshot had it, and the next poll re-checks them all."""
+        The look answers what it found and which servers it re-read (None: all of them).
+        Only those are re-checked (a local write, or a journal entry, costs the same whatever
+        the fleet's size); every other server is carried over as the last snapshot had it,
+        and the next full re-list re-checks them all."""
         with self._lock:
             prev = self._snapshot
             prev_seen = prev.seen if prev is not None else EMPTY
+            only: frozenset[str] | None = None
             try:
-                seen = look(prev_seen)
+                seen, only = look(prev_seen)
             except PushError:
                 if prev is not None:
                     self._snapshot = self._build(prev, prev_seen, only)
@@ -292,7 +322,7 @@ class FleetView:
             return set(new.revs)
         return {s for s in new.revs.keys() | prev.revs.keys() if new.rev(s) != prev.rev(s)}
 
-    def _build(self, prev: Snapshot | None, seen: Seen, only: str | None) -> Snapshot:
+    def _build(self, prev: Snapshot | None, seen: Seen, only: frozenset[str] | None) -> Snapshot:
         now = timestamps.now()
         config = self.sources.config
         generation = self.sources.catalog.generation  # read before any lookup: a change meanwhile shows next time
@@ -303,14 +333,14 @@ class FleetView:
             check = config.servers
         else:
             servers = dict(old)
-            check = {only: config.servers[only]} if only in config.servers else {}
+            check = {s: config.servers[s] for s in only if s in config.servers}
             generation = prev.catalog_generation  # the others were checked against that one
             catalog_changed = False
         for name, allowed in check.items():
             servers[name] = self._view(name, allowed, seen, old.get(name), now, catalog_changed)
         revs = {} if only is None or prev is None else dict(prev.revs)
         for server in (seen.files.keys() | seen.requests.keys() | seen.file_errors.keys()
-                       if only is None or prev is None else (only,)):
+                       if only is None or prev is None else only):
             sf = seen.files.get(server)
             err = seen.file_errors.get(server)
             if sf is None and err is None and server not in seen.requests:
@@ -318,7 +348,7 @@ class FleetView:
                 continue
             revs[server] = watch_rev(sf.generation if sf is not None else err[0] if err is not None else None,
                                      seen.requests.get(server, ()))
-        if (prev is not None and _same(seen, prev.seen) and revs == prev.revs and config is prev.config
+        if (prev is not None and _same(seen, prev.seen, only) and revs == prev.revs and config is prev.config
                 and generation == prev.catalog_generation
                 and servers.keys() == old.keys() and all(old[s] is v for s, v in servers.items())):
             return prev  # nothing changed: keep what was computed from it (joined JSON, release map)
@@ -357,8 +387,9 @@ class FleetView:
 
     # -- looking at the bucket ------------------------------------------------------------------
 
-    def _look_at_everything(self, prev: Seen) -> Seen:
-        """List server/, status/ and requests/; read only the objects whose generation changed."""
+    def _look_at_everything(self, prev: Seen) -> tuple[Seen, None]:
+        """List server/, status/ and requests/; read only the objects whose generation changed
+        (a report whose agent journals its changes only when the copy is old: see REPORT_REREAD)."""
         store = self.sources.store
         problems: dict[str, tuple[str, str]] = {}
 
@@ -367,6 +398,8 @@ class FleetView:
                 problems[info.key] = (info.generation, info.damaged)
             return info.damaged is not None
 
+        self._journal.covered_until(time.time_ns())  # every write journaled before now is listed below
+        now = time.monotonic()
         file_gens = {server: i.generation for i in store.list(layout.SERVER)
                      if (server := layout.server_of_file_key(i.key)) is not None}
         report_gens = {server: i.generation for i in store.list(layout.STATUS)
@@ -404,7 +437,8 @@ class FleetView:
         reports: dict[str, tuple[str, AgentStatus]] = {}
         for server, gen in report_gens.items():
             old_report = prev.reports.get(server)
-            if old_report is not None and old_report[0] == gen:
+            if old_report is not None and (old_report[0] == gen or (
+                    old_report[1].journaled and now - self._report_read_at.get(server, 0.0) < self.report_reread)):
                 reports[server] = old_report
                 continue
             key = layout.status_key(server)
@@ -412,47 +446,105 @@ class FleetView:
             if bad is not None and bad[0] == gen:
                 problems[key] = bad
                 continue
-            try:
-                got = store.get(key)
-                self.object_reads += 1
-                assert got is not None
-                reports[server] = (got[1].generation, status.parse(got[0], key))
-            except NotFound:  # gone meanwhile
-                continue
-            except (InvalidData, CorruptObject) as e:  # not a report: shown as no report, and as a problem
-                log.warning("cannot read %s: %s", key, e)
-                problems[key] = (gen, str(e))
-            except PushError:  # not readable now: shown as no report until the next poll
-                continue
+            with contextlib.suppress(NotFound):  # gone meanwhile
+                got_report = self._read_report(server, None, problems, gen)
+                if got_report is not None:
+                    reports[server] = got_report
         for server, (gen, why) in file_errors.items():
             problems[layout.server_file_key(server)] = (gen, why)
-        return Seen(files, file_errors, reports, {s: tuple(sorted(k)) for s, k in requests.items()}, problems)
+        return Seen(files, file_errors, reports, {s: tuple(sorted(k)) for s, k in requests.items()}, problems), None
 
-    def _look_at_server(self, prev: Seen, server: str) -> Seen:
-        """Re-read one server's file (if its generation changed) and list its unit requests."""
-        store = self.sources.store
-        files, file_errors, requests = dict(prev.files), dict(prev.file_errors), dict(prev.requests)
-        old = prev.files.get(server)
+    def _read_report(self, server: str, generation: str | None, problems: dict[str, tuple[str, str]],
+                     listed_generation: str = "") -> tuple[str, AgentStatus] | None:
+        """The server's report unless still at `generation`; None if unchanged, not a report
+        or not readable now (shown as no report); NotFound if there is none. A report that is
+        no report (damaged, malformed) is put in `problems` with its generation; a readable
+        one takes its key out."""
+        key = layout.status_key(server)
+        got = None
         try:
-            sf = serverfile.read(store, server, if_generation_not_match=old.generation if old else None)
-        except InvalidData:  # written meanwhile by someone else: the next poll records why
-            sf = None
+            got = self.sources.store.get(key, if_generation_not_match=generation)
+            if got is None:
+                return None
+            self.object_reads += 1
+            self._report_read_at[server] = time.monotonic()
+            read = got[1].generation, status.parse(got[0], key)
+        except NotFound:
+            problems.pop(key, None)
+            raise
+        except (InvalidData, CorruptObject) as e:  # not a report: shown as no report, and as a problem
+            log.warning("cannot read %s: %s", key, e)
+            problems[key] = (got[1].generation if got is not None else listed_generation, str(e))
+            return None
+        except PushError:  # not readable now: shown as no report until the next poll
+            return None
+        problems.pop(key, None)
+        return read
+
+    def _look_at_journal(self, prev: Seen) -> tuple[Seen, frozenset[str]]:
+        """The journal's tail; re-read only what its entries name."""
+        entries = self._journal.read()
+        if not entries:
+            return prev, frozenset()
+        files, file_errors = dict(prev.files), dict(prev.file_errors)
+        reports, requests = dict(prev.reports), dict(prev.requests)
+        problems = dict(prev.problems)
+        for kind, server in dict.fromkeys(entries):
+            if kind == changes.SERVER:
+                self._reread_file(server, files, file_errors)
+            elif kind == changes.STATUS:
+                old = reports.get(server)
+                try:
+                    got = self._read_report(server, old[0] if old is not None else None, problems)
+                except NotFound:
+                    reports.pop(server, None)
+                    continue
+                if got is not None:
+                    reports[server] = got
+            elif kind == changes.REQUESTS:
+                self._relist_requests(server, requests)
+        servers = {s for k, s in entries if k == changes.SERVER}
+        return (Seen(files, file_errors, reports, requests, _file_problems(problems, file_errors, servers)),
+                frozenset(s for _, s in entries))
+
+    def _reread_file(self, server: str, files: dict[str, ServerFile],
+                     file_errors: dict[str, tuple[str, str]]) -> None:
+        """Re-read one server's file if its generation changed (a bad file is recorded with its generation)."""
+        old = files.get(server)
+        try:
+            sf = serverfile.read(self.sources.store, server, if_generation_not_match=old.generation if old else None)
+        except (InvalidData, CorruptObject) as e:  # one bad file: recorded, every other read goes on
+            log.warning("cannot read %s: %s", layout.server_file_key(server), e)
+            try:
+                gen = self.sources.store.stat(layout.server_file_key(server)).generation
+            except CorruptObject:  # its header too: no generation to tell a rewrite by
+                gen = ""
+            except PushError:
+                return
+            files.pop(server, None)
+            file_errors[server] = (gen, str(e))
+            return
         if sf is not None:
             self.object_reads += 1
             files.pop(server, None)
             file_errors.pop(server, None)
             if sf.generation is not None:
                 files[server] = sf
-        keys = tuple(sorted(i.key for i in store.list(layout.requests_prefix(server))
+
+    def _relist_requests(self, server: str, requests: dict[str, tuple[str, ...]]) -> None:
+        keys = tuple(sorted(i.key for i in self.sources.store.list(layout.requests_prefix(server))
                             if layout.request_of_key(i.key) is not None))
         if keys:
             requests[server] = keys
         else:
             requests.pop(server, None)
-        problems = dict(prev.problems)
-        if server not in file_errors:
-            problems.pop(layout.server_file_key(server), None)
-        return Seen(files, file_errors, prev.reports, requests, problems)
+
+    def _look_at_server(self, prev: Seen, server: str) -> Seen:
+        """Re-read one server's file (if its generation changed) and list its unit requests."""
+        files, file_errors, requests = dict(prev.files), dict(prev.file_errors), dict(prev.requests)
+        self._reread_file(server, files, file_errors)
+        self._relist_requests(server, requests)
+        return Seen(files, file_errors, prev.reports, requests, _file_problems(prev.problems, file_errors, [server]))
 
     # -- reading (each call reads one snapshot) --------------------------------------------------
 
@@ -501,11 +593,31 @@ class FleetView:
         return out
 
 
-def _same(a: Seen, b: Seen) -> bool:
-    """Whether two looks found the very same objects (not merely equal ones)."""
+def _file_problems(problems: Mapping[str, tuple[str, str]], file_errors: Mapping[str, tuple[str, str]],
+                   servers: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """`problems` with the server files of `servers` as `file_errors` now says (after a re-read)."""
+    out = dict(problems)
+    for server in servers:
+        key = layout.server_file_key(server)
+        if server in file_errors:
+            out[key] = file_errors[server]
+        else:
+            out.pop(key, None)
+    return out
+
+
+def _same(a: Seen, b: Seen, only: frozenset[str] | None = None) -> bool:
+    """Whether two looks found the very same objects (not merely equal ones). With `only`,
+    the look changed nothing but those servers' entries (it carried the others over), so
+    only theirs are compared: a local write or a journal entry costs the same whatever the
+    fleet's size (comparing every server made a fleet-wide deploy quadratic)."""
     if a is b:
         return True
     pairs: tuple[tuple[Mapping[str, object], Mapping[str, object]], ...] = (
-        (a.files, b.files), (a.file_errors, b.file_errors), (a.reports, b.reports), (a.requests, b.requests),
-        (a.problems, b.problems))
+        (a.files, b.files), (a.file_errors, b.file_errors), (a.reports, b.reports), (a.requests, b.requests))
+    if a.problems != b.problems:  # few, and keyed by object: compared whole
+        return False
+    if only is not None:
+        return all(len(x) == len(y) and all(x.get(s) is y.get(s) or x.get(s) == y.get(s) for s in only)
+                   for x, y in pairs)
     return all(x.keys() == y.keys() and all(v is y[k] or v == y[k] for k, v in x.items()) for x, y in pairs)

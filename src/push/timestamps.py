@@ -17,6 +17,7 @@ from datetime import datetime, timedelta, timezone
 FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 RELEASE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 ID_RE = re.compile(r"(\d{20})-([0-9a-f]{8})")
+_RELEASE_TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", re.ASCII)
 
 
 def now() -> datetime:
@@ -52,7 +53,11 @@ def release_text(t: datetime) -> str:
 
 def parse_release_text(text: str) -> datetime:
     """The time part of a release name; ValueError if it is not `YYYY-MM-DDTHH:MM:SSZ`."""
-    return datetime.strptime(text, RELEASE_FORMAT).replace(tzinfo=timezone.utc)
+    # fromisoformat behind an exact pattern: strptime took 40 µs, most of the cost of reading
+    # one release from the catalogue index.
+    if not _RELEASE_TIME_RE.fullmatch(text):
+        raise ValueError(f"time {text!r} is not YYYY-MM-DDTHH:MM:SSZ")
+    return datetime.fromisoformat(text[:-1]).replace(tzinfo=timezone.utc)
 
 
 def new_id(now_ns: int | None = None) -> str:

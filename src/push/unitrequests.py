@@ -12,7 +12,7 @@ from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
-from push import layout, timestamps
+from push import changes, layout, timestamps
 from push.errors import InvalidData, InvalidRequest, NotFound, PushError
 from push.model import Model
 from push.names import check_app, check_server, check_unit
@@ -81,6 +81,7 @@ def create(store: Store, server: str, app: str, unit: str, action: str, who: str
                       action=action,
                       who=who, time=timestamps.now_text(), expires=timestamps.text_in(ttl), history_id=history_id)
     info = store.put(req.key, req.to_bytes(indent=1), if_absent=True, content_type="application/json")
+    changes.record(store, changes.REQUESTS, server)  # a new key: the server's watch revision moves
     return req.model_copy(update={"generation": info.generation})
 
 
@@ -133,4 +134,6 @@ def prune(store: Store, server: str, keep_seconds: float = KEEP_SECONDS) -> int:
                 gone += 1
             except PushError:
                 continue
+    if gone:
+        changes.record(store, changes.REQUESTS, server)
     return gone

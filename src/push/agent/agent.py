@@ -30,6 +30,7 @@ from push.agent.plan import Plan, plan
 from push.agent.publisher import Publisher
 from push.agent.services import ServiceManager
 from push.agent.state import AgentState
+from push.agent.trust import Trust, TrustOptions
 from push.agent.unitactions import act_on_requests
 from push.errors import InvalidServerFile, NotFound, PushError
 from push.layout import server_file_key
@@ -53,6 +54,7 @@ class AgentOptions:
     requests_interval: float = 60.0            # look for unit requests at least this often when polling
     self_app: str = SELF_APP
     hostname: str = field(default_factory=socket.gethostname)
+    trust: TrustOptions = field(default_factory=TrustOptions)   # no keys: nothing verified
 
     @property
     def sandbox_root(self) -> Path | None:
@@ -91,13 +93,16 @@ class Agent:
         self.downloads = self.state_dir / "downloads"
         self.state = _load_state(self.state_dir)
         self.failures = Failures(options.backoff)
+        self.trust = Trust.load(options.trust, self.state_dir)
         self.executor = Executor(store, self.dpkg, services, self.state, self.failures, downloads=self.downloads,
                                  self_app=options.self_app, metrics=self.metrics,
-                                 rate_limit=options.download_rate_limit)
+                                 rate_limit=options.download_rate_limit, trust=self.trust)
         self.publisher = Publisher(store, interval=options.report_interval, metrics=self.metrics)
         self.step_count = 0
-        # The server file as last read, and its generation (for conditional reads).
+        # The server file followed (None: none, or not trusted), the one last read (its bytes,
+        # as parsed), and its generation (for conditional reads).
         self._server_file: ServerFile | None = None
+        self._read: tuple[bytes, ServerFile | None] | None = None
         self._generation: str | None = None
         self._server_file_error: str | None = None
         self._recovered = False
@@ -153,9 +158,10 @@ class Agent:
                 return f"cannot recover in {self.state_dir}: {e}"
         try:
             self._read_server_file()
+            untrusted = self._check_trust()
         except PushError as e:  # the store only ever raises these (push.store.base)
             return f"cannot read {server_file_key(self.server)}: {e}"
-        return self._server_file_error
+        return self._server_file_error or untrusted
 
     def _read_server_file(self) -> None:
         """Conditional read (nothing is downloaded while its generation is unchanged); a
@@ -164,7 +170,7 @@ class Agent:
         try:
             got = self.store.get(key, if_generation_not_match=self._generation)
         except NotFound:
-            self._server_file, self._generation = None, None
+            self._read, self._generation = None, None
             self._server_file_error = (f"no server file {key} in {self.store.url}: "
                                        "nothing is installed or removed until there is one")
             self.metrics.server_file_reads.labels("missing").inc()
@@ -176,12 +182,22 @@ class Agent:
         self.metrics.server_file_reads.labels("yes").inc()
         self._generation = info.generation
         try:
-            self._server_file = ServerFile.parse(self.server, data, info.generation)
+            self._read = (data, ServerFile.parse(self.server, data, info.generation))
             self._server_file_error = None
         except InvalidServerFile as e:
             # Keep running what runs now; the file is read again once its generation changes.
-            self._server_file = None
+            self._read = (data, None)
             self._server_file_error = str(e)
+
+    def _check_trust(self) -> str | None:
+        """Decide which file to follow: the one read, unless trusted deploy keys refuse it (then
+        none: what runs keeps running). Checked every step, so an expiry shows without a change."""
+        parsed = self._read[1] if self._read is not None else None
+        refused = None
+        if parsed is not None and self._read is not None:
+            refused = self.trust.check_server_file(self.store, self.server, self._read[0])
+        self._server_file = parsed if refused is None else None
+        return refused
 
     def _plan(self) -> Plan:
         """The plan of the moment; the metadata it lacks is read first, then it is made again."""
@@ -223,7 +239,8 @@ class Agent:
         units = {p.app: self.executor.unit_states(p.row) for p in planned if p.row is not None and p.row.ok}
         return report.build(planned, server=self.server, hostname=self.options.hostname, time=timestamps.now_text(),
                             step=self.step_count, generation=self._generation, failures=self.failures.apps,
-                            unit_errors=self.failures.units, units=units, error=error, working=working)
+                            unit_errors=self.failures.units, units=units, error=error, working=working,
+                            trust=self.trust.status(self.failures.apps))
 
     def _finish(self, done: AgentStatus, started: float) -> bool:
         self._last_error = done.error

@@ -41,7 +41,8 @@ def clean(directory: Path) -> int:
 
 
 def fetch(store: Store, info: ReleaseInfo, directory: Path, *, rate_limit: float | None = None,
-          on_bytes: Callable[[int], None] | None = None) -> Path:
+          on_bytes: Callable[[int], None] | None = None,
+          check: Callable[[str, int], None] | None = None) -> Path:
     """Download `info`'s .deb into `directory`, verified; the caller deletes the file.
 
     VerificationFailed when size or sha256 differ from the metadata, DiskFull when there is
@@ -90,6 +91,8 @@ def fetch(store: Store, info: ReleaseInfo, directory: Path, *, rate_limit: float
         if info.sha256 is None:
             log.warning("release has no sha256 metadata; checked by size only",
                         extra={"event": "download.unverified", "release": info.name})
+        if check is not None:
+            check(got, size)
         os.rename(partial, final)
         return final
     except OSError as e:

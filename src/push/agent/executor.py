@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from push.agent import download
@@ -23,7 +24,8 @@ from push.agent.metrics import Metrics
 from push.agent.plan import Action, AppPlan, Plan, installed_release
 from push.agent.services import ServiceManager
 from push.agent.state import AgentState
-from push.errors import InvalidRelease, NotFound, PushError
+from push.agent.trust import Trust
+from push.errors import InvalidRelease, NotFound, PushError, Untrusted
 from push.release import Release, ReleaseInfo
 from push.store import Store
 from push.units import units_in, units_to_start
@@ -36,7 +38,7 @@ class Executor:
 
     def __init__(self, store: Store, dpkg: Dpkg, services: ServiceManager, record: AgentState,
                  failures: Failures, *, downloads: Path, self_app: str, metrics: Metrics,
-                 rate_limit: float | None = None) -> None:
+                 rate_limit: float | None = None, trust: Trust | None = None) -> None:
         self.store = store
         self.dpkg = dpkg
         self.services = services
@@ -46,6 +48,7 @@ class Executor:
         self.self_app = self_app
         self.metrics = metrics
         self.rate_limit = rate_limit
+        self.trust = trust                           # None: nothing verified (no keys)
         self.metadata: dict[str, ReleaseInfo] = {}   # by release name (releases are create-only)
         self.restart_requested = False               # pulld's own release was installed: re-exec
         self._installed: dict[str, InstalledPackage] | None = None
@@ -139,8 +142,7 @@ class Executor:
         path: Path | None = None
         started = time.monotonic()
         try:
-            path = download.fetch(self.store, info, self.downloads, rate_limit=self.rate_limit,
-                                  on_bytes=self.metrics.download_bytes.inc)
+            path = self._fetch_verified(app, info, on_bytes=self.metrics.download_bytes.inc)
             fields = self.dpkg.deb_fields(path)
             for key, got in (("package", fields.package), ("version", fields.version)):
                 want = info.extra.get(key)
@@ -173,6 +175,9 @@ class Executor:
         except AgentError as e:
             self._install_failed(app, rel.name, str(e))
             return
+        except Untrusted as e:  # not signed as the trusted keys require: what runs keeps running
+            self._install_failed(app, rel.name, f"untrusted ({e.reason}): {e}")
+            return
         except PushError as e:
             self._install_failed(app, rel.name, f"download failed: {e}")
             return
@@ -195,6 +200,18 @@ class Executor:
         self._start_units(app, fields.package, fields.version, installed_at=installed_at)
         rec.units_pending = False
         self.record.save()
+
+    def _fetch_verified(self, app: str, info: ReleaseInfo, on_bytes: Callable[[int], None] | None = None) -> Path:
+        """Download `info`'s .deb; with trusted release keys, only a release whose signature
+        holds, and only if the download is the signed file (else Untrusted, nothing kept)."""
+        statement = self.trust.check_release(app, info) if self.trust is not None else None
+
+        def check(sha256: str, size: int) -> None:
+            if self.trust is not None:
+                self.trust.check_download(app, statement, sha256, size)
+
+        return download.fetch(self.store, info, self.downloads, rate_limit=self.rate_limit, on_bytes=on_bytes,
+                              check=check)
 
     def _install_failed(self, app: str, release: str, error: str) -> None:
         self.failures.fail(app, release, error)
@@ -219,7 +236,7 @@ class Executor:
                                                   and prev_row.version == prev_version):
             try:
                 prev = self.release_info(Release.parse(prev_release))
-                path = download.fetch(self.store, prev, self.downloads, rate_limit=self.rate_limit)
+                path = self._fetch_verified(app, prev)
                 try:
                     self.dpkg.install(path, force_depends=self.dpkg.sandbox)  # its Depends were met before
                 finally:

@@ -15,8 +15,10 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from push import __version__
 from push.agent.agent import SELF_APP, Agent, AgentOptions
@@ -28,6 +30,7 @@ from push.agent.services import ServiceManager, SystemdManager
 from push.agent.state import StateLock
 from push.agent.supervisor import SandboxSupervisor
 from push.agent.triggers import GceMetadataTrigger, Wakeup, WatchTrigger, gce_instance_name
+from push.agent.trust import TrustOptions
 from push.errors import InvalidRequest, PushError
 from push.exits import INTERRUPTED, exit_code
 from push.names import check_server
@@ -130,8 +133,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("json", "text"), default="json", help="log lines (default json)")
     p.add_argument("--stop-units", action="store_true",
                    help="with --root: stop every unit the sandbox supervisor runs there, and exit")
+    trust = p.add_argument_group("trust (docs/trust.md)", "Without trusted keys nothing is verified, and the report "
+                                 "says so. A flag given replaces its PULLD_* variable (read from /etc/default/pulld).")
+    trust.add_argument("--trust-release-key", action="append", type=Path, metavar="FILE",
+                       help="install only releases signed by this public key (NAME.pub); repeatable "
+                            "(default: $PULLD_TRUST_RELEASE_KEYS, space-separated)")
+    trust.add_argument("--trust-deploy-key", action="append", type=Path, metavar="FILE",
+                       help="follow the server file only if its statement is signed by this public key; repeatable "
+                            "(default: $PULLD_TRUST_DEPLOY_KEYS, space-separated)")
+    trust.add_argument("--revoked-key", action="append", metavar="KEYID",
+                       help="refuse anything signed by this key id, even if its key is trusted; repeatable "
+                            "(default: $PULLD_REVOKED_KEYS, space-separated)")
     p.add_argument("--version", action="version", version=f"pulld {__version__}")
     return p
+
+
+def trust_options(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> TrustOptions:
+    """The trust settings: each flag, else its PULLD_* variable (space-separated)."""
+    def given(flag: list[Any] | None, variable: str) -> list[str]:
+        return [str(v) for v in flag] if flag else environ.get(variable, "").split()
+
+    return TrustOptions(release_keys=tuple(Path(p) for p in given(args.trust_release_key, "PULLD_TRUST_RELEASE_KEYS")),
+                        deploy_keys=tuple(Path(p) for p in given(args.trust_deploy_key, "PULLD_TRUST_DEPLOY_KEYS")),
+                        revoked=tuple(given(args.revoked_key, "PULLD_REVOKED_KEYS")))
 
 
 def setup_logging(fmt: str) -> None:
@@ -186,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
     options = AgentOptions(server=server, root=args.root.absolute() if sandbox else None, state_dir=args.state_dir,
                            backoff=Backoff(base=args.backoff, cap=args.backoff_max),
                            download_rate_limit=args.download_rate_limit, report_interval=args.report_interval,
-                           self_app=SELF_APP)
+                           self_app=SELF_APP, trust=trust_options(args))
     lock = StateLock(options.resolved_state_dir())
     manager = args.service_manager
     if manager == "auto":
@@ -200,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     agent = Agent(store, options, services, dpkg=Dpkg(options.sandbox_root), metrics=metrics)
     log.info("pulld starting", extra={"event": "start", "server": server, "store": store.url,
-                                      "root": str(options.root or "/"), "version": __version__, "once": args.once})
+                                      "root": str(options.root or "/"), "version": __version__, "once": args.once,
+                                      "trust": agent.trust.status({}).mode})
     if args.once:
         try:
             ok = agent.step()

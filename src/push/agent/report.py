@@ -13,24 +13,26 @@ from collections.abc import Mapping
 from push import __version__
 from push.agent.failures import Failure
 from push.agent.plan import Action, AppPlan, Plan
-from push.status import AgentStatus, AppStatus
+from push.status import AgentStatus, AppStatus, TrustStatus
 
 
 def build(plan: Plan, *, server: str, hostname: str, time: str, step: int, generation: str | None,
           failures: Mapping[str, Failure], unit_errors: Mapping[str, str],
-          units: Mapping[str, Mapping[str, str]], error: str | None = None, working: bool = False) -> AgentStatus:
+          units: Mapping[str, Mapping[str, str]], error: str | None = None, working: bool = False,
+          trust: TrustStatus | None = None) -> AgentStatus:
     """The report of `plan`'s apps, in its order.
 
     `units` holds, per app whose package is fully installed, unit -> state. `error` is a
     step-level error (store unreachable, bad server file). With `working`, the report is
     the one published before the plan is carried out: its changes show as installing or
-    removing.
+    removing. `trust` is what the agent verifies and refused (push.agent.trust).
     """
     apps = {p.app: _app(p, failures.get(p.app), unit_errors.get(p.app), units.get(p.app, {}), working)
             for p in plan}
     in_sync = error is None and plan.has_file and all(st.state == "ok" for st in apps.values())
     return AgentStatus(server=server, agent_version=__version__, time=time, hostname=hostname,
-                       server_file_generation=generation, in_sync=in_sync, step=step, apps=apps, error=error)
+                       server_file_generation=generation, in_sync=in_sync, step=step, apps=apps, error=error,
+                       trust=trust, journaled=True)
 
 
 def _app(p: AppPlan, failure: Failure | None, unit_error: str | None, units: Mapping[str, str],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from push.agent.backoff import Backoff
@@ -121,18 +121,27 @@ class WatchTrigger(_Trigger):
     def read_timeout(self) -> float:
         return self.timeout + 15.0
 
-    def poll_once(self, client: httpx.Client) -> None:
+    def params(self) -> dict[str, str]:
+        """The query of the next long-poll (benchmarks/bench_agents.py sends it asynchronously)."""
         params = {"timeout": f"{self.timeout:g}"}
         if self.rev is not None:
             params["since"] = self.rev
-        resp = client.get(self.url, params=params)
-        resp.raise_for_status()
-        rev = str(resp.json()["rev"])
-        # The first answer only tells the current rev (the agent steps at start anyway); after
-        # that, and after a reconnect (since= is kept), any change of rev is a trigger.
-        if self.rev is not None and rev != self.rev:
-            self.fire("watch")
+        return params
+
+    def answered(self, body: Mapping[str, object]) -> bool:
+        """Take the push server's answer; True if it is a trigger. The first answer only
+        tells the current rev (the agent steps at start anyway); after that, and after a
+        reconnect (since= is kept), any change of rev is a trigger."""
+        rev = str(body["rev"])
+        fired = self.rev is not None and rev != self.rev
         self.rev = rev
+        return fired
+
+    def poll_once(self, client: httpx.Client) -> None:
+        resp = client.get(self.url, params=self.params())
+        resp.raise_for_status()
+        if self.answered(resp.json()):
+            self.fire("watch")
 
 
 class GceMetadataTrigger(_Trigger):

@@ -195,13 +195,19 @@ class _PackageSettings:
         )
 
 
-def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adoptable: bool = False) -> BuiltRelease:
+def _quiet(stage: str) -> None:
+    pass
+
+
+def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adoptable: bool = False,
+          on_stage: Callable[[str], None] = _quiet) -> BuiltRelease:
     """Build and check the release `req` describes, in `workdir` (which the caller removes).
 
     With `store`, first make sure it answers and the release's name is free there. With
     `adoptable`, the package is written where `store` can adopt it (its adoption_dir(), if it
     has one) for `upload(..., adopt=True)`; it is removed if the build fails, and is the
-    caller's otherwise.
+    caller's otherwise. `on_stage` hears each stage as it starts (`push release` shows them
+    on a terminal, so a long build is never silent).
     """
     check_app(req.app)
     if len([p for p in (req.root, req.manifest, req.deb) if p is not None]) != 1:
@@ -237,6 +243,7 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adopt
         path, extra, services = _use_prebuilt(req.deb, workdir, warnings)
     else:
         direct = debarchive.can_write(settings.compression, settings.level)
+        on_stage(f"staging the files of {req.app}")
         if loaded is not None:
             tree = staging.stage_manifest(loaded, workdir / "tree")
         else:
@@ -245,6 +252,8 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adopt
             # with DEBIAN/ inside.
             tree = staging.scan_root(req.root) if direct else staging.stage_root(req.root, workdir / "tree")
         dirty = source is not None and source.dirty
+        on_stage(f"staged {tree.files} files ({tree.installed_kib} KiB); compressing ({settings.compression}) "
+                 f"and checking {len(tree.units)} unit(s)")
         package_dir = (store.adoption_dir() if store is not None and adoptable else None) or workdir
         path, extra, services = _build_package(settings, tree, release, now, dirty, note, workdir,
                                                package_dir, direct, warnings)
@@ -252,6 +261,7 @@ def build(req: BuildRequest, workdir: Path, store: Store | None = None, *, adopt
     try:
         sealing = _Sealing(path, durable=settings is not None)  # the user's own --deb needs no fsync
         # lintian reads the package while it is hashed and flushed.
+        on_stage(f"checking {path.name} ({path.stat().st_size // 1024} KiB)" + (" with lintian" if req.lintian else ""))
         lint = Background(checks.lintian, path) if req.lintian else None
         sha256, size = sealing.finish()
         if lint is not None:

@@ -59,6 +59,35 @@ LINTIAN_EXCUSED = (
            "the Maintainer is whoever built the release, which on a build machine may be root"),
 )
 
+# lintian errors whose fix is known, and how to make it: said with the error, so a failed
+# build tells the user what to change, not only what is wrong.
+LINTIAN_FIXES = {
+    "python3-script-but-no-python3-dep":
+        "a script runs python3, which the package does not depend on: add --depends python3 "
+        "(or depends = [\"python3\"] in push.toml)",
+    "python-script-but-no-python-dep":
+        "a script runs python, which the package does not depend on: point its #! at /usr/bin/python3 "
+        "and add --depends python3",
+    "perl-script-but-no-perl-dep":
+        "a script runs perl, which the package does not depend on: add --depends perl",
+    "missing-dep-for-interpreter":
+        "a script's #! interpreter comes from a package this one does not depend on: add it with "
+        "--depends PACKAGE (lintian names the interpreter)",
+    "wrong-path-for-interpreter":
+        "a script's #! line names its interpreter at the wrong path: use the path lintian gives",
+    "package-contains-vcs-control-file":
+        "the root holds version-control files (.git, .gitignore, ...): leave them out of the staged files",
+    "script-not-executable":
+        "a file starting with #! is not executable: chmod +x it, or drop the #! line",
+}
+
+
+def fixes_for(errors: list[str]) -> list[str]:
+    """How to fix each of `errors` (lintian's "tag context" lines) whose tag has a known fix."""
+    tags = dict.fromkeys(e.split(" ", 1)[0] for e in errors)
+    return [f"{tag}: {LINTIAN_FIXES[tag]}" for tag in tags if tag in LINTIAN_FIXES]
+
+
 _LINTIAN_LINE = re.compile(
     r"(?P<severity>[EWIPXOCN]): (?P<package>[^:\s]+)(?: \([^)]*\))?: (?P<tag>\S+)(?: (?P<context>.*))?")
 _NOT_EXECUTABLE = re.compile(r"^(?P<unit>\S+): Command (?P<path>/\S+) is not executable: No such file or directory$")
@@ -184,7 +213,9 @@ def lintian(deb: Path) -> LintianReport:
     if report.errors:
         more = len(report.errors) - 5
         shown = "; ".join(report.errors[:5]) + (f"; and {more} more" if more > 0 else "")
-        raise BuildError(f"lintian found {len(report.errors)} error(s) in {deb.name}: {shown}")
+        fixes = fixes_for(report.errors)
+        how = f". To fix: {'; '.join(fixes)}" if fixes else ""
+        raise BuildError(f"lintian found {len(report.errors)} error(s) in {deb.name}: {shown}{how}")
     if report.checked_tags:
         log.info("lintian: no errors (%d excused) among its %d error tags", len(report.excused),
                  report.checked_tags)

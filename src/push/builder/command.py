@@ -102,6 +102,15 @@ class _ProgressBar:
             sys.stderr.write("\n")
 
 
+def _stage(stage: str) -> None:
+    """A stage of the build as it starts, on a terminal: a long build is never silent."""
+    print(f"push: {stage}", file=sys.stderr, flush=True)
+
+
+def _quiet(stage: str) -> None:
+    pass
+
+
 def _keep(built: BuiltRelease, output: Path, copy: bool) -> None:
     """Put the package at `output`: moved out of the work directory, or copied (the user's own --deb)."""
     if copy:
@@ -115,10 +124,21 @@ def _keep(built: BuiltRelease, output: Path, copy: bool) -> None:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from push.builder import BuildRequest, build, upload
+    from push.builder.errors import BuildError
     from push.store import open_store
 
+    # The root must be there, before anything else is looked at (git, the store, keys).
+    if args.root is not None and not args.root.exists():
+        raise BuildError(f"root directory {args.root.absolute()} does not exist (--root {args.root})")
+    if args.root is not None and not args.root.is_dir():
+        raise BuildError(f"root {args.root.absolute()} is not a directory (--root {args.root})")
     if args.no_upload and args.output is None:
         args.parser.error("--no-upload needs -o FILE, where the package is written")
+    if not args.no_upload and args.store is None and os.environ.get("PUSH_URL"):
+        # A push server takes no uploads: never upload to the default store because only
+        # PUSH_URL was set.
+        args.parser.error("push release uploads straight to the bucket, and only PUSH_URL is set: "
+                          "give --store URL or PUSH_STORE (or --no-upload -o FILE)")
     if args.output is not None and not args.output.absolute().parent.is_dir():
         args.parser.error(f"-o {args.output}: directory {args.output.absolute().parent} does not exist")
     if args.root is None and args.manifest is None and args.deb is None:
@@ -146,7 +166,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     built = None
     try:
         with tempfile.TemporaryDirectory(prefix="push-release-") as tmp:
-            built = build(request, Path(tmp), store, adoptable=adopt)
+            stages = _stage if sys.stderr.isatty() else _quiet
+            built = build(request, Path(tmp), store, adoptable=adopt, on_stage=stages)
             for warning in built.warnings:
                 print(f"push: warning: {warning}", file=sys.stderr)
             if signing_key is not None:
@@ -154,6 +175,8 @@ def cmd_release(args: argparse.Namespace) -> int:
             if args.output is not None:
                 _keep(built, args.output, copy=args.deb is not None)
             if store is not None:
+                if sys.stderr.isatty():
+                    _stage(f"uploading to {store.url}")
                 bar = _ProgressBar(built.info.size or 0, "uploading") if sys.stderr.isatty() else None
                 try:
                     upload(store, built, bar, adopt=adopt)

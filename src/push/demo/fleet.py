@@ -108,6 +108,7 @@ class LocalFleet:
     servers: list[str]
     server_port: int = 0
     agent_args: list[str] = field(default_factory=list)
+    server_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     push_server: Process | None = None
     agents: dict[str, Process] = field(default_factory=dict)
@@ -124,7 +125,7 @@ class LocalFleet:
         self.push_server = Process(
             "push serve",
             [bin_path("push"), "serve", "--no-auth", "--host", HOST, "--port", str(self.server_port),
-             "--store", self.store, "--config", str(self.config), *(extra or [])],
+             "--store", self.store, "--config", str(self.config), *self.server_args, *(extra or [])],
             self.workdir / "logs" / "push-server.log", self.env)
         self.push_server.start()
         deadline = time.monotonic() + 30

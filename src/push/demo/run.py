@@ -1,7 +1,10 @@
 """`push demo`: set up a local fleet, build the sample apps, run it until Ctrl-C.
 
 Everything lives in one work directory (a new temporary one unless --dir is given): the
-bucket, skiapush.conf, the sandbox root and state of each agent, and the logs.
+bucket, skiapush.conf, the signing keys, the sandbox root and state of each agent, and the
+logs. It runs signed end to end (docs/trust.md): releases are signed with a release key,
+server files with a deploy key (by `push deploy` and the push server), and the agents
+trust only those two keys.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from push.demo.apps import APPS, stage
 from push.demo.fleet import HOST, LocalFleet, bin_path, free_port, http_get, port_is_free
 from push.errors import PushError
+from push.signing import write_key_pair
 
 SERVERS = ("demo-1", "demo-2", "demo-3")
 # Which apps each server may run (skiapush.conf); every server runs hello.
@@ -57,7 +61,18 @@ def run(argv: list[str], what: str) -> str:
     return result.stdout
 
 
-def build_releases(workdir: Path, store: str) -> dict[str, list[str]]:
+def make_keys(workdir: Path) -> dict[str, Path]:
+    """The demo's own keys, in WORKDIR/keys (kept when the directory is reused): name.key and name.pub."""
+    paths = {}
+    for name in ("release", "deploy"):
+        key, pub = workdir / "keys" / f"{name}.key", workdir / "keys" / f"{name}.pub"
+        if not key.exists():
+            write_key_pair(workdir / "keys", name)
+        paths[f"{name}.key"], paths[f"{name}.pub"] = key, pub
+    return paths
+
+
+def build_releases(workdir: Path, store: str, signing_key: Path) -> dict[str, list[str]]:
     """Build every sample app in two versions with `push release`; returns app -> [v1, v2] names."""
     names: dict[str, list[str]] = {app: [] for app in APPS}
     for version in ("1", "2"):
@@ -69,7 +84,7 @@ def build_releases(workdir: Path, store: str) -> dict[str, list[str]]:
             fake_hash = hashlib.sha1(f"{app} {version}".encode()).hexdigest()
             out = run([bin_path("push"), "release", app, "--root", str(tree), "--note",
                        f"{app} version {version}: {APPS[app][version]}", "--hash", fake_hash, "--depends", "python3",
-                       "--store", store], f"push release {app}")
+                       "--store", store, "--signing-key", str(signing_key)], f"push release {app}")
             names[app].append(out.strip().splitlines()[-1])
     return names
 
@@ -80,8 +95,12 @@ def setup(workdir: Path, server_port: int, app_port_base: int
     store = f"file://{workdir / 'bucket'}"
     config = workdir / "skiapush.conf"
     write_config(config)
+    keys = make_keys(workdir)
     fleet = LocalFleet(workdir=workdir, store=store, config=config, servers=list(SERVERS),
-                       server_port=server_port, agent_args=["--interval", "30"])
+                       server_port=server_port,
+                       agent_args=["--interval", "30", "--trust-release-key", str(keys["release.pub"]),
+                                   "--trust-deploy-key", str(keys["deploy.pub"])],
+                       server_args=["--deploy-key", str(keys["deploy.key"])])
     ports = app_ports(app_port_base)
     for server in SERVERS:
         default = fleet.root(server) / "etc" / "default"
@@ -89,12 +108,13 @@ def setup(workdir: Path, server_port: int, app_port_base: int
         for app in APPS:
             (default / app).write_text(f"PORT={ports[(server, app)]}\nPUSH_SERVER_NAME={server}\n")
     say("building the sample apps (two versions each) with push release ...")
-    names = build_releases(workdir, store)
+    names = build_releases(workdir, store, keys["release.key"])
     # Start with version 1 everywhere, so there is something to upgrade and roll back.
     for server in SERVERS:
         for app in ALLOWED[server]:
             run([bin_path("push"), "deploy", server, app, names[app][0], "--store", store, "--config", str(config),
-                 "--note", "demo: initial version"], f"push deploy {server} {app}")
+                 "--note", "demo: initial version", "--deploy-key", str(keys["deploy.key"])],
+                f"push deploy {server} {app}")
     return fleet, names, ports
 
 
@@ -154,7 +174,9 @@ def main(workdir: Path | None, server_port: int, app_port_base: int, open_browse
         say("  - roll it back with one click, and read the history;")
         say(f"  - from a shell: {bin_path('push')} status --push-url {url}")
         say(f"                  {bin_path('push')} deploy demo-2 quotes --latest --push-url {url}")
-        say(f"  work directory (bucket, roots, logs): {workdir}")
+        say(f"  work directory (bucket, keys, roots, logs): {workdir}")
+        say("  signed end to end: the agents install only releases signed by keys/release.key, chosen by")
+        say("  server files signed by keys/deploy.key (the push server's key); see docs/trust.md")
         say()
         say("Press Ctrl-C to stop everything.")
         if open_browser and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):

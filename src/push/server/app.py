@@ -8,6 +8,7 @@ a refusal.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -26,13 +27,16 @@ from push.catalog import Catalog
 from push.config import Config
 from push.errors import AccessDenied, Conflict, InvalidRequest, NotFound, PushError, StoreError, Unauthenticated
 from push.fleet import ChangedMeanwhile, Context, Refusal
-from push.fleetview import FleetView
+from push.fleetview import FULL_INTERVAL, FleetView
 from push.history import History
 from push.server.auth import Auth, AuthSettings
 from push.server.bodies import BodyTooLarge
 from push.server.metrics import Metrics, MetricsMiddleware
 from push.server.watch import WatchHub
+from push.serversigning import Resigner
+from push.signing import Keyring, SigningKey
 from push.store import Store
+from push.store.counting import CountingStore
 from push.triggers import Triggers
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ class PushServer:
     auth: Auth
     templates: Environment
     metrics: Metrics
+    store: CountingStore
 
 
 def server_of(request: Request) -> PushServer:
@@ -78,25 +83,42 @@ def http_status(error: PushError | type[PushError]) -> int:
 
 def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None,
                poll_interval: float = 2.0, catalog_interval: float = 10.0,
-               catalog: Catalog | None = None) -> FastAPI:
+               catalog: Catalog | None = None, deploy_key: SigningKey | None = None,
+               trusted_deploy_keys: Keyring | None = None, resign_interval: float = 10.0,
+               full_interval: float = FULL_INTERVAL) -> FastAPI:
+    """`deploy_key` signs every server file this server writes, and renews statements at
+    half-life every `resign_interval` seconds (those signed by it or by `trusted_deploy_keys`).
+    `full_interval`: the fleet view's full re-list (push.fleetview)."""
     settings = auth or AuthSettings()
-    catalog = catalog or Catalog(store)
-    ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}")
-    view = FleetView(ctx)
+    # Every bucket operation of this process is counted (/metrics: push_store_operations).
+    counted = store if isinstance(store, CountingStore) else CountingStore(store)
+    store = counted
+    # A push server keeps the catalogue index up to date for every reader of the bucket.
+    catalog = catalog or Catalog(store, writes_index=True)
+    ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}",
+                  deploy_key=deploy_key)
+    view = FleetView(ctx, full_interval=full_interval)
     hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval)
     ctx.triggers = Triggers(config, on_change=hub.wake_from_thread, background=True)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
     metrics = Metrics()
-    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics)
+    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics, counted)
     metrics.watch(push)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.start()
+        resigning = (asyncio.create_task(_resign_loop(Resigner(store, deploy_key, trusted_deploy_keys), ctx,
+                                                      resign_interval), name="push-resign")
+                     if deploy_key is not None else None)
         try:
             yield
         finally:
+            if resigning is not None:
+                resigning.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await resigning
             await hub.stop()
             if ctx.triggers is not None:
                 ctx.triggers.close()
@@ -142,6 +164,20 @@ def _parameter_problem(exc: RequestValidationError) -> str:
     err = errors[0]
     where = " ".join(str(p) for p in err.get("loc", ()))
     return f"invalid {where}: {err.get('msg', 'not valid')}".replace("  ", " ")
+
+
+async def _resign_loop(resigner: Resigner, ctx: Context, interval: float) -> None:
+    """Renew statements before they expire (TUF's timestamp role), so agents that verify
+    can tell a fresh choice from a frozen bucket. Two listings a round; a server is read
+    only when its file or statement changed, or its statement reached half-life."""
+    while True:
+        try:
+            await asyncio.to_thread(resigner.resign_all, list(ctx.config.servers))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the store is down: try again next round
+            log.warning("re-signing failed: %s: %s", type(e).__name__, e)
+        await asyncio.sleep(interval)
 
 
 def wants_json(request: Request) -> bool:

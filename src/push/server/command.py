@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 HELP = """\
 Run the push server: the fleet view, release picker, rollback and history pages, the JSON
@@ -34,7 +35,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                    help="header carrying the signed-in user's email (default: X-Forwarded-Email; "
                         "for IAP: X-Goog-Authenticated-User-Email)")
     p.add_argument("--poll-interval", type=float, default=2.0,
-                   help="seconds between listings of the bucket for changes by others (default: 2)")
+                   help="seconds between looks at the bucket's change journal for changes by others (default: 2)")
+    p.add_argument("--relist-interval", type=float, default=60.0,
+                   help="seconds between full listings of the server files, reports and unit requests, "
+                        "for writers that write no change journal: the original tools, older agents "
+                        "(default: 60)")
+    p.add_argument("--deploy-key", metavar="FILE", default=os.environ.get("PUSH_DEPLOY_KEY") or None,
+                   help="sign every server file written with this deploy key (NAME.key), and renew the statements "
+                        "at half-life (default: $PUSH_DEPLOY_KEY; unset: nothing is signed). See docs/trust.md")
+    p.add_argument("--trust-deploy-key", action="append", metavar="FILE", default=None,
+                   help="also renew statements signed by this public key (NAME.pub): the old key during a "
+                        "rotation; repeatable (default: $PUSH_TRUST_DEPLOY_KEYS, space-separated)")
     p.set_defaults(func=cmd_serve, env_proxies=env_proxies)
 
 
@@ -57,13 +68,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_bind(args.host, settings)
     settings.networks()  # a bad --trusted-proxy fails now, not at the first request
     config = config_mod.load(args.config, required=True)
+    deploy_key, trusted = None, None
+    if args.deploy_key:  # a bad key fails now, with one line, not at the first deploy
+        from push.signing import Keyring, SigningKey
+
+        deploy_key = SigningKey.load(Path(args.deploy_key))
+        trusted_files = args.trust_deploy_key or os.environ.get("PUSH_TRUST_DEPLOY_KEYS", "").split()
+        trusted = Keyring.load([Path(f) for f in trusted_files]) if trusted_files else None
     store = open_store(args.store)
-    app = create_app(store, config, auth=settings, poll_interval=args.poll_interval)
+    app = create_app(store, config, auth=settings, poll_interval=args.poll_interval, deploy_key=deploy_key,
+                     trusted_deploy_keys=trusted, full_interval=args.relist_interval)
     mode = "no auth (everyone is admin)" if settings.no_auth else (
         f"proxy header {settings.user_header} from {', '.join(settings.trusted_proxies) or 'nobody'}"
         + (" or with PUSH_PROXY_SECRET" if settings.proxy_secret else "") + "; API tokens")
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"push serve: http://{host}:{args.port}/ — store {store.url}, {len(config.servers)} servers, {mode}",
+    signing = f"signs with deploy key {deploy_key.key_id}" if deploy_key else "signs nothing (no --deploy-key)"
+    print(f"push serve: http://{host}:{args.port}/ — store {store.url}, {len(config.servers)} servers, {mode}; "
+          f"{signing}",
           file=sys.stderr, flush=True)
     if not settings.no_auth and not settings.trusted_proxies and not settings.proxy_secret:
         print("push serve: note: no --trusted-proxy and no PUSH_PROXY_SECRET: browsers cannot sign in, "

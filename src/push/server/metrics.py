@@ -55,6 +55,11 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("push_bucket_poll_seconds", "Duration of the last bucket poll",
                                 value=s.view.last_refresh_seconds)
         yield CounterMetricFamily("push_watch_wakeups", "Watchers woken by a change", value=s.hub.wakeups)
+        ops = CounterMetricFamily("push_store_operations", "Bucket operations made by this process, by kind "
+                                  "(list = one listing page; stat, read, put, delete = one object)", labels=["op"])
+        for op, count in s.store.counts().items():
+            ops.add_metric([op], count)
+        yield ops
         t = s.ctx.triggers
         if t is not None:
             yield CounterMetricFamily("push_gce_triggers_ok", "GCE pushrev writes that worked", value=t.gce_ok)

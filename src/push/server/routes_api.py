@@ -13,9 +13,9 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from push import fleet, unitrequests
+from push import fleet, lookup, unitrequests
 from push.errors import PushError, error_class
-from push.fleet import Change, FleetDeploy, Refusal, Refused, RollbackTarget
+from push.fleet import Change, EverywherePlan, FleetDeploy, Refusal, Refused, RollbackTarget
 from push.fleetstate import AppSummary, FleetState, ReleaseState, ServerState
 from push.history import Record
 from push.model import Model
@@ -202,7 +202,7 @@ def get_releases(request: Request, app: str) -> list[ReleaseState]:
     those whose agent reports it installed (running_on)."""
     push = server_of(request)
     push.auth.require(request, "view")
-    check_app(app)
+    lookup.require_app(push.ctx.catalog, push.ctx.config, app)  # 404 "no such app", with near names
     return push.view.releases(app)
 
 
@@ -224,6 +224,11 @@ def get_history(request: Request, server: str | None = None, app: str | None = N
     """Every change, newest first, for a server, an app, both, or the whole fleet."""
     push = server_of(request)
     push.auth.require(request, "view")
+    # An unknown server or app is an error, not an empty history.
+    if server:
+        push.ctx.config.require_server(server)
+    if app:
+        lookup.require_app(push.ctx.catalog, push.ctx.config, app)
     return push.ctx.history.records(server or None, app or None, limit=limit, before=before)
 
 
@@ -282,6 +287,17 @@ def remove(request: Request, server: str, app: str, identity: Admin,
     change = fleet.remove(push.ctx, identity.name, server, app, expected_from=_expected(body), note=body.note)
     _count(request, change)
     return change
+
+
+@router.get(f"{API}/apps/{{app}}/deploy-all", tags=["changes"], responses=REFUSALS)
+def preview_deploy_all(request: Request, app: str,
+                       release: str = Query(..., description="any release name: full, hash prefix, latest")
+                       ) -> EverywherePlan:
+    """What a deploy of `release` to every server that runs `app` would change now: the
+    release's full name and each server with what it runs (send them back as `expected`)."""
+    push = server_of(request)
+    push.auth.require(request, "view")
+    return fleet.plan_everywhere(push.ctx, app, release)
 
 
 @router.post(f"{API}/apps/{{app}}/deploy-all", tags=["changes"], responses=WRITE_REFUSALS,

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
-from push import fleet, serverfile, unitrequests
+from push import fleet, lookup, serverfile, unitrequests
 from push.errors import InvalidRequest, NotFound, PushError, error_class
 from push.fleetview import ServerView
 from push.names import check_app, check_server
@@ -247,15 +247,15 @@ def confirm_deploy(request: Request, server: str, app: str, release: str) -> Res
     push, identity = _viewer(request)
     _allowed(push, server, app)
     push.ctx.config.check_allowed(server, app)
-    target = push.ctx.catalog.get(release)
-    if target.app != app:
-        raise InvalidRequest(f"{release} is not a release of {app}")
+    # Any name push.lookup takes: /servers/web-1/apps/hello/confirm?release=9c64614 works.
+    target = lookup.release(push.ctx.catalog, app, release,
+                            previous=lambda: fleet.rollback_target(push.ctx, server, app).to)
     sf = _fresh_file(push, server)
     current = sf.release_of(app)
     current_info = _release_info(push, current.name if current else None)
     newest = push.ctx.catalog.latest(app)
     snapshot = push.view.snapshot
-    where = snapshot.release_servers.get(release, ([], []))
+    where = snapshot.release_servers.get(target.name, ([], []))
     report = snapshot.report(server)
     return _page(request, "confirm.html", identity, server=server, app=app, target=target,
                  current=current_info, current_name=current.name if current else None,
@@ -327,9 +327,7 @@ def post_remove(request: Request, server: str, app: str, expected_from: str = Fo
 def confirm_deploy_all(request: Request, app: str, release: str) -> Response:
     push, identity = _viewer(request)
     check_app(app)
-    target = push.ctx.catalog.get(release)
-    if target.app != app:
-        raise InvalidRequest(f"{release} is not a release of {app}")
+    target = lookup.release(push.ctx.catalog, app, release)
     rows = []
     for server in fleet.servers_running(push.ctx, app):
         current = _fresh_file(push, server).release_of(app)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 
 from push.fleetview import FleetView
@@ -20,6 +21,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 55.0
 MAX_TIMEOUT = 300.0
+# A long-poll with nothing to say is answered up to this fraction early, at random: agents
+# that all connected at once (a push server restart, a network blip) would otherwise come
+# back all at once every `timeout` seconds, forever in step.
+TIMEOUT_JITTER = 0.1
+
+
+def jittered(timeout: float) -> float:
+    """When to answer a long-poll asked to wait `timeout` seconds, if nothing changes."""
+    return timeout * random.uniform(1 - TIMEOUT_JITTER, 1.0)
 
 
 class WatchHub:
@@ -114,7 +124,7 @@ class WatchHub:
         rev = self.view.rev(server)
         if since is None:
             return rev, False
-        deadline = time.monotonic() + max(0.0, min(timeout, MAX_TIMEOUT))
+        deadline = time.monotonic() + jittered(max(0.0, min(timeout, MAX_TIMEOUT)))
         loop = asyncio.get_running_loop()
         while rev == since:
             remaining = deadline - time.monotonic()

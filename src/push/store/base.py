@@ -115,6 +115,9 @@ class Store(abc.ABC):
     url: str
     # Whether list pages carry each object's custom metadata (GCS does; S3 does not).
     lists_metadata: bool = False
+    # Whether a listing reads every object to fill in its metadata and generation (the local
+    # store keeps them in each object's file): a caller that needs only the keys calls list_keys.
+    listing_reads_objects: bool = False
 
     @abc.abstractmethod
     def stat(self, key: str) -> ObjectInfo:
@@ -185,6 +188,12 @@ class Store(abc.ABC):
             if page.next_token is None:
                 return
             token = page.next_token
+
+    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        """Every key under `prefix`, in key order, reading no object where the store can help
+        it (the local store walks its directories); elsewhere the keys of `list`."""
+        for info in self.list(prefix, start_after=start_after):
+            yield info.key
 
     @abc.abstractmethod
     def delete(self, key: str, *, if_generation_match: str | None = None) -> None:

@@ -53,6 +53,7 @@ class _FileReader(Reader):
 
 class LocalStore(Store):
     lists_metadata = True
+    listing_reads_objects = True
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).absolute()
@@ -284,6 +285,17 @@ class LocalStore(Store):
                         self._cursors.pop(next(iter(self._cursors)))
                 return Page(items, key)
         return Page(items, None)
+
+    def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
+        keys = self._walk_keys(prefix, start_after)
+        while True:
+            try:
+                key = next(keys, None)
+            except OSError as e:
+                raise self._unavailable("list", prefix or "the keys", e) from e
+            if key is None:
+                return
+            yield key
 
     def _walk_keys(self, prefix: str, after: str | None) -> Iterator[str]:
         """Keys under `prefix` greater than `after`, in lexicographic order, lazily."""
