@@ -80,8 +80,11 @@ def forms(releases: list[str]) -> st.SearchStrategy[dict[str, str]]:
     return st.dictionaries(keys, st.one_of(st.sampled_from(releases), _text(False)), max_size=5)
 
 
-def queries(params: list[str]) -> st.SearchStrategy[dict[str, str]]:
-    values = st.one_of(st.sampled_from(ODD_NUMBERS), names(), st.integers().map(str))
+def queries(params: list[str], releases: list[str]) -> st.SearchStrategy[dict[str, str]]:
+    # Release names too (and their hash prefixes): ?release= of the deploy-all preview.
+    prefixes = [r.rsplit(":", 1)[-1][:n] for r in releases for n in (7, 12) if r.endswith(".deb")]
+    values = st.one_of(st.sampled_from(ODD_NUMBERS), names(), st.integers().map(str),
+                       st.sampled_from([*releases, *prefixes, "latest", "previous"]))
     return st.dictionaries(st.sampled_from([*params, "x"]), values, max_size=3)
 
 
@@ -152,7 +155,7 @@ def _fuzz(world: tuple[TestClient, LocalStore, list[str], Any], examples: int, s
         def case(data: st.DataObject) -> None:
             values = {p: data.draw(st.one_of(names(), st.sampled_from(rels)), label=p) for p in path_params}
             url = path.format(**{k: quote(v, safe="") or "x" for k, v in values.items()})
-            params = data.draw(queries(query), label="query")
+            params = data.draw(queries(query, rels), label="query")
             headers = dict(browser if data.draw(st.booleans(), label="browser") else admin)
             kwargs: dict[str, Any] = {"params": params, "headers": headers}
             if method == "POST":
