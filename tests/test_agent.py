@@ -131,14 +131,21 @@ def test_lifecycle_install_upgrade_rollback_remove(store: Store, tmp_path: Path,
     _wait_new_run(sb, "hello", "1.1")
     assert sb.report().apps["hello"].installed == h1.name
 
-    # Removal: the app left the file, its package and units go; the report forgets it.
+    # An app the file stops mentioning is left running, reported unmanaged (removal is explicit).
     web_pid = sb.pid("web.service")
     set_server_file(store, SERVER, [h1.name])
+    assert sb.step() is False  # not in sync: something runs that the file does not mention
+    assert sb.installed() == {"push-hello": "1.1", "push-web": "1.1"}
+    assert web_pid is not None and _alive(web_pid)
+    assert sb.report().apps["web"].state == "unmanaged" and sb.report().apps["web"].installed == w1.name
+
+    # Removal: "web/" in the file; its package and units go.
+    set_server_file(store, SERVER, [h1.name, "web/"])
     assert sb.step() is True
     assert sb.installed() == {"push-hello": "1.1"}
     assert not (tmp_path / "root/usr/local/bin/web").exists()
-    assert web_pid is not None and not _alive(web_pid)
-    assert "web" not in sb.report().apps
+    assert not _alive(web_pid)
+    assert sb.report().apps["web"].installed is None and sb.report().apps["web"].state == "ok"
     assert subprocess.run(["dpkg", f"--root={tmp_path / 'root'}", "--audit"], capture_output=True,
                           text=True).stdout == ""
 
@@ -160,7 +167,7 @@ def test_packages_push_did_not_install_are_left_alone(sandbox: Sandbox, tmp_path
     h1 = make_release(sandbox.store, tmp_path, "hello", 1)
     set_server_file(sandbox.store, SERVER, [h1.name])
     assert sandbox.step()
-    set_server_file(sandbox.store, SERVER, [])
+    set_server_file(sandbox.store, SERVER, ["hello/"])
     assert sandbox.step()
     assert sandbox.installed() == {"foreign-tool": "9.0"}
 

@@ -130,22 +130,40 @@ def test_a_placeholder_chooses_nothing_and_needs_nothing() -> None:
     assert p.needs_metadata == () and p.changes == ()
 
 
-def test_a_placeholder_leaves_what_is_installed() -> None:
+def test_a_placeholder_removes_what_push_installed() -> None:
+    """Removal is explicit: "hello/" means nothing of hello on this server."""
     p = decide(["hello/"], installed=[ii("push-hello", "1.1")], record={"hello": installed_by_push(h1)})
     hello = p.get("hello")
-    assert hello is not None and hello.action is Action.LEAVE and hello.placeholder and hello.installed == h1.name
+    assert hello is not None and hello.action is Action.REMOVE and hello.placeholder and hello.installed == h1.name
+    assert hello.why == "hello/ in the server file: removing push-hello"
+    assert p.changes == (hello,)
 
 
-def test_an_app_no_longer_listed_is_removed_first() -> None:
+def test_a_placeholder_of_an_app_push_never_installed_here_needs_nothing() -> None:
+    """The original tools wrote "app/" for "nothing chosen": for an app never installed it
+    still changes nothing, even with a foreign package of the same name around."""
+    p = decide(["hello/"], installed=[ii("push-hello", "0.9")])
+    hello = p.get("hello")
+    assert hello is not None and hello.action is Action.LEAVE and p.changes == ()
+
+
+def test_an_app_the_file_does_not_mention_is_left_running_unmanaged() -> None:
+    """A file that lost an entry (deleted and recreated, a wrong bucket) never uninstalls."""
     p = decide([h2.name], installed=[ii("push-hello", "1.1"), ii("push-web", "1.1")],
                record={"hello": installed_by_push(h1), "web": installed_by_push(w1)}, metadata=[meta(h2)])
     web = p.get("web")
-    assert web is not None and web.action is Action.REMOVE and not web.listed and web.installed == w1.name
-    assert web.why == "not in the server file: removing push-web"
+    assert web is not None and web.action is Action.LEAVE and web.unmanaged and not web.listed
+    assert web.installed == w1.name and "unmanaged" in web.why
+    assert [(a.app, a.action) for a in p.changes] == [("hello", Action.UPGRADE)]
+
+
+def test_removals_come_first() -> None:
+    p = decide([h2.name, "web/"], installed=[ii("push-hello", "1.1"), ii("push-web", "1.1")],
+               record={"hello": installed_by_push(h1), "web": installed_by_push(w1)}, metadata=[meta(h2)])
     assert [(a.app, a.action) for a in p.changes] == [("web", Action.REMOVE), ("hello", Action.UPGRADE)]
 
 
-def test_an_app_that_never_installed_is_forgotten_when_taken_off() -> None:
+def test_an_app_that_never_installed_is_forgotten_when_not_mentioned() -> None:
     p = decide([], record={"hello": AppRecord()})
     hello = p.get("hello")
     assert hello is not None and hello.action is Action.REMOVE and "nothing of it installed" in hello.why
@@ -188,7 +206,7 @@ def test_backing_off_without_metadata_reads_nothing() -> None:
 def test_failures_of_releases_no_longer_wanted_are_forgotten() -> None:
     p = decide([h2.name, "web/"], metadata=[meta(h2)],
                failures={"hello": failure(h1), "web": failure(w1), "db": failure(None)})
-    assert p.forget == {"hello", "web"}  # db: its removal failed, and it is still not listed
+    assert p.forget == {"hello", "web", "db"}  # db: its removal failed, and the file no longer says "db/"
     hello = p.get("hello")
     assert hello is not None and hello.action is Action.INSTALL and hello.attempt == 1  # a new release: no backoff
 
@@ -200,10 +218,10 @@ def test_a_failed_removal_of_an_app_listed_again_is_forgotten() -> None:
 
 def test_a_failed_removal_backs_off_then_is_retried() -> None:
     record = {"web": installed_by_push(w1)}
-    backing_off = decide([], record=record, failures={"web": failure(None, attempts=2)})
+    backing_off = decide(["web/"], record=record, failures={"web": failure(None, attempts=2)})
     web = backing_off.get("web")
     assert web is not None and web.action is Action.LEAVE and web.why.startswith("removal failed 2 times")
-    due = decide([], record=record, failures={"web": failure(None, attempts=2, due_in=-1)})
+    due = decide(["web/"], record=record, failures={"web": failure(None, attempts=2, due_in=-1)})
     assert due.get("web").action is Action.REMOVE and due.get("web").attempt == 3  # type: ignore[union-attr]
 
 
@@ -226,7 +244,7 @@ def test_missing_metadata_is_read_first() -> None:
 
 def test_pulld_is_installed_last() -> None:
     p1, a1, z1, old = rel("pulld", 1), rel("aaa", 1), rel("zzz", 1), rel("old", 1)
-    p = decide([p1.name, z1.name, a1.name], record={"old": installed_by_push(old)},
+    p = decide([p1.name, z1.name, a1.name, "old/"], record={"old": installed_by_push(old)},
                installed=[ii("push-old", "1.1")], metadata=[meta(p1), meta(z1), meta(a1)])
     assert [a.app for a in p.changes] == ["old", "aaa", "zzz", "pulld"]
     assert [a.app for a in p] == ["pulld", "zzz", "aaa", "old"]  # the report keeps the file's order

@@ -49,7 +49,7 @@ def test_a_report_round_trips_through_json() -> None:
 
 
 def test_what_a_plan_will_change_shows_as_installing_and_removing_before_it_runs() -> None:
-    p = decide([h2.name], installed=[ii("push-hello", "1.1"), ii("push-web", "1.1")],
+    p = decide([h2.name, "web/"], installed=[ii("push-hello", "1.1"), ii("push-web", "1.1")],
                record={"hello": installed_by_push(h1), "web": installed_by_push(w1)}, metadata=[meta(h2)])
     before = build(p, working=True)
     assert {a: s.state for a, s in before.apps.items()} == {"hello": "installing", "web": "removing"}
@@ -80,10 +80,25 @@ def test_a_release_still_to_install_is_pending() -> None:
     assert r.apps["hello"].state == "pending" and r.apps["hello"].installed is None and not r.in_sync
 
 
-def test_a_placeholder_is_ok_whatever_is_installed() -> None:
+def test_a_placeholder_of_an_app_never_installed_here_is_ok() -> None:
+    p = decide(["hello/"], installed=[ii("push-hello", "0.9")])
+    r = build(p)
+    assert r.in_sync and r.apps["hello"].state == "ok" and r.apps["hello"].installed is None
+
+
+def test_a_placeholder_of_an_installed_app_is_removing_it() -> None:
     p = decide(["hello/"], installed=[ii("push-hello", "1.1")], record={"hello": installed_by_push(h1)})
     r = build(p, units={"hello": {"hello.service": "active"}})
-    assert r.in_sync and r.apps["hello"].state == "ok" and r.apps["hello"].installed == h1.name
+    assert not r.in_sync and r.apps["hello"].state == "removing" and r.apps["hello"].installed == h1.name
+
+
+def test_an_installed_app_the_file_does_not_mention_is_reported_unmanaged() -> None:
+    p = decide([h1.name], installed=[ii("push-hello", "1.1"), ii("push-web", "1.1")],
+               record={"hello": installed_by_push(h1), "web": installed_by_push(w1)}, metadata=[meta(h1)])
+    r = build(p, units={"web": {"web.service": "active"}})
+    web = r.apps["web"]
+    assert web.state == "unmanaged" and web.installed == w1.name and web.desired is None
+    assert web.units == {"web.service": "active"} and not r.in_sync
 
 
 def test_without_a_server_file_the_report_says_why_and_is_not_in_sync() -> None:

@@ -176,12 +176,12 @@ def test_remove(cli):
     assert code == 3 and deployed(cli, server) == rels[2].name
     code, out, err = cli("remove", server, "hello", "--note", "retired", "--expect", rels[2].release.hash[:7])
     assert code == 0 and out.strip() == f"removed hello from {server}: hello 2026-01-01 03:00 " \
-                                        f"{rels[2].release.short_hash} -> (nothing)", err
+                                        f"{rels[2].release.short_hash} -> \"hello/\" (its agent removes it)", err
     assert deployed(cli, server) is None
     records = json.loads(cli("history", server, "--json")[1])
     assert (records[0]["action"], records[0]["from"], records[0]["note"]) == ("remove", rels[2].name, "retired")
     code, out, _ = cli("remove", server, "hello")
-    assert code == 0 and out.strip() == f"hello is not on {server}: nothing changed"
+    assert code == 0 and out.strip() == f'{server}\'s server file already says "hello/": nothing changed'
 
 
 class Terminal(io.StringIO):

@@ -10,6 +10,7 @@ import pytest
 from fleetdata import make_config, make_release
 from push import fleet, serverfile, unitrequests
 from push.errors import Conflict, InvalidName, NotAllowed, NotFound, PushError
+from push.release import Release
 from push.store.local import LocalStore
 from push.triggers import Triggers
 
@@ -129,11 +130,56 @@ def test_rollback_refuses_when_target_changed(ctx, rels):
     assert fleet.rollback(ctx, "a", "web-1", "hello", expected_from=rels[1].name, expected_to=rels[0].name).changed
 
 
-def test_remove(ctx, rels):
+def test_remove_writes_the_placeholder_never_drops_the_entry(ctx, rels):
     fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
     change = fleet.remove(ctx, "a", "web-1", "hello")
-    assert change.to is None and serverfile.read(ctx.store, "web-1").entries == ()
+    assert change.to is None and serverfile.read(ctx.store, "web-1").entries == ("hello/",)
     assert ctx.history.records()[0].action == "remove"
+    assert not fleet.remove(ctx, "a", "web-1", "hello").changed  # already "hello/"
+
+
+def test_remove_of_an_app_the_file_does_not_mention_writes_its_placeholder(ctx, rels):
+    """How an unmanaged app (installed, not mentioned) is taken off: "APP/" says so, even
+    when Push knows the app no longer (no release left, in no appNames); a name neither
+    Push nor the server knows is refused (a typo), writing nothing."""
+    from push import status
+    from push.lookup import UnknownApp
+    from push.status import AgentStatus, AppStatus
+
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
+    with pytest.raises(UnknownApp):
+        fleet.remove(ctx, "a", "web-1", "api")
+    status.write(ctx.store, AgentStatus(server="web-1", agent_version="1", time="2026-01-01T00:00:00Z",
+                                        apps={"api": AppStatus(installed="api/2026-01-01T00:00:00Z-x-abcdef0.deb",
+                                                               package="push-api", state="unmanaged")}))
+    assert fleet.remove(ctx, "a", "web-1", "api").changed
+    assert serverfile.read(ctx.store, "web-1").entries == (rels[0].name, "api/")
+
+
+def test_a_server_file_that_vanished_is_not_recreated_with_one_app(ctx, rels):
+    """A deleted file, or an empty or wrong bucket: the history shows the server had a file."""
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[0].name)
+    ctx.store.delete("server/web-1.json")
+    with pytest.raises(fleet.ServerFileMissing) as e:
+        fleet.deploy(ctx, "a", "web-1", "hello", rels[1].name)
+    assert "server/web-1.json is missing" in str(e.value) and "its history (last: deploy hello by a" in str(e.value)
+    assert isinstance(e.value, Conflict) and e.value.detail().last_change is not None
+    with pytest.raises(fleet.ServerFileMissing):
+        fleet.remove(ctx, "a", "web-1", "hello")
+    assert serverfile.read(ctx.store, "web-1").generation is None  # nothing written
+
+
+def test_a_server_file_missing_where_the_agent_reports_apps_is_not_created(ctx, rels, tmp_path):
+    """A fresh (empty) bucket with no history, but the agent reports what it runs."""
+    from push import status
+    from push.status import AgentStatus, AppStatus
+
+    status.write(ctx.store, AgentStatus(server="web-2", agent_version="1", time="2026-01-01T00:00:00Z",
+                                        apps={"hello": AppStatus(installed=rels[0].name, package="push-hello")}))
+    with pytest.raises(fleet.ServerFileMissing, match="its agent's report of hello installed"):
+        fleet.deploy(ctx, "a", "web-2", "hello", rels[1].name)
+    # A server that never had a file (no history, no apps reported) gets one.
+    assert fleet.deploy(ctx, "a", "web-1", "hello", rels[1].name).changed
 
 
 def test_deploy_everywhere_each_server_on_its_own(ctx, rels):
@@ -270,3 +316,37 @@ def test_gce_pushrev_written_through_compute_api(bucket, tmp_path, rels, compute
     # An instance the Compute API does not know: logged and counted, the deploy still stands.
     fleet.deploy(ctx, "a", "web-2", "hello", rels[1].name)
     assert ctx.triggers.gce_failed == 1 and ctx.triggers.gce_ok == 2
+
+
+def test_concurrent_deploys_of_different_apps_to_one_server_all_go_through(bucket, tmp_path):
+    """8 writers, each its own app, one server file: no 409 (ChangedMeanwhile or Conflict)
+    for a change that conflicts with nothing, and no update lost."""
+    apps = [f"app{i}" for i in range(8)]
+    config = make_config(tmp_path, f'\n[servers.busy]\nappNames = {json.dumps(apps)}\n')
+    rels = {a: [make_release(bucket, a, n).name for n in (1, 2)] for a in apps}
+    ctx = fleet.Context.open(bucket, config, via="test")
+    serverfile.write(bucket, serverfile.ServerFile("busy"))
+    errors: list[Exception] = []
+    last: dict[str, str] = {}
+    start = threading.Barrier(len(apps))
+
+    def writer(app: str) -> None:
+        start.wait()
+        seen = None
+        for i in range(12):
+            target = rels[app][i % 2]
+            try:
+                fleet.deploy(ctx, "w", "busy", app, target, expected_from=seen)
+            except Exception as e:
+                errors.append(e)
+                return
+            seen = last[app] = target
+
+    threads = [threading.Thread(target=writer, args=(a,)) for a in apps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert serverfile.read(bucket, "busy").releases == {a: Release.parse(n) for a, n in last.items()}
+    assert len(ctx.history.records("busy", limit=None)) == 8 * 12

@@ -299,3 +299,31 @@ def test_remote_errors_come_back_as_the_same_class() -> None:
     assert "field required" in str(rebuilt(422, {"detail": [{"msg": "field required"}]}))
     assert str(rebuilt(404, {"error": "no such thing", "type": "NotFound"})) == (
         "no such thing (push server http://127.0.0.1:1)")
+
+
+def test_credentials_in_a_push_url_are_refused_and_never_printed(setup, capsys, monkeypatch):
+    code, out, err = run(capsys, "status", "--push-url", "http://user:hunter2@127.0.0.1:9")
+    assert code == 1 and "hunter2" not in out + err and "user" not in err.replace("--push-url", "")
+    assert "must not carry credentials (http://…@127.0.0.1:9)" in err and "PUSH_TOKEN" in err
+    monkeypatch.setenv("PUSH_URL", "https://ops:hunter2@push.example:8443/")
+    code, out, err = run(capsys, "history")
+    assert code == 1 and "hunter2" not in out + err and "…@push.example:8443" in err
+
+
+def test_push_remove_writes_the_placeholder_both_ways(setup, server, capsys, monkeypatch):
+    bucket, rels, _ = setup
+    from push import serverfile
+
+    assert run(capsys, "deploy", "web-1", "hello", rels[0].name)[0] == 0
+    code, out, _ = run(capsys, "remove", "web-1", "hello", "--note", "gone")
+    assert code == 0 and out.startswith('removed hello from web-1: hello 2026-01-01 01:00 ') and '"hello/"' in out
+    assert serverfile.read(bucket, "web-1").entries == ("hello/",)
+    code, out, _ = run(capsys, "remove", "web-1", "hello")
+    assert code == 0 and "already says \"hello/\"" in out
+    # Through the push server (an admin's token), an app the file does not mention.
+    monkeypatch.setenv("PUSH_TOKEN", TOKENS["ops"])
+    code, out, err = run(capsys, "remove", "web-1", "pulld", "--push-url", server.url, "--json")
+    assert code == 0, err
+    assert json.loads(out)["action"] == "remove" and serverfile.read(bucket, "web-1").entries == ("hello/", "pulld/")
+    code, _, err = run(capsys, "remove", "web-1", "hello", "--expect", rels[1].name)
+    assert code == 3 and "changed meanwhile" in err

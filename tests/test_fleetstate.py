@@ -181,9 +181,12 @@ def test_units_come_from_the_report() -> None:
     assert app(s, "hello").units == {"hello.service": "active"} and app(s, "pulld").units == {}
 
 
-def test_apps_the_agent_reports_but_nobody_wants_are_not_shown() -> None:
-    s = state(HELLO2.name, allowed=("hello",), rep=report({"hello": HELLO2.name, "old": "old/x"}))
-    assert [a.app for a in s.apps] == ["hello"]
+def test_apps_installed_that_the_file_does_not_mention_are_shown_unmanaged() -> None:
+    """pulld leaves them running (only "old/" removes old): the view must show them."""
+    s = state(HELLO2.name, allowed=("hello",), rep=report({"hello": HELLO2.name, "old": "old/x", "gone": None}))
+    assert [a.app for a in s.apps] == ["hello", "old"]
+    assert app(s, "old").marks == ["not_allowed", "unmanaged"] and app(s, "old").actual == "old/x"
+    assert s.problems == 1
 
 
 def test_the_state_is_json_by_its_model() -> None:

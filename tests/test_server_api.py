@@ -6,6 +6,7 @@ message, a lost race is 409 with what changed, never a 500.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -30,7 +31,8 @@ def token(name):
 
 
 def user(email):
-    return {"X-Forwarded-Email": email}
+    """A browser session signed in through the proxy (a browser sends Origin on every POST)."""
+    return {"X-Forwarded-Email": email, "Origin": "http://testserver"}
 
 
 @pytest.fixture
@@ -62,9 +64,9 @@ def deploy(client, release, headers=None, **body):
                        headers=token("ci") if headers is None else headers)
 
 
-def browser_csrf(client):
-    """Sign in as a browser would: a page sets the CSRF cookie; return the token in it."""
-    r = client.get("/", headers={**user("deployer@example.com"), "accept": "text/html"})
+def browser_csrf(client, email="deployer@example.com"):
+    """Sign in as a browser would: a page carries the CSRF token signed for `email`."""
+    r = client.get("/", headers={**user(email), "accept": "text/html"})
     assert r.status_code == 200
     return re.search(r'name="csrf_token" value="([^"]+)"|"X-CSRF-Token": "([^"]+)"', r.text).group(2)
 
@@ -258,7 +260,7 @@ def test_odd_input_is_never_a_500(client):
         assert 400 <= r.status_code < 500, (path, r.status_code)
     r = client.post("/api/v1/servers/web-1/apps/hello/deploy", content=b"{not json",
                     headers={**token("ci"), "content-type": "application/json"})
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["error"].startswith("the body is not JSON")
     assert client.get("/api/v1/history?before=zz", headers=token("dash")).status_code == 400
 
 
@@ -267,7 +269,7 @@ def test_odd_input_is_never_a_500(client):
 
 def test_browser_session_writes_need_csrf_token(client, rels):
     csrf = browser_csrf(client)
-    assert client.cookies.get("push_csrf") == csrf
+    assert "push_csrf" not in client.cookies  # nothing a cookie says is trusted
     hdr = user("deployer@example.com")
     r = deploy(client, rels[0].name, headers=hdr)
     assert r.status_code == 403 and "CSRF" in r.json()["error"]
@@ -277,6 +279,47 @@ def test_browser_session_writes_need_csrf_token(client, rels):
     assert r.status_code == 403 and "cross-site" in r.json()["error"]
     r = deploy(client, rels[0].name, headers={**hdr, "X-CSRF-Token": csrf, "Origin": "http://testserver"})
     assert r.status_code == 200
+
+
+def test_csrf_tokens_are_signed_for_the_identity_and_origin_is_required(client, rels):
+    deployer, other = browser_csrf(client), browser_csrf(client, "admin@example.com")
+    nonce, _, mac = deployer.partition(".")
+    assert len(nonce) >= 22 and mac  # 128 random bits, and a MAC over them and the identity
+    hdr = user("deployer@example.com")
+    for forged in ("abc", other, nonce + "." + "A" * len(mac), deployer + "x"):
+        r = deploy(client, rels[0].name, headers={**hdr, "X-CSRF-Token": forged})
+        assert r.status_code == 403 and "CSRF" in r.json()["error"], forged
+    # An attacker's cookie is no token: the old double-submit check accepted any value matched to itself.
+    client.cookies.set("push_csrf", "abc")
+    assert deploy(client, rels[0].name, headers={**hdr, "X-CSRF-Token": "abc"}).status_code == 403
+    no_origin = {"X-Forwarded-Email": "deployer@example.com", "X-CSRF-Token": deployer}
+    r = deploy(client, rels[0].name, headers={**no_origin, "Origin": "null"})
+    assert r.status_code == 403 and "cross-site" in r.json()["error"]
+    r = deploy(client, rels[0].name, headers=no_origin)
+    assert r.status_code == 403 and "Origin or Referer" in r.json()["error"]
+    r = deploy(client, rels[0].name, headers={**no_origin, "Referer": "https://evil.example/x"})
+    assert r.status_code == 403
+    r = deploy(client, rels[0].name, headers={**no_origin, "Referer": "http://testserver/servers/web-1"})
+    assert r.status_code == 200, r.text
+
+
+def test_authentication_and_roles_come_before_the_body(client, rels):
+    """An anonymous or under-privileged write is 401/403 whatever its body, never 400/422."""
+    url = "/api/v1/servers/web-1/apps/hello/deploy"
+    for body in (b"not json", b'{"release": 5}', b"[" * 5000, b'{"release": NaN}', b"\xff"):
+        r = client.post(url, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 401, (body[:20], r.status_code, r.text)
+        r = client.post(url, content=body, headers={**token("dash"), "content-type": "application/json"})
+        assert r.status_code == 403, (body[:20], r.status_code, r.text)
+        r = client.post(url, content=body, headers={**token("ci"), "content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["type"] == "InvalidRequest", (body[:20], r.text)
+    r = client.post("/api/v1/servers/web-1/apps/hello/remove", content=b"{", headers=token("ci"))
+    assert r.status_code == 403
+    # The pages' forms too: a missing field from a stranger is 401, from a viewer 403.
+    html = {"accept": "text/html"}
+    assert client.post("/servers/web-1/apps/hello/deploy", data={}, headers=html).status_code == 401
+    r = client.post("/servers/web-1/apps/hello/deploy", data={}, headers={**user("viewer@example.com"), **html})
+    assert r.status_code == 403
 
 
 def test_form_posts_need_csrf_token(client, rels):
@@ -298,9 +341,7 @@ def test_form_posts_need_csrf_token(client, rels):
 
 
 def test_viewer_form_post_is_403_page(client, rels):
-    r = client.get("/", headers={**user("viewer@example.com"), "accept": "text/html"})
-    csrf = client.cookies.get("push_csrf")
-    assert r.status_code == 200 and csrf
+    csrf = browser_csrf(client, "viewer@example.com")
     r = client.post("/servers/web-1/apps/hello/deploy", data={"release": rels[0].name, "csrf_token": csrf},
                     headers={**user("viewer@example.com"), "accept": "text/html"})
     assert r.status_code == 403 and "may not deploy" in r.text
@@ -323,6 +364,17 @@ def test_rollback(client, rels):
     assert r.status_code == 200 and r.json()["to"] == rels[3].name and r.json()["action"] == "rollback"
 
 
+def test_a_deploy_to_a_server_whose_file_vanished_is_refused_and_writes_nothing(client, bucket, rels):
+    """A store replaced by an empty one, or the file deleted: never a new one-app file."""
+    assert deploy(client, rels[0].name).status_code == 200
+    bucket.delete("server/web-1.json")
+    r = deploy(client, rels[1].name)
+    assert r.status_code == 409 and r.json()["type"] == "ServerFileMissing"
+    assert "server/web-1.json is missing" in r.json()["error"] and "its history" in r.json()["error"]
+    assert r.json()["conflict"]["last_change"]["to"] == rels[0].name
+    assert serverfile.read(bucket, "web-1").generation is None
+
+
 def test_remove_needs_admin(client, bucket, rels):
     deploy(client, rels[0].name)
     assert client.post("/api/v1/servers/web-1/apps/hello/remove", headers=token("ci")).status_code == 403
@@ -331,7 +383,7 @@ def test_remove_needs_admin(client, bucket, rels):
     assert r.status_code == 409
     r = client.post("/api/v1/servers/web-1/apps/hello/remove", headers=token("ops"))
     assert r.status_code == 200 and r.json()["to"] is None
-    assert serverfile.read(bucket, "web-1").entries == ()
+    assert serverfile.read(bucket, "web-1").entries == ("hello/",)  # removal is the placeholder
 
 
 def test_deploy_all(client, rels):
@@ -503,19 +555,30 @@ def test_pages_deploy_everywhere_remove_and_units_by_form(client, bucket, rels):
     html = {"accept": "text/html"}
     r = client.get(f"/apps/hello/deploy-all?release={rels[3].name}", headers={**user("deployer@example.com"), **html})
     assert r.status_code == 200 and r.text.count('name="expected"') == 2
-    csrf = client.cookies.get("push_csrf")
+    csrf = browser_csrf(client)
     form = {"release": rels[3].name, "csrf_token": csrf, "note": "all",
             "expected": [f"web-1={rels[0].name}", f"web-2={rels[0].name}"]}
     r = client.post("/apps/hello/deploy-all", data=form, headers={**user("deployer@example.com"), **html})
     assert r.status_code == 200 and r.text.count("class=\"ok\"") == 2
     assert {serverfile.read(bucket, s).release_of("hello").name for s in ("web-1", "web-2")} == {rels[3].name}
+    assert "Deployed to all 2 servers (2 changed" in r.text
+    # The result page is honest: when every server refused, nothing is "deployed" and it is no 200.
+    form["release"] = rels[2].name  # both still expected at rels[0]: both refuse
+    r = client.post("/apps/hello/deploy-all", data=form, headers={**user("deployer@example.com"), **html})
+    assert r.status_code == 409 and "Nothing deployed" in r.text and "all 2 servers refused" in r.text
+    assert r.text.count("refused (409 ChangedMeanwhile)") == 2 and "<title>hello: nothing deployed" in r.text
+    form["expected"] = [f"web-1={rels[3].name}", f"web-2={rels[0].name}"]
+    r = client.post("/apps/hello/deploy-all", data=form, headers={**user("deployer@example.com"), **html})
+    assert r.status_code == 200 and "Deployed to 1 of 2 servers" in r.text and "1 refused" in r.text
     # Removing needs admin, from a page with the CSRF token.
     r = client.post("/servers/web-1/apps/hello/remove", data={"csrf_token": csrf, "expected_from": rels[3].name},
                     headers={**user("deployer@example.com"), **html})
     assert r.status_code == 403 and "may not admin" in r.text
-    r = client.post("/servers/web-1/apps/hello/remove", data={"csrf_token": csrf, "expected_from": rels[3].name},
+    r = client.post("/servers/web-1/apps/hello/remove",
+                    data={"csrf_token": browser_csrf(client, "admin@example.com"), "expected_from": rels[2].name},
                     headers={**user("admin@example.com"), **html}, follow_redirects=False)
     assert r.status_code == 303 and serverfile.read(bucket, "web-1").release_of("hello") is None
+    assert serverfile.read(bucket, "web-1").entries == ("hello/",)  # the UI's remove writes the placeholder
     # A unit action by form lands as a pending request.
     r = client.post("/servers/web-2/units/hello.service/stop", data={"csrf_token": csrf},
                     headers={**user("deployer@example.com"), **html}, follow_redirects=False)
@@ -525,6 +588,75 @@ def test_pages_deploy_everywhere_remove_and_units_by_form(client, bucket, rels):
                  "/history?server=web-1", "/history?app=hello"]:
         assert client.get(path, headers={**user("viewer@example.com"), **html}).status_code == 200, path
     assert client.get("/servers/nowhere", headers={**user("viewer@example.com"), **html}).status_code == 404
+
+
+# -- input at the edge: limits, strict JSON, store faults ------------------------------------
+
+
+def _keys(bucket):
+    """Every key but the catalogue's (catalog/: the push server folds its journal into the
+    index on its own schedule, whatever the requests)."""
+    return sorted(i.key for i in bucket.list("") if not i.key.startswith("catalog/"))
+
+
+def test_a_refused_request_writes_nothing_and_says_why_in_one_line(client, bucket, rels):
+    before = _keys(bucket)
+    url = "/api/v1/servers/web-1/apps/hello/deploy"
+    cases = [
+        (b'{"release": "%s", "note": "\\ud800"}' % rels[0].name.encode(), 400, "lone UTF-16 surrogate"),
+        (b'{"release": "%s", "note": "x", "latest": NaN}' % rels[0].name.encode(), 400, "NaN"),
+        (b'{"release": "%s", "expected_from": Infinity}' % rels[0].name.encode(), 400, "Infinity"),
+        (b'{"release": "\xff"}', 400, "not UTF-8"),
+        (json.dumps({"release": rels[0].name, "note": "x" * 10_000_000}).encode(), 413, "at most 65536"),
+        (json.dumps({"release": rels[0].name, "note": "x" * 1001}).encode(), 400, "at most 1000"),
+    ]
+    for body, status, words in cases:
+        r = client.post(url, content=body, headers={**token("ci"), "content-type": "application/json"})
+        assert r.status_code == status and words in r.json()["error"], (body[:60], r.status_code, r.text[:200])
+        assert "\n" not in r.json()["error"]
+    r = client.post("/api/v1/servers/web-1/apps/" + "a" * 300 + "/deploy", json={"release": rels[0].name},
+                    headers=token("ci"))
+    assert r.status_code == 400 and "at most 64 bytes" in r.json()["error"]
+    csrf = browser_csrf(client)
+    r = client.post(url.replace("/api/v1", ""), data={"release": rels[0].name, "note": "x" * 5000, "csrf_token": csrf},
+                    headers={**user("deployer@example.com"), "accept": "text/html"})
+    assert r.status_code == 400 and "at most 1000" in r.text
+    assert _keys(bucket) == before  # nothing written, not even half
+    assert client.get("/api/v1/history", headers=token("dash")).status_code == 200
+    assert client.get("/history", headers={**user("viewer@example.com"), "accept": "text/html"}).status_code == 200
+
+
+def test_odd_query_parameters_are_400_with_one_line(client):
+    for url in ["/api/v1/history?limit=1e309", "/api/v1/history?limit=%C2%B2", "/api/v1/watch/web-1?timeout=nan",
+                "/?page=" + "9" * 5000]:
+        r = client.get(url, headers={**token("dash"), "accept": "application/json"})
+        assert r.status_code == 400 and r.json()["type"] == "InvalidRequest", (url, r.status_code, r.text[:200])
+
+
+def test_a_store_the_server_may_not_read_is_503_with_a_message(client, bucket, rels, monkeypatch):
+    """PermissionError on the local store (a root-owned directory, a bad mount)."""
+    import builtins
+    import os
+
+    import push.store.local as local
+
+    root = str(bucket.root)
+    real_open, real_scandir = builtins.open, os.scandir
+
+    def deny(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(root):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(local, "open", deny(real_open), raising=False)
+    monkeypatch.setattr(os, "scandir", deny(real_scandir))
+    deploy_body = {"json": {"release": rels[0].name}}
+    for method, url, kwargs in [("GET", "/api/v1/history", {}), ("GET", "/api/v1/servers/web-1/requests", {}),
+                                ("POST", "/api/v1/servers/web-1/apps/hello/deploy", deploy_body)]:
+        r = client.request(method, url, headers=token("ci"), **kwargs)
+        assert r.status_code == 503 and "Permission denied" in r.json()["error"], (url, r.status_code, r.text)
 
 
 def test_idle_long_polls_are_answered_within_their_timeout_at_spread_moments():

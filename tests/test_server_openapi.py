@@ -15,8 +15,10 @@ from fastapi.testclient import TestClient
 from jsonschema import Draft202012Validator
 
 from fleetdata import TOKENS, make_config, make_release, report
+from push import serverfile
 from push.server.app import create_app
 from push.server.auth import AuthSettings
+from push.serverfile import ServerFile
 from push.store.local import LocalStore
 
 PROXY = "10.0.0.1"
@@ -68,6 +70,9 @@ def world(tmp_path):
     report(bucket, "web-1", {"hello": None, "pulld": None})
     report(bucket, "web-2", {"hello": rels[0].name}, failed={"hello": "dpkg: error"},
            units={"hello": {"hello.service": "failed"}})
+    # web-2 runs hello, so it has a server file (a deploy to a server that had one and lost
+    # it is refused: ServerFileMissing).
+    serverfile.write(bucket, ServerFile("web-2", (rels[0].name,)))
     app = create_app(bucket, make_config(tmp_path), auth=AuthSettings(trusted_proxies=(PROXY,)),
                      poll_interval=0.05, catalog_interval=0.1)
     with TestClient(app, client=(PROXY, 40000)) as client:
@@ -88,6 +93,7 @@ def test_every_answer_matches_the_openapi_document(world):
     check("GET", "/api/v1/apps", 200, headers=DASH)
     check("GET", "/api/v1/apps/hello/releases", 200, headers=DASH)
     check("GET", "/api/v1/history", 200, headers=DASH)
+    check("GET", "/api/v1/problems", 200, headers=DASH)
     check("GET", "/api/v1/servers/web-1/requests", 200, headers=DASH)
     check("GET", "/healthz", 200)
     watch = check("GET", "/api/v1/watch/web-1", 200)
@@ -128,7 +134,7 @@ def test_every_answer_matches_the_openapi_document(world):
     assert conflict["type"] == "ChangedMeanwhile" and conflict["conflict"]["last_change"]["action"] == "remove"
     check("POST", deploy, 400, headers=CI, json={})
     check("GET", "/api/v1/apps/bad..name/releases", 400, headers=DASH)
-    check("POST", deploy, 422, headers={**CI, "content-type": "application/json"}, content=b"{not json")
+    check("POST", deploy, 400, headers={**CI, "content-type": "application/json"}, content=b"{not json")
 
     json_routes = {(m, p) for p, ops in check.doc["paths"].items() for m in ops if p != "/metrics"}
     assert json_routes - check.succeeded == set()

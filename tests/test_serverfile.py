@@ -53,7 +53,7 @@ def test_write_keeps_format_and_order(store):
     new = serverfile.write(store, sf.with_release(Release.parse(A2)).with_release(Release.parse(B1)))
     assert json.loads(store.get("server/s1.json")[0]) == [A2, B1]
     assert new.generation != sf.generation
-    assert serverfile.read(store, "s1").without_app("app").entries == (B1,)
+    assert serverfile.read(store, "s1").with_placeholder("app").entries == ("app/", B1)
 
 
 def test_concurrent_edit_loses_with_conflict_and_nothing_is_lost(store):

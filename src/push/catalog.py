@@ -157,6 +157,13 @@ class Catalog:
         self._schedule_index_write()
         return new
 
+    def _noted(self, key: str, why: str) -> str:
+        """`why` an object is no release, logged with its key once per reason (the caller
+        counts it in `skipped`)."""
+        if self.skipped.get(key) != why:
+            log.warning("skipping %s: %s", key, why)
+        return why
+
     def _load(self) -> list[ReleaseInfo]:
         index = self._read_index()
         if index is None:
@@ -256,19 +263,23 @@ class Catalog:
     def _read_info(self, obj: ObjectInfo, metadata_listed: bool = True) -> tuple[ReleaseInfo | str, str] | None:
         """(release, generation) of a listed object, or (why it is not a release, generation);
         None if it is gone."""
+        if obj.damaged is not None:  # a listing that could not open it (a local file's header)
+            return self._noted(obj.key, obj.damaged), obj.generation
         metadata = obj.metadata
         if not (self.store.lists_metadata and metadata_listed):
             try:
                 obj = self.store.stat(obj.key)
             except NotFound:
                 return None
+            except PushError as e:  # one unreadable object: skipped and counted, the rest reads on
+                return self._noted(obj.key, str(e)), obj.generation
             self.metadata_reads += 1
             metadata = obj.metadata
         try:
             return ReleaseInfo.from_metadata(obj.key, metadata), obj.generation
         except InvalidInput as e:
             # The original ignored objects without release metadata; we do too, but say so.
-            return str(e), obj.generation
+            return self._noted(obj.key, str(e)), obj.generation
 
     def _listing(self) -> Iterator[tuple[str, str, dict[str, str] | None]]:
         """(key, generation, metadata) of every object under debs/, in key order. Where a
@@ -378,16 +389,21 @@ class Catalog:
                 if self._lookup(name) is not None:
                     continue
                 try:
-                    deb = self.store.stat(layout.release_key(name))
+                    key = layout.release_key(name)
+                except InvalidInput:  # a journal entry naming no possible key
+                    continue
+                try:
+                    deb = self.store.stat(key)
                 except NotFound:
                     continue
-                except InvalidInput:  # a journal entry naming no possible key
+                except PushError as e:  # a damaged object: skipped and counted
+                    self.skipped[key] = self._noted(key, str(e))
                     continue
                 self.metadata_reads += 1
                 try:
                     info = ReleaseInfo.from_metadata(deb.key, deb.metadata)
                 except InvalidInput as e:
-                    self.skipped[deb.key] = str(e)
+                    self.skipped[deb.key] = self._noted(deb.key, str(e))
                     continue
                 with self._lock:
                     self._add(info, deb.generation)

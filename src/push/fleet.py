@@ -21,10 +21,11 @@ from pydantic import Field
 from push import lookup, serverfile, serversigning, status, unitrequests
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
+from push.errors import Conflict, InvalidData, InvalidRequest, NotFound, PushError, StoreUnavailable
 from push.history import History, Record, new_record
+from push.layout import server_file_key
 from push.model import Model
-from push.names import check_server, check_unit
+from push.names import check_note, check_server, check_unit
 from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile
 from push.signing import SigningKey
@@ -86,6 +87,21 @@ class ChangedMeanwhile(Conflict):
                               last_change=self.last_change)
 
 
+class ServerFileMissing(Conflict):
+    """The server has no server file, but the history or its agent shows it had one: a
+    deleted file, or a wrong or empty bucket. Creating a file that names only one app would
+    hide the others, so nothing is written (docs/push-server.md#removal)."""
+
+    def __init__(self, message: str, *, key: str, server: str, app: str, found: list[str],
+                 last_change: Record | None) -> None:
+        super().__init__(message, key=key)
+        self.server, self.app, self.found, self.last_change = server, app, found, last_change
+
+    def detail(self) -> ConflictDetail:
+        return ConflictDetail(server=self.server, app=self.app, expected=None, current=None,
+                              last_change=self.last_change)
+
+
 class ConflictDetail(Model, frozen=True):
     """What a ChangedMeanwhile found: the release the user saw, what is there now, and the
     last change that put it there."""
@@ -122,8 +138,8 @@ class Refusal(Model, frozen=True):
 
     @classmethod
     def of(cls, error: PushError) -> Refusal:
-        return cls(error=str(error), type=type(error).__name__,
-                   conflict=error.detail() if isinstance(error, ChangedMeanwhile) else None)
+        detail = error.detail() if isinstance(error, ChangedMeanwhile | ServerFileMissing) else None
+        return cls(error=str(error), type=type(error).__name__, conflict=detail)
 
 
 @dataclass
@@ -176,6 +192,29 @@ def _fire(ctx: Context, server: str, what: str) -> None:
         ctx.triggers.changed(server, what)
 
 
+def check_may_create(ctx: Context, server: str, app: str) -> None:
+    """Refuse to create `server`'s file when the server had one: its history names changes,
+    or its agent reports apps installed. A new file would mention only `app`; on a wrong or
+    emptied bucket that is a silent fork of the fleet (ServerFileMissing names what was found)."""
+    found: list[str] = []
+    last = next(iter(ctx.history.records(server, limit=1)), None)
+    if last is not None:
+        found.append(f"its history (last: {last.action} {last.app} by {last.who} at {last.time[:19]}Z)")
+    try:
+        report = status.read(ctx.store, server)
+    except PushError:
+        report = None
+    running = sorted(a for a, st in report.apps.items() if st.installed or st.package) if report else []
+    if running:
+        found.append(f"its agent's report of {', '.join(running)} installed")
+    if found:
+        key = server_file_key(server)
+        raise ServerFileMissing(
+            f"{key} is missing in {ctx.store.url}, but {server} had one: found {' and '.join(found)}. "
+            f"Nothing was written: check the store (--store / PUSH_STORE: a wrong or empty bucket?) "
+            f"or restore the file", key=key, server=server, app=app, found=found, last_change=last)
+
+
 def _sign(ctx: Context, after: ServerFile) -> PushError | None:
     """Sign the server file just written (with the deploy key, if any); the error, if signing failed."""
     if ctx.deploy_key is None:
@@ -191,15 +230,17 @@ def _sign(ctx: Context, after: ServerFile) -> PushError | None:
 
 def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseInfo | None,
                  action: str, expected_from: Any, note: str) -> Change:
-    """The one write path for deploy, rollback and remove: CAS on the server file."""
+    """The one write path for deploy, rollback and remove: CAS on the server file. A removal
+    writes the placeholder "APP/"; an entry is never dropped."""
 
     def change(sf: ServerFile) -> ServerFile:
         current = _current(sf, app)
         if expected_from is not ANY and current != expected_from:
             raise _Mismatch(current)
-        if target is None:
-            return sf.without_app(app)
-        return sf.with_release(target.release)
+        after = sf.with_placeholder(app) if target is None else sf.with_release(target.release)
+        if sf.generation is None and after.entries != sf.entries:
+            check_may_create(ctx, server, app)
+        return after
 
     try:
         before, after = serverfile.update(ctx.store, server, change)
@@ -233,6 +274,7 @@ def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = 
     """
     check_server(server)
     require_app(ctx, app)
+    check_note(note)
     ctx.config.check_allowed(server, app)
     if latest == (release is not None):
         raise InvalidRequest("give either a release or latest, not both" if latest
@@ -248,6 +290,19 @@ def _expected_name(ctx: Context, app: str, expected_from: Any) -> Any:
     if isinstance(expected_from, str) and "/" not in expected_from:
         return lookup.release(ctx.catalog, app, expected_from).name
     return expected_from
+
+
+def _present_on(ctx: Context, server: str, app: str) -> bool:
+    """Whether `server`'s file names `app` or its agent reports it installed."""
+    try:
+        sf = serverfile.read(ctx.store, server)
+        if sf is not None and app in sf.apps:
+            return True
+        report = status.read(ctx.store, server)
+    except PushError:
+        return False
+    st = report.apps.get(app) if report is not None else None
+    return st is not None and bool(st.installed or st.package or st.state == "unmanaged")
 
 
 def require_app(ctx: Context, app: str) -> str:
@@ -282,6 +337,7 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
     """Return `app` on `server` to the release it ran before the current one, by the history."""
     check_server(server)
     require_app(ctx, app)
+    check_note(note)
     ctx.config.check_allowed(server, app)
     plan = rollback_target(ctx, server, app)
     current, target = plan.from_, plan.to
@@ -298,8 +354,16 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
 def remove(ctx: Context, who: str, server: str, app: str, *, expected_from: Any = ANY,
            note: str = "") -> Change:
     """Take `app` off `server` (pulld then removes its package). Works for apps the config
-    no longer allows, so they can be cleaned up."""
-    require_app(ctx, app)
+    no longer allows, so they can be cleaned up, and for apps Push no longer knows (no release
+    left, in no appNames) that the server's file names or its agent reports installed, so an
+    unmanaged app can always be taken off."""
+    try:
+        require_app(ctx, app)
+    except lookup.UnknownApp:
+        ctx.config.require_server(server)
+        if not _present_on(ctx, server, app):
+            raise
+    check_note(note)
     ctx.config.require_server(server)
     return _set_release(ctx, who, server, app, None, "remove", _expected_name(ctx, app, expected_from), note)
 
@@ -372,6 +436,7 @@ def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
     `release` is any name push.lookup takes but `previous` (which differs per server).
     """
     require_app(ctx, app)
+    check_note(note)
     release = lookup.release(ctx.catalog, app, release).name
     servers = list(expected) if expected is not None else servers_running(ctx, app)
     outcomes: list[Deployed | Refused] = []
@@ -388,8 +453,11 @@ def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
 def units_of(ctx: Context, server: str, report: AgentStatus | None = None) -> dict[str, str]:
     """unit -> app, for the apps skiapush.conf allows on `server`: the units named by the
     desired releases' metadata (templates left out: nothing to act on), and those the
-    agent reports."""
-    sf = serverfile.read(ctx.store, server) or ServerFile(server)
+    agent reports (only those, when the server file cannot be read)."""
+    try:
+        sf = serverfile.read(ctx.store, server) or ServerFile(server)
+    except InvalidData:
+        sf = ServerFile(server)
     units: dict[str, str] = {}
     for app in ctx.config.apps_for(server):
         release = sf.release_of(app)
@@ -410,6 +478,7 @@ def unit_action(ctx: Context, who: str, server: str, unit: str, action: str, *,
                 report: AgentStatus | None = None, note: str = "") -> Change:
     """Ask the server's agent to start, stop or restart `unit` (see docs/unit-requests.md)."""
     check_unit(unit)
+    check_note(note)
     unitrequests.check_action(action)
     ctx.config.require_server(server)
     if report is None:

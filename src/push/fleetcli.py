@@ -124,9 +124,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("remove", parents=[common, remote, signer], help="take an app off a server",
-                       description="Take APP off SERVER: its agent then removes the package. Works for apps "
-                                   "skiapush.conf no longer allows there, so they can be cleaned up. Recorded "
-                                   "in the history; needs the admin role through a push server.")
+                       description='Take APP off SERVER: writes the placeholder "APP/" into its server file, '
+                                   "and its agent then removes what it installed for APP. An app the file "
+                                   "does not mention is left running (unmanaged); this is how to remove it. "
+                                   "Works for apps skiapush.conf no longer allows there, so they can be cleaned "
+                                   "up. Recorded in the history; needs the admin role through a push server.")
     p.add_argument("server")
     p.add_argument("app")
     p.add_argument("--expect", metavar="RELEASE",
@@ -211,7 +213,19 @@ class Direct:
 
         if server is not None:
             self.ctx.config.require_server(server)
-        return FleetView(self.ctx).state(None, app)
+        view = FleetView(self.ctx)
+        state = view.state(None, app)
+        if view.snapshot.empty and not self.ctx.catalog.releases():
+            # A typo in --store, a wrong bucket, a mount that failed: say so rather than show
+            # a fleet of servers that merely never reported.
+            print(f"push: warning: {self.ctx.store.url} holds no server files, agent reports or releases: "
+                  "is --store / PUSH_STORE right?", file=sys.stderr)
+        problems = view.problems()
+        if problems:
+            first = next(iter(problems))
+            print(f"push: warning: {len(problems)} object(s) in the bucket cannot be read and were skipped "
+                  f"(first: {first}: {problems[first]})", file=sys.stderr)
+        return state
 
     def history(self, server: str | None, app: str | None, limit: int) -> list[Record]:
         if server is not None:
@@ -287,6 +301,26 @@ def _error_from_answer(status: int, body: object, url: str) -> PushError:
     return cls(f"{message} (push server {url})")
 
 
+def push_url(url: str) -> str:
+    """A --push-url / PUSH_URL, checked: http(s)://HOST[:PORT][/PATH], never with credentials
+    (they would be echoed in every message and sent on every request; use PUSH_TOKEN). The
+    refusal never prints what came before the '@'."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise InvalidInput("--push-url is not a URL: expected http(s)://HOST[:PORT]") from None
+    host = parts.netloc.rpartition("@")[2]
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise InvalidInput(f"--push-url must not carry credentials ({parts.scheme}://…@{host}): "
+                             "send an API token with --token or PUSH_TOKEN instead")
+    if parts.scheme not in ("http", "https") or not host:
+        raise InvalidInput(f"--push-url must be http(s)://HOST[:PORT], not {parts.scheme or 'no scheme'}://{host}")
+    return url.strip().rstrip("/")
+
+
 def _what_answered(response: httpx.Response) -> str:
     """One line on what answered: status, content type, the server's name and a page title."""
     import re
@@ -311,7 +345,7 @@ class Remote:
     def __init__(self, url: str, token: str | None) -> None:
         import httpx
 
-        self.url = url.rstrip("/")
+        self.url = push_url(url)
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -513,11 +547,12 @@ def _print_change(args: argparse.Namespace, change: Change) -> None:
     elif change.request is not None:
         print(f"asked the agent on {change.server} to {change.action[5:]} {change.request.unit}")
     elif not change.changed and change.action == "remove":
-        print(f"{change.app} is not on {change.server}: nothing changed")
+        print(f'{change.server}\'s server file already says "{change.app}/": nothing changed')
     elif not change.changed:
         print(f"{change.app} on {change.server} already runs {_short(change.to)}: nothing changed")
     elif change.action == "remove":
-        print(f"removed {change.app} from {change.server}: {_short(change.from_)} -> (nothing)")
+        print(f'removed {change.app} from {change.server}: {_short(change.from_)} -> "{change.app}/" '
+              "(its agent removes it)")
     else:
         verb = "rolled back" if change.action == "rollback" else "deployed"
         print(f"{verb} {change.app} on {change.server}: {_short(change.from_)} -> {_short(change.to)}")

@@ -22,11 +22,13 @@ from push.serverfile import ServerFile
 from push.status import AgentStatus, AppStatus
 
 Mark = Literal["out_of_date", "dirty", "drift", "failed", "not_allowed", "no_report", "unknown_release",
-               "untrusted", "unhealthy", "reverted"]
+               "untrusted", "unhealthy", "reverted", "unmanaged"]
 MARKS: tuple[str, ...] = get_args(Mark)
 # Marks that make an app a problem; out_of_date and dirty are worth seeing, not fixing now.
 # An app whose release is progressing (just installed, within its deadline) is not one.
-PROBLEMS = frozenset({"drift", "failed", "not_allowed", "unknown_release", "untrusted", "unhealthy", "reverted"})
+# unmanaged: installed, but the server file does not mention it (left running; only "APP/" removes it).
+PROBLEMS = frozenset({"drift", "failed", "not_allowed", "unknown_release", "untrusted", "unhealthy", "reverted",
+                      "unmanaged"})
 
 
 class AppState(Model, frozen=True):
@@ -37,7 +39,8 @@ class AppState(Model, frozen=True):
     desired: str | None = Field(description="release named by server/{server}.json (null: none)")
     desired_note: str | None = Field(default=None, description="the desired release's note")
     actual: str | None = Field(description="release the agent reports installed")
-    state: str | None = Field(description="agent's state for the app: ok, pending, installing, failed, removing")
+    state: str | None = Field(description="agent's state for the app: ok, pending, installing, failed, removing, "
+                                          "unmanaged (installed, not in the server file: left running)")
     error: str | None = Field(description="why it failed, in the agent's words")
     units: dict[str, str] = Field(description="unit -> state (active, inactive, failed, ...), as the agent reports")
     latest: str | None = Field(description="newest release of the app")
@@ -70,8 +73,8 @@ class ServerState(Model, frozen=True):
     untrusted: list[str] = Field(default_factory=list, description="what the agent refuses now, as "
                                                                    "'subject: reason' (docs/trust.md)")
     problems: int = Field(description="apps with drift, failed, not_allowed, unknown_release, untrusted, "
-                                      "unhealthy or reverted, plus one for a stale, silent or failing agent, "
-                                      "a refused server file or a bad server file")
+                                      "unhealthy, reverted or unmanaged, plus one for a stale, silent or failing "
+                                      "agent, a refused server file or a bad server file")
     apps: list[AppState]
 
 
@@ -108,6 +111,10 @@ def server_state(server: str, *, allowed: Sequence[str], file: ServerFile | None
     untrusted_apps = {r.get("app") for r in refused}
     listed = file.apps if file is not None else []
     apps = list(allowed) + [a for a in listed if a not in allowed]
+    # Installed apps the file does not mention (left running by pulld): shown, marked unmanaged.
+    unmanaged = {a for a, st in (report.apps.items() if report is not None and file is not None else ())
+                 if a not in listed and (st.state == "unmanaged" or st.installed)}
+    apps += sorted(a for a in unmanaged if a not in apps)
     states = []
     problems = 0
     for app in apps:
@@ -129,6 +136,8 @@ def server_state(server: str, *, allowed: Sequence[str], file: ServerFile | None
             marks.append("not_allowed")
         if report is None:
             marks.append("no_report")
+        elif app in unmanaged:
+            marks.append("unmanaged")
         elif actual != desired:
             marks.append("drift")
         error = None

@@ -46,13 +46,13 @@ from typing import Protocol
 from push import changes, layout, serverfile, status, timestamps
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import InvalidData, NotFound, PushError
+from push.errors import CorruptObject, InvalidData, NotFound, PushError
 from push.fleetstate import AppSummary, FleetFilter, FleetState, ReleaseState, ServerState, filter_apps, server_state
 from push.names import check_server
 from push.release import ReleaseInfo
 from push.serverfile import ServerFile
 from push.status import AgentStatus
-from push.store import Store
+from push.store import ObjectInfo, Store
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,9 @@ class Seen:
     file_errors: Mapping[str, tuple[str, str]]         # server -> (generation, why)
     reports: Mapping[str, tuple[str, AgentStatus]]     # server -> (generation, report)
     requests: Mapping[str, tuple[str, ...]]            # server -> its request keys, sorted
+    # Objects that cannot be read, by key: (generation, why). Each is skipped on its own;
+    # everything else is read as if it were not there ("problems in the bucket").
+    problems: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 EMPTY = Seen({}, {}, {}, {})
@@ -131,6 +134,13 @@ class Snapshot:
 
     def rev(self, server: str) -> str:
         return self.revs.get(server, NO_REV)
+
+    @property
+    def empty(self) -> bool:
+        """The look found no server file, agent report or unit request at all: an empty (or
+        wrong) bucket, worth a warning."""
+        seen = self.seen
+        return not (seen.files or seen.file_errors or seen.reports or seen.requests or seen.problems)
 
     def report(self, server: str) -> AgentStatus | None:
         got = self.seen.reports.get(server)
@@ -381,16 +391,23 @@ class FleetView:
         """List server/, status/ and requests/; read only the objects whose generation changed
         (a report whose agent journals its changes only when the copy is old: see REPORT_REREAD)."""
         store = self.sources.store
+        problems: dict[str, tuple[str, str]] = {}
+
+        def damaged(info: ObjectInfo) -> bool:
+            if info.damaged is not None:
+                problems[info.key] = (info.generation, info.damaged)
+            return info.damaged is not None
+
         self._journal.covered_until(time.time_ns())  # every write journaled before now is listed below
         now = time.monotonic()
         file_gens = {server: i.generation for i in store.list(layout.SERVER)
                      if (server := layout.server_of_file_key(i.key)) is not None}
         report_gens = {server: i.generation for i in store.list(layout.STATUS)
-                       if (server := layout.server_of_status_key(i.key)) is not None}
+                       if (server := layout.server_of_status_key(i.key)) is not None and not damaged(i)}
         requests: dict[str, list[str]] = {}
         for info in store.list(layout.REQUESTS):
             request = layout.request_of_key(info.key)
-            if request is not None:
+            if request is not None and not damaged(info):
                 requests.setdefault(request[0], []).append(info.key)
 
         files: dict[str, ServerFile] = {}
@@ -411,6 +428,7 @@ class FleetView:
             except NotFound:
                 continue
             except PushError as e:
+                log.warning("cannot read %s: %s", layout.server_file_key(server), e)
                 file_errors[server] = (gen, str(e))
                 continue
             if sf is not None and sf.generation is not None:
@@ -423,27 +441,45 @@ class FleetView:
                     old_report[1].journaled and now - self._report_read_at.get(server, 0.0) < self.report_reread)):
                 reports[server] = old_report
                 continue
+            key = layout.status_key(server)
+            bad = prev.problems.get(key)
+            if bad is not None and bad[0] == gen:
+                problems[key] = bad
+                continue
             with contextlib.suppress(NotFound):  # gone meanwhile
-                got_report = self._read_report(server, None)
+                got_report = self._read_report(server, None, problems, gen)
                 if got_report is not None:
                     reports[server] = got_report
-        return Seen(files, file_errors, reports, {s: tuple(sorted(k)) for s, k in requests.items()}), None
+        for server, (gen, why) in file_errors.items():
+            problems[layout.server_file_key(server)] = (gen, why)
+        return Seen(files, file_errors, reports, {s: tuple(sorted(k)) for s, k in requests.items()}, problems), None
 
-    def _read_report(self, server: str, generation: str | None) -> tuple[str, AgentStatus] | None:
+    def _read_report(self, server: str, generation: str | None, problems: dict[str, tuple[str, str]],
+                     listed_generation: str = "") -> tuple[str, AgentStatus] | None:
         """The server's report unless still at `generation`; None if unchanged, not a report
-        or not readable now (shown as no report); NotFound if there is none."""
+        or not readable now (shown as no report); NotFound if there is none. A report that is
+        no report (damaged, malformed) is put in `problems` with its generation; a readable
+        one takes its key out."""
         key = layout.status_key(server)
+        got = None
         try:
             got = self.sources.store.get(key, if_generation_not_match=generation)
             if got is None:
                 return None
             self.object_reads += 1
             self._report_read_at[server] = time.monotonic()
-            return got[1].generation, status.parse(got[0], key)
+            read = got[1].generation, status.parse(got[0], key)
         except NotFound:
+            problems.pop(key, None)
             raise
-        except PushError:
+        except (InvalidData, CorruptObject) as e:  # not a report: shown as no report, and as a problem
+            log.warning("cannot read %s: %s", key, e)
+            problems[key] = (got[1].generation if got is not None else listed_generation, str(e))
             return None
+        except PushError:  # not readable now: shown as no report until the next poll
+            return None
+        problems.pop(key, None)
+        return read
 
     def _look_at_journal(self, prev: Seen) -> tuple[Seen, frozenset[str]]:
         """The journal's tail; re-read only what its entries name."""
@@ -452,13 +488,14 @@ class FleetView:
             return prev, frozenset()
         files, file_errors = dict(prev.files), dict(prev.file_errors)
         reports, requests = dict(prev.reports), dict(prev.requests)
+        problems = dict(prev.problems)
         for kind, server in dict.fromkeys(entries):
             if kind == changes.SERVER:
                 self._reread_file(server, files, file_errors)
             elif kind == changes.STATUS:
                 old = reports.get(server)
                 try:
-                    got = self._read_report(server, old[0] if old is not None else None)
+                    got = self._read_report(server, old[0] if old is not None else None, problems)
                 except NotFound:
                     reports.pop(server, None)
                     continue
@@ -466,7 +503,9 @@ class FleetView:
                     reports[server] = got
             elif kind == changes.REQUESTS:
                 self._relist_requests(server, requests)
-        return Seen(files, file_errors, reports, requests), frozenset(s for _, s in entries)
+        servers = {s for k, s in entries if k == changes.SERVER}
+        return (Seen(files, file_errors, reports, requests, _file_problems(problems, file_errors, servers)),
+                frozenset(s for _, s in entries))
 
     def _reread_file(self, server: str, files: dict[str, ServerFile],
                      file_errors: dict[str, tuple[str, str]]) -> None:
@@ -474,9 +513,12 @@ class FleetView:
         old = files.get(server)
         try:
             sf = serverfile.read(self.sources.store, server, if_generation_not_match=old.generation if old else None)
-        except InvalidData as e:
+        except (InvalidData, CorruptObject) as e:  # one bad file: recorded, every other read goes on
+            log.warning("cannot read %s: %s", layout.server_file_key(server), e)
             try:
                 gen = self.sources.store.stat(layout.server_file_key(server)).generation
+            except CorruptObject:  # its header too: no generation to tell a rewrite by
+                gen = ""
             except PushError:
                 return
             files.pop(server, None)
@@ -502,9 +544,20 @@ class FleetView:
         files, file_errors, requests = dict(prev.files), dict(prev.file_errors), dict(prev.requests)
         self._reread_file(server, files, file_errors)
         self._relist_requests(server, requests)
-        return Seen(files, file_errors, prev.reports, requests)
+        return Seen(files, file_errors, prev.reports, requests, _file_problems(prev.problems, file_errors, [server]))
 
     # -- reading (each call reads one snapshot) --------------------------------------------------
+
+    def problems(self) -> dict[str, str]:
+        """Every object in the bucket that cannot be read, key -> why: server files, agent
+        reports and unit requests (from the last look), releases (the catalogue's skipped)
+        and history keys (when the sources keep a history). Each was skipped on its own."""
+        out = {key: why for key, (_, why) in self.snapshot.seen.problems.items()}
+        out.update(self.sources.catalog.skipped)
+        history = getattr(self.sources, "history", None)
+        if history is not None:
+            out.update(history.skipped)
+        return dict(sorted(out.items()))
 
     def rev(self, server: str) -> str:
         snapshot = self._snapshot
@@ -540,6 +593,19 @@ class FleetView:
         return out
 
 
+def _file_problems(problems: Mapping[str, tuple[str, str]], file_errors: Mapping[str, tuple[str, str]],
+                   servers: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """`problems` with the server files of `servers` as `file_errors` now says (after a re-read)."""
+    out = dict(problems)
+    for server in servers:
+        key = layout.server_file_key(server)
+        if server in file_errors:
+            out[key] = file_errors[server]
+        else:
+            out.pop(key, None)
+    return out
+
+
 def _same(a: Seen, b: Seen, only: frozenset[str] | None = None) -> bool:
     """Whether two looks found the very same objects (not merely equal ones). With `only`,
     the look changed nothing but those servers' entries (it carried the others over), so
@@ -549,6 +615,8 @@ def _same(a: Seen, b: Seen, only: frozenset[str] | None = None) -> bool:
         return True
     pairs: tuple[tuple[Mapping[str, object], Mapping[str, object]], ...] = (
         (a.files, b.files), (a.file_errors, b.file_errors), (a.reports, b.reports), (a.requests, b.requests))
+    if a.problems != b.problems:  # few, and keyed by object: compared whole
+        return False
     if only is not None:
         return all(len(x) == len(y) and all(x.get(s) is y.get(s) or x.get(s) == y.get(s) for s in only)
                    for x, y in pairs)

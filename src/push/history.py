@@ -15,6 +15,7 @@ without reading records ('~' is in no server or app name). Rollback reads this h
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -22,10 +23,14 @@ from collections.abc import Iterator
 from pydantic import Field
 
 from push import layout, timestamps
-from push.errors import InvalidData, InvalidRequest, NotFound
+from push.errors import CorruptObject, InvalidData, InvalidRequest, NotFound, PushError, StoreError
 from push.model import Model
-from push.names import check_app, check_server
+from push.names import check_app, check_note, check_server
 from push.store import Store
+
+log = logging.getLogger(__name__)
+# At most this many unreadable history keys are remembered (for the problems list).
+SKIPPED_MAX = 1000
 
 ACTIONS = ("deploy", "rollback", "remove", "unit-start", "unit-stop", "unit-restart")
 # Actions that change what a server should run (the others are requests to its agent).
@@ -69,6 +74,7 @@ def new_record(who: str, server: str, app: str, action: str, *, from_: str | Non
         raise InvalidRequest(f"unknown history action {action!r}")
     check_server(server)
     check_app(app)
+    check_note(note)
     record_id = timestamps.new_id(now_ns)
     return Record(id=record_id, time=timestamps.format_time(timestamps.id_time(record_id)), who=who,
                   server=server, app=app, action=action, from_=from_, to=to, note=note, result=result,
@@ -84,6 +90,8 @@ class History:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self.reads = 0  # record bodies fetched from the store (for tests and /metrics)
+        # Keys under history/ that hold no readable record: key -> why (skipped when listed).
+        self.skipped: dict[str, str] = {}
 
     # -- writing ------------------------------------------------------------------------
 
@@ -104,9 +112,20 @@ class History:
             while len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
 
+    def _skip(self, key: str, why: str) -> None:
+        with self._lock:
+            if key not in self.skipped:
+                log.warning("skipping %s: %s", key, why)
+                if len(self.skipped) < SKIPPED_MAX:
+                    self.skipped[key] = why
+
     def _read(self, key: str) -> Record | None:
+        """The record at `key`; None (skipped, counted, logged) for anything that is not one:
+        a foreign key, a damaged object, a record of another id. One bad object never
+        fails a listing."""
         rid = layout.history_id_of_key(key)
         if rid is None:
+            self._skip(key, "not a history record's key ({20 digits}-{8 hex}~...)")
             return None
         with self._lock:
             cached = self._cache.get(rid)
@@ -116,11 +135,23 @@ class History:
             got = self.store.get(key)
         except NotFound:
             return None
+        except InvalidData as e:
+            self._skip(key, str(e))
+            return None
+        except PushError as e:
+            if not isinstance(e, StoreError) or isinstance(e, CorruptObject):
+                self._skip(key, str(e))
+                return None
+            raise
         assert got is not None
         self.reads += 1
         try:
             record = Record.from_bytes(got[0], key)
-        except InvalidData:  # not a record: skipped, as a listing skips foreign keys
+        except InvalidData as e:  # not a record: skipped, as a listing skips foreign keys
+            self._skip(key, str(e))
+            return None
+        if record.id != rid:
+            self._skip(key, f"holds record {record.id!r}, not {rid!r}")
             return None
         self._remember(rid, record)
         return record

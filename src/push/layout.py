@@ -163,7 +163,8 @@ def history_id_of_key(key: str) -> str | None:
     """The id of the record a history key holds (None if the key is not one)."""
     stem = key.rsplit("/", 1)[-1].split("~", 1)[0]
     inv, _, rand = stem.partition("-")
-    if len(inv) != 20 or not inv.isdigit() or not rand:
+    # isascii: str.isdigit() also accepts "²", which int() does not.
+    if len(inv) != 20 or not (inv.isascii() and inv.isdigit()) or not rand:
         return None
     return f"{_INV - int(inv):020d}-{rand}"
 

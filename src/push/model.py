@@ -44,7 +44,7 @@ class Model(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise InvalidData(f"{key or cls.noun}: not a valid {cls.noun}: {_first(e)}", key=key) from None
+            raise InvalidData(f"{key or cls.noun}: not a valid {cls.noun}: {first_problem(e)}", key=key) from None
 
     @classmethod
     def from_bytes(cls, data: bytes, key: str | None = None) -> Self:
@@ -52,10 +52,10 @@ class Model(BaseModel):
         try:
             return cls.model_validate_json(data)
         except ValidationError as e:
-            raise InvalidData(f"{key or cls.noun}: not a valid {cls.noun}: {_first(e)}", key=key) from None
+            raise InvalidData(f"{key or cls.noun}: not a valid {cls.noun}: {first_problem(e)}", key=key) from None
 
 
-def _first(e: ValidationError) -> str:
+def first_problem(e: ValidationError) -> str:
     """The first problem pydantic found, as one line: where and what."""
     err = e.errors(include_url=False)[0]
     where = ".".join(str(p) for p in err["loc"])

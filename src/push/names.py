@@ -19,6 +19,7 @@ UNIT_MAX = 255            # systemd's own limit
 USER_MAX = 64
 HOST_MAX = 253            # a fully qualified DNS name
 RELEASE_FILE_MAX = 255    # `{app}:{user}@{host}:{time}:{hash}.deb`: one file name in the local store
+NOTE_MAX = 1000           # characters of a change's note (stored three times in the history)
 
 _APP_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 _SERVER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -26,6 +27,7 @@ _UNIT_RE = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\.[a-z]+")
 # Users and hosts are the builder's: anything printable but the separators of a release name.
 _USER_HOST_RE = re.compile(r"[^\x00-\x20\x7f/:@\\]+")
 _HASH_RE = re.compile(r"[0-9a-f]{40}")
+_NOTE_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _fail(kind: str, value: object, rule: str) -> InvalidName:
@@ -78,6 +80,22 @@ def check_git_hash(value: str) -> str:
     if not isinstance(value, str) or not _HASH_RE.fullmatch(value):
         raise _fail("git hash", value, "expected 40 lowercase hex digits")
     return value
+
+
+def check_note(note: str) -> str:
+    """A change's note ("why"): text of at most 1,000 characters, no control characters but
+    tab and newline, no lone UTF-16 surrogate (it could not be stored as UTF-8)."""
+    if not isinstance(note, str):
+        raise _fail("note", type(note).__name__, "expected text")
+    if len(note) > NOTE_MAX:
+        raise InvalidName(f"invalid note: {len(note)} characters, at most {NOTE_MAX}", kind="note", value=note[:40])
+    try:
+        note.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidName("invalid note: it holds a lone UTF-16 surrogate (not text)", kind="note") from None
+    if _NOTE_CONTROL_RE.search(note):
+        raise InvalidName("invalid note: no control characters (but tab and newline)", kind="note", value=note[:40])
+    return note
 
 
 def check_release_file(file_name: str) -> str:

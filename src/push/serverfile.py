@@ -1,18 +1,22 @@
 """server/{server}.json: the releases a server should run, read and written with compare-and-swap.
 
 The file is a JSON array of release names, exactly as the original Push wrote it. An entry
-`"app/"` is a placeholder meaning "nothing chosen for app". Every write is conditional on
+`"app/"` is a placeholder meaning "nothing of app on this server": pulld removes the app if
+it installed it. Removal is only ever that explicit entry; an app the file does not mention
+is left as it is (docs/pulld.md#removal). Every write is conditional on
 the generation that was read, so concurrent edits never silently overwrite each other.
 """
 
 from __future__ import annotations
 
 import json
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from push import changes
-from push.errors import Conflict, InvalidInput, InvalidServerFile, NotFound
+from push.errors import Conflict, InvalidInput, InvalidServerFile, NotFound, StoreUnavailable
 from push.layout import server_file_key
 from push.names import check_app, check_server
 from push.release import Release, app_of
@@ -62,6 +66,8 @@ class ServerFile:
             entries = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
             raise _invalid(server, f"not valid JSON ({e})") from None
+        except RecursionError:  # "[[[[…" nested deeper than the parser goes
+            raise _invalid(server, "not a JSON array of release names (nested too deeply)") from None
         if not isinstance(entries, list):
             raise _invalid(server, "expected a JSON array of release names")
         return cls(server=server, entries=tuple(entries), generation=generation)
@@ -93,9 +99,18 @@ class ServerFile:
             entries.append(release.name)
         return ServerFile(self.server, tuple(entries), self.generation)
 
-    def without_app(self, app: str) -> ServerFile:
-        """A copy that no longer lists `app` (so pulld removes its package)."""
-        return ServerFile(self.server, tuple(e for e in self.entries if app_of(e) != app), self.generation)
+    def with_placeholder(self, app: str) -> ServerFile:
+        """A copy that says `app/` for `app` (in place, else appended): pulld removes it.
+        The entry is never dropped: an app the file does not mention is left running."""
+        placeholder = check_app(app) + "/"
+        entries = list(self.entries)
+        for i, entry in enumerate(entries):
+            if app_of(entry) == app:
+                entries[i] = placeholder
+                break
+        else:
+            entries.append(placeholder)
+        return ServerFile(self.server, tuple(entries), self.generation)
 
 
 def read(store: Store, server: str, if_generation_not_match: str | None = None) -> ServerFile | None:
@@ -127,14 +142,29 @@ def write(store: Store, new: ServerFile) -> ServerFile:
     return ServerFile(new.server, new.entries, info.generation)
 
 
+# Backoff between compare-and-swap attempts: "full jitter" (a random wait up to a cap that
+# doubles per attempt), so writers that collided once spread out instead of colliding again.
+BACKOFF_FIRST = 0.005
+BACKOFF_CAP = 0.5
+# A change that still applies is retried this long before the store is called too busy.
+UPDATE_DEADLINE = 60.0
+
+
 def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile],
-           attempts: int = 5) -> tuple[ServerFile, ServerFile]:
+           attempts: int | None = None, deadline: float = UPDATE_DEADLINE) -> tuple[ServerFile, ServerFile]:
     """Read-modify-write with compare-and-swap, re-reading on Conflict.
 
-    `change` is called on fresh data each attempt and may raise (for example Conflict when
-    what it meant to change has been changed by someone else). Returns (before, after).
+    `change` is called on fresh data each attempt and raises when the change no longer
+    applies (the caller's own expectation, e.g. ChangedMeanwhile); as long as it applies, a
+    write that lost a race to another writer (another app's change) is retried with jittered
+    backoff, so concurrent changes of different apps all go through. Only after `deadline`
+    seconds of lost races is the store called too busy (StoreUnavailable, nothing written).
+    `attempts` bounds the tries instead (then the last Conflict is raised; for benchmarks).
+    Returns (before, after).
     """
-    for attempt in range(attempts):
+    start = time.monotonic()
+    attempt = 0
+    while True:
         before = read(store, server)
         assert before is not None
         after = change(before)
@@ -143,7 +173,13 @@ def update(store: Store, server: str, change: Callable[[ServerFile], ServerFile]
         try:
             return before, write(store, after)
         except Conflict:
-            if attempt == attempts - 1:
+            attempt += 1
+            if attempts is not None and attempt >= attempts:
                 raise
-    raise AssertionError("unreachable")
+            if time.monotonic() - start > deadline:
+                raise StoreUnavailable(
+                    f"{server_file_key(server)} is being changed by too many writers at once: "
+                    f"{attempt} tries in {deadline:.0f} s lost the race; nothing was written, try again",
+                    key=server_file_key(server)) from None
+            time.sleep(random.uniform(0, min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** attempt)))
 

@@ -30,7 +30,7 @@ class AppStatus(Model):
     installed: str | None = None      # release name dpkg reports installed, None if none
     package: str | None = None
     version: str | None = None
-    state: str = "ok"                 # ok | pending | installing | failed | removing
+    state: str = "ok"                 # ok | pending | installing | failed | removing | unmanaged
     error: str | None = None          # last error text (dpkg's own words), None if the last try worked
     error_time: str | None = None
     attempts: int = 0                 # consecutive failures (drives the backoff)

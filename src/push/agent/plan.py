@@ -30,7 +30,7 @@ class Action(enum.StrEnum):
     INSTALL = "install"        # nothing of the app is (fully) installed as a known release: install it
     UPGRADE = "upgrade"        # a newer release than the one installed
     DOWNGRADE = "downgrade"    # an older release than the one installed: a rollback
-    REMOVE = "remove"          # the file no longer lists the app: purge what Push installed for it
+    REMOVE = "remove"          # the file says "APP/" (explicit removal): purge what Push installed for it
     METADATA = "metadata"      # the wanted release's metadata is not known yet: read it, then plan again
     LEAVE = "leave"            # nothing to do now: in sync, nothing chosen, or backing off (`until`)
     REVERT = "revert"          # the installed release was not healthy in time: go back to `revert_to`
@@ -57,6 +57,7 @@ class AppPlan:
     revert_to: str | None = None         # REVERT: the release that ran before, to install again
     refused: Refusal | None = None       # the desired release was reverted and is not retried until the file changes
     verdict: Verdict | None = None       # the health of the installed release, as last judged
+    unmanaged: bool = False              # installed, but the file does not mention the app: left running
 
     @property
     def changes(self) -> bool:
@@ -73,7 +74,7 @@ class AppPlan:
 
     @property
     def placeholder(self) -> bool:
-        """The file says `app/`: nothing chosen."""
+        """The file says `app/`: nothing of the app on this server (removed if installed)."""
         return self.listed and self.desired is None
 
 
@@ -179,7 +180,7 @@ def plan(server_file: ServerFile | None, *, installed: Mapping[str, InstalledPac
     for app in listed:
         rel = desired.get(app)
         if rel is None:
-            decisions.append(_with_verdict(_placeholder(app, installed, record), health))
+            decisions.append(_with_verdict(_placeholder(app, live.get(app), installed, record, now), health))
             continue
         decision, over = _for_release(app, rel, metadata.get(rel.name), live.get(app), installed, record, now)
         decision = _judged(decision, record, health.get(app), refusals.get(app) if app in standing else None,
@@ -187,7 +188,7 @@ def plan(server_file: ServerFile | None, *, installed: Mapping[str, InstalledPac
         decisions.append(decision)
         if over and app not in standing:  # a failed revert is not over while its refusal stands
             stale.add(app)
-    decisions += [_with_verdict(_not_listed(app, live.get(app), installed, record, now), health)
+    decisions += [_with_verdict(_not_listed(app, installed, record), health)
                   for app in sorted(record.apps) if app not in listed]
     removals = sorted((p for p in decisions if p.action is Action.REMOVE), key=lambda p: p.app)
     installs = sorted((p for p in decisions if p.installs or p.action is Action.REVERT),
@@ -199,8 +200,8 @@ def plan(server_file: ServerFile | None, *, installed: Mapping[str, InstalledPac
 
 def _no_longer_applies(failure: Failure, app: str, listed: list[str], desired: Mapping[str, Release],
                        refusal: Refusal | None = None) -> bool:
-    if failure.release is None:  # a removal that failed: the app is listed again
-        return app in listed
+    if failure.release is None:  # a removal that failed: applies while the file still says "APP/"
+        return app not in listed or app in desired
     rel = desired.get(app)
     if (refusal is not None and rel is not None and refusal.release == rel.name
             and failure.release == refusal.reverted_to):
@@ -298,23 +299,39 @@ def _change(current: str | None, row: InstalledPackage | None, rel: Release) -> 
     return Action.DOWNGRADE, f"{current} -> {rel.name} (a rollback)"
 
 
-def _placeholder(app: str, installed: Mapping[str, InstalledPackage], record: AgentState) -> AppPlan:
-    current, row = installed_release(app, None, installed, record)
-    return AppPlan(app, Action.LEAVE, f"{app}/ in the server file: nothing chosen", installed=current, row=row)
+# Removal is explicit (docs/pulld.md#removal): only the placeholder "APP/" removes an app. An
+# installed app the file does not mention at all is left running and reported unmanaged, so a
+# missing, emptied or wrong server file can never uninstall a fleet.
 
 
-def _not_listed(app: str, failure: Failure | None, installed: Mapping[str, InstalledPackage],
-                record: AgentState, now: float) -> AppPlan:
+def _placeholder(app: str, failure: Failure | None, installed: Mapping[str, InstalledPackage],
+                 record: AgentState, now: float) -> AppPlan:
+    """`APP/`: nothing of APP here. What Push installed for it is removed; an app Push never
+    installed here (the original tools' "nothing chosen") needs nothing."""
     current, row = installed_release(app, None, installed, record)
-    seen = AppPlan(app, Action.LEAVE, "", listed=False, installed=current, row=row)
+    rec = record.apps.get(app)
+    seen = AppPlan(app, Action.LEAVE, f"{app}/ in the server file: nothing of it here", installed=current, row=row)
+    if rec is None:
+        return seen
     if failure is not None and now < failure.retry_at:
         return replace(seen, why=f"removal {_backing_off(failure)}", until=failure.retry_at)
-    packages = record.apps[app].packages
-    why = (f"not in the server file: removing {', '.join(packages)}" if packages
-           else "not in the server file, and nothing of it installed: forgetting it")
+    why = (f"{app}/ in the server file: removing {', '.join(rec.packages)}" if rec.packages
+           else f"{app}/ in the server file, and nothing of it installed: forgetting it")
     if failure is not None:
         why = f"retry {failure.attempts + 1}: {why}"
     return replace(seen, action=Action.REMOVE, why=why, attempt=failure.attempts + 1 if failure else 1)
+
+
+def _not_listed(app: str, installed: Mapping[str, InstalledPackage], record: AgentState) -> AppPlan:
+    """An app Push installed that the file does not mention: left installed and running, and
+    reported unmanaged (a record with nothing installed is forgotten)."""
+    current, row = installed_release(app, None, installed, record)
+    seen = AppPlan(app, Action.LEAVE, "", listed=False, installed=current, row=row)
+    if not record.apps[app].packages and row is None:
+        return replace(seen, action=Action.REMOVE, why="not in the server file, and nothing of it installed: "
+                                                       "forgetting it")
+    return replace(seen, unmanaged=True,
+                   why=f"not in the server file: left running, unmanaged (only {app}/ in the file removes it)")
 
 
 def _without_file(app: str, installed: Mapping[str, InstalledPackage], record: AgentState) -> AppPlan:

@@ -55,8 +55,10 @@ def _app(p: AppPlan, failure: Failure | None, unit_error: str | None, units: Map
         st.state = "removing"
     elif p.desired is not None and p.installed != p.desired.name:
         st.state = "pending"
-    if p.placeholder:
-        st.state = "ok"  # nothing chosen, nothing to do
+    if p.placeholder and p.action is Action.LEAVE and failure is None and p.until is None:
+        st.state = "ok"  # nothing of the app here, nothing to do
+    if p.unmanaged:
+        st.state = "unmanaged"  # installed, not in the server file: left running (docs/pulld.md#removal)
     _health(st, p, working)
     return st
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -24,11 +25,12 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from push import __version__
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import AccessDenied, Conflict, NotFound, PushError, StoreError, Unauthenticated
+from push.errors import AccessDenied, Conflict, InvalidRequest, NotFound, PushError, StoreError, Unauthenticated
 from push.fleet import ChangedMeanwhile, Context, Refusal
 from push.fleetview import FULL_INTERVAL, FleetView
 from push.history import History
-from push.server.auth import CSRF_COOKIE, Auth, AuthSettings
+from push.server.auth import Auth, AuthSettings
+from push.server.bodies import BodyTooLarge
 from push.server.metrics import Metrics, MetricsMiddleware
 from push.server.watch import WatchHub
 from push.serversigning import Resigner
@@ -66,6 +68,7 @@ HTTP_STATUSES: dict[type[PushError], int] = {
     AccessDenied: 403,
     NotFound: 404,
     Conflict: 409,
+    BodyTooLarge: 413,
     StoreError: 503,         # the bucket cannot be used right now
 }
 
@@ -145,7 +148,22 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     async def push_error(request: Request, exc: PushError) -> Response:
         return error_response(request, exc)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameter(request: Request, exc: RequestValidationError) -> Response:
+        # A query or path parameter FastAPI could not read (a page number that is no number):
+        # one clear line, as every other refusal, not FastAPI's 422 list.
+        return error_response(request, InvalidRequest(_parameter_problem(exc)))
+
     return app
+
+
+def _parameter_problem(exc: RequestValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    err = errors[0]
+    where = " ".join(str(p) for p in err.get("loc", ()))
+    return f"invalid {where}: {err.get('msg', 'not valid')}".replace("  ", " ")
 
 
 async def _resign_loop(resigner: Resigner, ctx: Context, interval: float) -> None:
@@ -195,13 +213,4 @@ def error_response(request: Request, exc: PushError, retry: RetryForm | None = N
         error=exc, status=status, kind=type(exc).__name__, identity=identity,
         roles=push.auth.roles(identity),
         csrf_token=push.auth.csrf_token(request), request=request, retry=retry)
-    response = HTMLResponse(html, status_code=status, headers=headers)
-    set_csrf_cookie(request, response)
-    return response
-
-
-def set_csrf_cookie(request: Request, response: Response) -> None:
-    token = request.scope.get("push.new_csrf")
-    if token:
-        response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="strict",
-                            secure=request.url.scheme == "https", path="/")
+    return HTMLResponse(html, status_code=status, headers=headers)

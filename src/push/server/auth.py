@@ -9,6 +9,7 @@ Roles (view < deploy < admin) come from skiapush.conf's [access] table.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -22,13 +23,14 @@ from starlette.requests import Request
 from push.config import ROLES, Config
 from push.errors import NotAllowed, Unauthenticated
 
-CSRF_COOKIE = "push_csrf"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 PROXY_SECRET_HEADER = "X-Push-Proxy-Secret"
 DEFAULT_USER_HEADER = "X-Forwarded-Email"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 LOCAL_IDENTITY = "local"
+CSRF_NONCE_BYTES = 16   # 128 bits
+CSRF_NONCE_CHARS = 22   # its unpadded base64
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class AuthSettings:
     # Shared secret the proxy sends in X-Push-Proxy-Secret (from PUSH_PROXY_SECRET).
     proxy_secret: str | None = field(default=None, repr=False)
     user_header: str = DEFAULT_USER_HEADER
+    # The key CSRF tokens are signed with (PUSH_CSRF_SECRET; push servers behind one load
+    # balancer share it). Random per process by default: a restart asks open pages to reload.
+    csrf_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies]
@@ -149,31 +154,60 @@ class Auth:
         return identity
 
     # -- CSRF ------------------------------------------------------------------------------
+    # A token is `{nonce}.{mac}`: 128 random bits, and HMAC-SHA256 over the signed-in identity
+    # and the nonce with the server's secret. Only this server can make one, and only for the
+    # identity it was given to; nothing the attacker sets (a cookie) is trusted.
 
-    @staticmethod
-    def csrf_token(request: Request) -> str:
-        """The session's CSRF token (the cookie's, or a new one the response must set)."""
-        token = request.cookies.get(CSRF_COOKIE)
-        if not token or len(token) < 20:
-            token = request.scope.get("push.new_csrf") or secrets.token_urlsafe(32)
-            request.scope["push.new_csrf"] = token
+    def _csrf_mac(self, identity: Identity, nonce: str) -> str:
+        mac = hmac.new(self.settings.csrf_secret, f"{identity.via}\0{identity.name}\0{nonce}".encode(),
+                       hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+    def csrf_token(self, request: Request) -> str:
+        """A CSRF token for the signed-in caller ("" without one): forms and htmx send it back."""
+        token: str | None = request.scope.get("push.csrf")
+        if token is None:
+            try:
+                identity = self.identify(request)
+            except Unauthenticated:
+                identity = None
+            if identity is None:
+                return ""
+            nonce = base64.urlsafe_b64encode(secrets.token_bytes(CSRF_NONCE_BYTES)).decode().rstrip("=")
+            token = f"{nonce}.{self._csrf_mac(identity, nonce)}"
+            request.scope["push.csrf"] = token
         return token
 
+    def _csrf_valid(self, identity: Identity, token: str) -> bool:
+        nonce, dot, mac = token.partition(".")
+        if not dot or len(nonce) < CSRF_NONCE_CHARS or len(token) > 200:
+            return False
+        return hmac.compare_digest(mac.encode(), self._csrf_mac(identity, nonce).encode())
+
     def check_csrf(self, request: Request, identity: Identity, submitted: str | None) -> None:
-        """Every browser write must carry the cookie's token back (form field or header);
-        token-authenticated calls carry no ambient credentials and are exempt, and so are
-        non-browser clients in no-auth mode."""
+        """A browser write must come from this site (Origin, else Referer, naming this host;
+        `Origin: null` or neither is refused) and carry a token this server signed for this
+        identity (form field or X-CSRF-Token header). Token-authenticated calls carry no
+        ambient credentials and are exempt, and so are non-browser clients in no-auth mode."""
         if identity.via == "token":
             return
-        if (identity.via == "local" and "origin" not in request.headers
-                and "sec-fetch-site" not in request.headers):
+        headers = request.headers
+        if (identity.via == "local" and "origin" not in headers and "referer" not in headers
+                and "sec-fetch-site" not in headers):
             # No-auth mode and not a browser (browsers send Origin and Sec-Fetch-Site on
             # every POST): a CLI or script, which a forged cross-site request cannot be.
             return
-        origin = request.headers.get("origin")
-        if origin and origin != "null" and urlparse(origin).netloc != request.headers.get("host", ""):
-            raise NotAllowed(f"cross-site request from {origin} refused")
-        cookie = request.cookies.get(CSRF_COOKIE, "")
-        submitted = submitted or request.headers.get(CSRF_HEADER, "")
-        if not cookie or not submitted or not hmac.compare_digest(cookie.encode(), submitted.encode()):
+        host = headers.get("host", "")
+        origin = headers.get("origin")
+        if origin is not None:
+            if origin == "null" or urlparse(origin).netloc != host:
+                raise NotAllowed(f"cross-site request from {origin[:100]!r} refused")
+        else:
+            referer = headers.get("referer")
+            if referer is None:
+                raise NotAllowed("a browser write must carry Origin or Referer: refused")
+            if urlparse(referer).netloc != host:
+                raise NotAllowed("cross-site request (Referer of another site) refused")
+        submitted = submitted or headers.get(CSRF_HEADER, "")
+        if not submitted or not self._csrf_valid(identity, submitted):
             raise NotAllowed("missing or wrong CSRF token: reload the page and try again")

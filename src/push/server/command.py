@@ -62,6 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trusted_proxies=tuple(args.trusted_proxy if args.trusted_proxy is not None else args.env_proxies),
         proxy_secret=os.environ.get("PUSH_PROXY_SECRET") or None,
         user_header=args.user_header,
+        # Push servers behind one load balancer share it, so a page from one posts to another.
+        **({"csrf_secret": os.environ["PUSH_CSRF_SECRET"].encode()} if os.environ.get("PUSH_CSRF_SECRET") else {}),
     )
     check_bind(args.host, settings)
     settings.networks()  # a bad --trusted-proxy fails now, not at the first request

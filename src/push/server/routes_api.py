@@ -5,9 +5,10 @@ exactly what is sent (tests/test_server_openapi.py holds every route to it)."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
@@ -19,6 +20,7 @@ from push.fleetstate import AppSummary, FleetState, ReleaseState, ServerState
 from push.history import Record
 from push.model import Model
 from push.names import check_app, check_server
+from push.server import bodies
 from push.server.app import http_status, server_of
 from push.server.auth import Identity
 from push.server.watch import DEFAULT_TIMEOUT, MAX_TIMEOUT
@@ -80,7 +82,8 @@ class Whoami(Model):
 
 
 class Health(Model):
-    """Whether this push server has read the bucket and its last poll worked."""
+    """Whether this push server has read the bucket and its last poll worked. Objects that
+    cannot be read are skipped one by one: counted here, never a reason for 503."""
 
     ok: bool
     loaded: bool
@@ -88,6 +91,15 @@ class Health(Model):
     last_poll_error: str | None
     watchers: int
     store: str
+    unreadable: int = Field(description="objects in the bucket that cannot be read (GET /api/v1/problems)")
+    empty: bool = Field(description="the bucket holds no server file, agent report or release (a wrong store?)")
+
+
+class BucketProblem(Model):
+    """An object in the bucket that cannot be read, and why; it is skipped, everything else works."""
+
+    key: str
+    error: str
 
 
 REFUSALS: dict[int | str, dict[str, Any]] = {
@@ -106,11 +118,28 @@ def _expected(body: BaseModel, name: str = "expected_from") -> Any:
     return getattr(body, name) if name in body.model_fields_set else fleet.ANY
 
 
-def _writer(request: Request, role: str) -> Identity:
-    push = server_of(request)
-    identity = push.auth.require(request, role)
-    push.auth.check_csrf(request, identity, None)
-    return identity
+def writer(role: str) -> Callable[[Request], Identity]:
+    """A dependency: the caller, if they hold `role` and (for a browser) pass the CSRF check.
+    Declared before the body's, so refusals come before the body is read (401/403, not 400)."""
+
+    def check(request: Request) -> Identity:
+        push = server_of(request)
+        identity = push.auth.require(request, role)
+        push.auth.check_csrf(request, identity, None)
+        return identity
+
+    return check
+
+
+# The dependencies of the write routes, in the order FastAPI solves them: the caller first
+# (401/403), then the body (400), so a refused caller's body is never even read.
+Deployer = Annotated[Identity, Depends(writer("deploy"))]
+Admin = Annotated[Identity, Depends(writer("admin"))]
+DeployRequestBody = Annotated[DeployRequest, Depends(bodies.body(DeployRequest))]
+RollbackRequestBody = Annotated[RollbackRequest, Depends(bodies.body(RollbackRequest, optional=True))]
+RemoveRequestBody = Annotated[RemoveRequest, Depends(bodies.body(RemoveRequest, optional=True))]
+DeployAllRequestBody = Annotated[DeployAllRequest, Depends(bodies.body(DeployAllRequest))]
+UnitRequestBodyOf = Annotated[UnitRequestBody, Depends(bodies.body(UnitRequestBody, optional=True))]
 
 
 def _count(request: Request, change: Change) -> None:
@@ -203,6 +232,15 @@ def get_history(request: Request, server: str | None = None, app: str | None = N
     return push.ctx.history.records(server or None, app or None, limit=limit, before=before)
 
 
+@router.get(f"{API}/problems", tags=["fleet"], responses=REFUSALS)
+def get_problems(request: Request) -> list[BucketProblem]:
+    """Objects in the bucket that cannot be read (damaged, malformed, foreign), by key: each
+    is skipped on its own and logged with its key; every other object works."""
+    push = server_of(request)
+    push.auth.require(request, "view")
+    return [BucketProblem(key=k, error=why) for k, why in push.view.problems().items()]
+
+
 @router.get(f"{API}/servers/{{server}}/requests", tags=["units"], responses=REFUSALS)
 def get_requests(request: Request, server: str) -> list[UnitRequest]:
     """The server's unit requests (pending and recently finished), oldest first."""
@@ -214,10 +252,11 @@ def get_requests(request: Request, server: str) -> list[UnitRequest]:
 # -- changing -------------------------------------------------------------------------------
 
 
-@router.post(f"{API}/servers/{{server}}/apps/{{app}}/deploy", tags=["changes"], responses=WRITE_REFUSALS)
-def deploy(request: Request, server: str, app: str, body: DeployRequest) -> Change:
+@router.post(f"{API}/servers/{{server}}/apps/{{app}}/deploy", tags=["changes"], responses=WRITE_REFUSALS,
+             openapi_extra=bodies.openapi(DeployRequest))
+def deploy(request: Request, server: str, app: str, identity: Deployer,
+           body: DeployRequestBody) -> Change:
     """Deploy a release (or the newest, `latest: true`) of `app` to `server`. Needs *deploy*."""
-    identity = _writer(request, "deploy")
     push = server_of(request)
     change = fleet.deploy(push.ctx, identity.name, server, app, body.release, latest=body.latest,
                           expected_from=_expected(body), note=body.note)
@@ -225,25 +264,26 @@ def deploy(request: Request, server: str, app: str, body: DeployRequest) -> Chan
     return change
 
 
-@router.post(f"{API}/servers/{{server}}/apps/{{app}}/rollback", tags=["changes"], responses=WRITE_REFUSALS)
-def rollback(request: Request, server: str, app: str, body: RollbackRequest | None = None) -> Change:
+@router.post(f"{API}/servers/{{server}}/apps/{{app}}/rollback", tags=["changes"], responses=WRITE_REFUSALS,
+             openapi_extra=bodies.openapi(RollbackRequest, optional=True))
+def rollback(request: Request, server: str, app: str, identity: Deployer,
+             body: RollbackRequestBody) -> Change:
     """Return `app` on `server` to the release it ran before the current one (by the history,
     not "the second newest"). Needs *deploy*."""
-    identity = _writer(request, "deploy")
     push = server_of(request)
-    body = body or RollbackRequest()
     change = fleet.rollback(push.ctx, identity.name, server, app, expected_from=_expected(body),
                             expected_to=_expected(body, "expected_to"), note=body.note)
     _count(request, change)
     return change
 
 
-@router.post(f"{API}/servers/{{server}}/apps/{{app}}/remove", tags=["changes"], responses=WRITE_REFUSALS)
-def remove(request: Request, server: str, app: str, body: RemoveRequest | None = None) -> Change:
-    """Take `app` off `server` (its agent then removes the package). Needs *admin*."""
-    identity = _writer(request, "admin")
+@router.post(f"{API}/servers/{{server}}/apps/{{app}}/remove", tags=["changes"], responses=WRITE_REFUSALS,
+             openapi_extra=bodies.openapi(RemoveRequest, optional=True))
+def remove(request: Request, server: str, app: str, identity: Admin,
+           body: RemoveRequestBody) -> Change:
+    """Take `app` off `server`: writes the placeholder "APP/", and its agent then removes the
+    package. Needs *admin*."""
     push = server_of(request)
-    body = body or RemoveRequest()
     change = fleet.remove(push.ctx, identity.name, server, app, expected_from=_expected(body), note=body.note)
     _count(request, change)
     return change
@@ -260,12 +300,13 @@ def preview_deploy_all(request: Request, app: str,
     return fleet.plan_everywhere(push.ctx, app, release)
 
 
-@router.post(f"{API}/apps/{{app}}/deploy-all", tags=["changes"], responses=WRITE_REFUSALS)
-def deploy_all(request: Request, app: str, body: DeployAllRequest) -> FleetDeploy:
+@router.post(f"{API}/apps/{{app}}/deploy-all", tags=["changes"], responses=WRITE_REFUSALS,
+             openapi_extra=bodies.openapi(DeployAllRequest))
+def deploy_all(request: Request, app: str, identity: Deployer,
+               body: DeployAllRequestBody) -> FleetDeploy:
     """Deploy one release to every server that runs `app`, each server by its own
     compare-and-swap: one failure stops no other. Needs *deploy*. The answer is 200 with
     one outcome per server (`ok`, or `error` with its HTTP `status`)."""
-    identity = _writer(request, "deploy")
     push = server_of(request)
     result = fleet.deploy_everywhere(push.ctx, identity.name, app, body.release,
                                      expected=body.expected, note=body.note)
@@ -279,15 +320,15 @@ def deploy_all(request: Request, app: str, body: DeployAllRequest) -> FleetDeplo
     return result.model_copy(update={"outcomes": outcomes})
 
 
-@router.post(f"{API}/servers/{{server}}/units/{{unit}}/{{action}}", tags=["units"], responses=WRITE_REFUSALS)
-def unit_action(request: Request, server: str, unit: str, action: str,
-                body: UnitRequestBody | None = None) -> Change:
+@router.post(f"{API}/servers/{{server}}/units/{{unit}}/{{action}}", tags=["units"], responses=WRITE_REFUSALS,
+             openapi_extra=bodies.openapi(UnitRequestBody, optional=True))
+def unit_action(request: Request, server: str, unit: str, action: str, identity: Deployer,
+                body: UnitRequestBodyOf) -> Change:
     """Ask the server's agent to start, stop or restart one of its apps' units (recorded in
     the bucket, see docs/unit-requests.md). Needs *deploy*."""
-    identity = _writer(request, "deploy")
     push = server_of(request)
     change = fleet.unit_action(push.ctx, identity.name, server, unit, action,
-                               report=push.view.report(server), note=(body or UnitRequestBody()).note)
+                               report=push.view.report(server), note=body.note)
     _count(request, change)
     return change
 
@@ -315,7 +356,9 @@ def healthz(request: Request, response: Response) -> Health:
     push = server_of(request)
     health = Health(ok=push.view.loaded and push.hub.last_poll_error is None, loaded=push.view.loaded,
                     last_poll=push.view.last_refresh, last_poll_error=push.hub.last_poll_error,
-                    watchers=push.hub.watchers, store=push.ctx.store.url)
+                    watchers=push.hub.watchers, store=push.ctx.store.url,
+                    unreadable=len(push.view.problems()) if push.view.loaded else 0,
+                    empty=push.view.loaded and push.view.snapshot.empty and not push.ctx.catalog.releases())
     response.status_code = 200 if health.ok else 503
     return health
 

@@ -13,16 +13,16 @@ import hashlib
 from typing import Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import Markup
 
 from push import fleet, lookup, serverfile, unitrequests
-from push.errors import NotFound, PushError
+from push.errors import InvalidRequest, NotFound, PushError, error_class
 from push.fleetview import ServerView
 from push.names import check_app, check_server
 from push.release import Release
-from push.server.app import PushServer, RetryForm, error_response, server_of, set_csrf_cookie
+from push.server.app import PushServer, RetryForm, error_response, http_status, server_of
 from push.server.auth import Identity
 from push.serverfile import ServerFile
 
@@ -70,9 +70,7 @@ def _page(request: Request, template: str, identity: Identity | None, status: in
     html = push.templates.get_template(template).render(
         request=request, identity=identity, roles=push.auth.roles(identity),
         csrf_token=push.auth.csrf_token(request), **context)
-    response = HTMLResponse(html, status_code=status)
-    set_csrf_cookie(request, response)
-    return response
+    return HTMLResponse(html, status_code=status)
 
 
 def _viewer(request: Request) -> tuple[PushServer, Identity]:
@@ -85,6 +83,20 @@ def _writer(request: Request, role: str, csrf: str) -> tuple[PushServer, Identit
     identity = push.auth.require(request, role)
     push.auth.check_csrf(request, identity, csrf)
     return push, identity
+
+
+def _role(role: str) -> Any:
+    """A route dependency requiring `role`: solved before the form is read, so an anonymous or
+    under-privileged post is 401/403 whatever it sends (the CSRF check follows in the route)."""
+
+    def check(request: Request) -> None:
+        server_of(request).auth.require(request, role)
+
+    return Depends(check)
+
+
+DEPLOYER = [_role("deploy")]
+ADMIN = [_role("admin")]
 
 
 def _back(url: str, **params: str | None) -> RedirectResponse:
@@ -170,6 +182,9 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
         return Response(status_code=204)
     live_params = {**params, **({"page": str(page)} if page > 1 else {}), **({"all": "1"} if all else {})}
     context: dict[str, Any] = dict(rows=rows, count=len(states), server=server, app=app,
+                   bucket_problems=push.view.problems(),
+                   empty_store=push.view.snapshot.empty and not push.ctx.catalog.releases(),
+                   store_url=push.ctx.store.url,
                    live_link="/?" + urlencode({**live_params, "since": digest}),
                    problems=problems, total=len(push.ctx.config.servers),
                    with_problems=sum(1 for s in states if s.state.problems),
@@ -248,10 +263,12 @@ def confirm_deploy(request: Request, server: str, app: str, release: str) -> Res
                  report=report.apps.get(app) if report is not None else None)
 
 
-@router.post("/servers/{server}/apps/{app}/deploy")
-def post_deploy(request: Request, server: str, app: str, release: str = Form(...),
+@router.post("/servers/{server}/apps/{app}/deploy", dependencies=DEPLOYER)
+def post_deploy(request: Request, server: str, app: str, release: str = Form(""),
                 expected_from: str = Form(""), note: str = Form(""), csrf_token: str = Form("")) -> Response:
     push, identity = _writer(request, "deploy", csrf_token)
+    if not release:
+        raise InvalidRequest("no release given")
     try:
         change = fleet.deploy(push.ctx, identity.name, server, app, release,
                               expected_from=expected_from or None, note=note)
@@ -274,7 +291,7 @@ def confirm_rollback(request: Request, server: str, app: str) -> Response:
                  target=_release_info(push, plan.to), target_name=plan.to, basis=plan.basis)
 
 
-@router.post("/servers/{server}/apps/{app}/rollback")
+@router.post("/servers/{server}/apps/{app}/rollback", dependencies=DEPLOYER)
 def post_rollback(request: Request, server: str, app: str, expected_from: str = Form(""),
                   expected_to: str = Form(""), note: str = Form(""), csrf_token: str = Form("")) -> Response:
     push, identity = _writer(request, "deploy", csrf_token)
@@ -295,7 +312,7 @@ def confirm_remove(request: Request, server: str, app: str) -> Response:
                  current_name=current.name if current else None)
 
 
-@router.post("/servers/{server}/apps/{app}/remove")
+@router.post("/servers/{server}/apps/{app}/remove", dependencies=ADMIN)
 def post_remove(request: Request, server: str, app: str, expected_from: str = Form(""),
                 note: str = Form(""), csrf_token: str = Form("")) -> Response:
     push, identity = _writer(request, "admin", csrf_token)
@@ -318,7 +335,7 @@ def confirm_deploy_all(request: Request, app: str, release: str) -> Response:
     return _page(request, "deploy_all.html", identity, app=app, target=target, rows=rows)
 
 
-@router.post("/apps/{app}/deploy-all", response_class=HTMLResponse)
+@router.post("/apps/{app}/deploy-all", response_class=HTMLResponse, dependencies=DEPLOYER)
 async def post_deploy_all(request: Request, app: str) -> Response:
     form = await request.form()
     push = server_of(request)
@@ -336,15 +353,23 @@ async def post_deploy_all(request: Request, app: str) -> Response:
     for o in result.outcomes:
         if isinstance(o, fleet.Deployed) and o.changed:
             push.metrics.changes.labels("deploy").inc()
-    failed = [o for o in result.outcomes if isinstance(o, fleet.Refused)]
+    refused = [o for o in result.outcomes if isinstance(o, fleet.Refused)]
+    statuses = {o.server: http_status(error_class(o.type) or PushError) for o in refused}
+    status = 200
+    if result.outcomes and len(refused) == len(result.outcomes):
+        # Every server refused: the page says so, and so does its status (the most common refusal's).
+        counts = list(statuses.values())
+        status = max(counts, key=lambda s: (counts.count(s), s))
     return _page(request, "deploy_all_done.html", identity, app=app, release=release, outcomes=result.outcomes,
-                 status=409 if failed and all(o.type == "ChangedMeanwhile" for o in failed) else 200)
+                 refused=len(refused), statuses=statuses,
+                 changed=sum(1 for o in result.outcomes if isinstance(o, fleet.Deployed) and o.changed),
+                 status=status)
 
 
 # -- units ------------------------------------------------------------------------------------
 
 
-@router.post("/servers/{server}/units/{unit}/{action}")
+@router.post("/servers/{server}/units/{unit}/{action}", dependencies=DEPLOYER)
 def post_unit(request: Request, server: str, unit: str, action: str, note: str = Form(""),
               csrf_token: str = Form("")) -> Response:
     push, identity = _writer(request, "deploy", csrf_token)

@@ -7,6 +7,7 @@ embedded local store used when neither --store nor PUSH_STORE is set.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -33,6 +34,9 @@ def default_store_url() -> str:
 def open_store(url: str | None = None) -> Store:
     """The store named by `url`, else PUSH_STORE, else the default local directory."""
     url = url or os.environ.get("PUSH_STORE") or default_store_url()
+    scheme = re.match(r"(gs|s3|file):/?(?!/)", url)
+    if scheme is not None:  # "s3:/bucket", "gs:bucket": a typo, not a directory to create
+        raise InvalidStoreURL(f"store URL {url!r} is missing a slash: use {scheme[1]}://…", url=url)
     if "://" not in url:
         from push.store.local import LocalStore
 

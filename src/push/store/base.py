@@ -74,6 +74,9 @@ class ObjectInfo:
     size: int
     metadata: dict[str, str] = field(default_factory=dict)
     updated: datetime | None = None
+    # Why the object cannot be read (a local file with a damaged header), when a listing
+    # found it so: one bad object is listed as such, never fails the whole listing.
+    damaged: str | None = None
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,17 @@ class LocalStore(Store):
             updated=datetime.fromtimestamp(st.st_mtime, timezone.utc),
         )
 
+    def _damaged(self, key: str, error: CorruptObject) -> ObjectInfo:
+        """A listing's entry for an object whose header is damaged; its generation follows
+        the file, so a repaired object is read again."""
+        try:
+            st = self._path(key).stat()
+        except OSError:
+            st = None
+        generation = f"damaged-{st.st_mtime_ns}-{st.st_size}" if st is not None else "damaged"
+        return ObjectInfo(key=key, generation=generation, size=st.st_size if st is not None else 0,
+                          damaged=str(error))
+
     def _open_object(self, key: str) -> tuple[BinaryIO, ObjectInfo]:
         path = self._path(key)
         try:
@@ -265,6 +276,8 @@ class LocalStore(Store):
                 items.append(self.stat(key))
             except NotFound:  # deleted while we listed
                 continue
+            except CorruptObject as e:  # listed as damaged: its readers skip and count it
+                items.append(self._damaged(key, e))
             if len(items) == page_size:
                 with self._cursors_lock:
                     self._cursors[(prefix, key)] = keys
