@@ -7,9 +7,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_agents.py"
 
 
+@pytest.mark.slow  # a push server and a fleet of simulated agents: about 12 s
 def test_a_small_fleet_is_deployed_to_and_every_agent_reports_it(tmp_path):
     spec = importlib.util.spec_from_file_location("bench_agents", BENCH)
     assert spec is not None and spec.loader is not None

@@ -17,7 +17,9 @@ from buildapp import make_repo, push
 from push.builder import checks
 from push.builder.errors import BuildError
 
-pytestmark = pytest.mark.skipif(shutil.which("lintian") is None, reason="scripts/test installs lintian")
+# lintian takes seconds a run.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("lintian") is None, reason="scripts/test installs lintian")]
 
 
 def errors_of(deb: Path, *extra: str) -> set[str]:

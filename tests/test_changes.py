@@ -42,7 +42,7 @@ def view_on(ctx: fleet.Context, store: CountingStore, **kw: float) -> FleetView:
     return FleetView(fleet.Context.open(store, ctx.config, catalog=ctx.catalog), **kw)
 
 
-@pytest.mark.parametrize("n", [20, 1001])
+@pytest.mark.parametrize("n", [20, pytest.param(1001, marks=pytest.mark.slow)])
 def test_an_idle_poll_is_one_listing_whatever_the_fleet_size(tmp_path, bucket, rels, n):
     ctx, _ = fleet_of(tmp_path, bucket, rels, n)
     # The fleet was written long ago: its journal entries are gone (within SKEW_NS of a full

@@ -333,6 +333,7 @@ def bash_complete(world: World, *words: str) -> list[str]:
     return [line for line in r.stdout.splitlines() if line]
 
 
+@pytest.mark.slow  # bash runs push once per completed word
 def test_bash_completion_for_real(world):
     assert bash_complete(world, "dep") == ["deploy"]
     assert bash_complete(world, "re") == ["releases", "release", "remove", "resign"]
@@ -352,6 +353,7 @@ def test_bash_completion_for_real(world):
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="scripts/test installs zsh")
+@pytest.mark.slow
 def test_zsh_completion(world):
     """The zsh function on the words zsh hands it (`words`, `CURRENT`), with compadd
     recording what is offered."""

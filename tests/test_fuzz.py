@@ -185,6 +185,7 @@ def _fuzz(world: tuple[TestClient, LocalStore, list[str], Any], examples: int, s
     assert len(seen) == len(routes), sorted({(m, p) for m, p, *_ in routes} - set(seen))
 
 
+@pytest.mark.slow  # about 20 s: a thousand requests
 def test_no_endpoint_answers_5xx_or_writes_outside_its_prefix(world: Any) -> None:
     _fuzz(world, FUZZ_EXAMPLES, FUZZ_SECONDS)
 
