@@ -24,6 +24,7 @@ from push.catalogindex import CatalogIndex, IndexMeta
 from push.errors import Conflict, InvalidData
 from push.release import Release, ReleaseInfo
 from push.store import Store
+from waiting import wait_for
 
 H = "7e0ff6059e653eb75a36efb621d0fd66d1ced433"
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -524,7 +525,8 @@ def test_push_serve_keeps_the_index_for_every_other_reader(tmp_path) -> None:  #
         publish(store, info("hello", m), b"deb")
     app = create_app(store, make_config(tmp_path), poll_interval=0.05, catalog_interval=0.05)
     with TestClient(app) as client:
-        assert client.get("/healthz").status_code == 200
+        # 200 once the server's first look at the bucket is done (it runs beside the startup).
+        wait_for(lambda: client.get("/healthz").status_code == 200, timeout=30, what="/healthz 200")
         deadline = time.monotonic() + 30
         while not list(store.list(layout.CATALOG_INDEX)) and time.monotonic() < deadline:
             time.sleep(0.05)
