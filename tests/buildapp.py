@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import pty
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,3 +117,26 @@ def deb_paths(deb: Path) -> list[str]:
     lines = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True,
                            check=True).stdout.splitlines()
     return [line.split(None, 5)[5].split(" -> ")[0] for line in lines]
+
+
+def push_on_a_terminal(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `push ARGV` as a process with its stderr on a pseudo-terminal: (exit code, what
+    the terminal showed, stdout)."""
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "push.cli", *argv], cwd=cwd, env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=secondary)
+        os.close(secondary)
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            terminal += chunk
+        stdout = proc.communicate(timeout=120)[0]
+    finally:
+        os.close(primary)
+    return proc.returncode, terminal.decode(errors="replace"), stdout.decode(errors="replace")

@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pty
 import subprocess
 import sys
 from pathlib import Path
 
-from buildapp import make_repo, push
+from buildapp import make_repo, push, push_on_a_terminal
 from push.release import Release
 from push.store import open_store
 
@@ -43,29 +42,13 @@ def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
     (repo / "stage/usr/local/share/hello/data").write_bytes(os.urandom(3 * 1024 * 1024))
     # With -o the package is kept and the upload copies it (without, a local store adopts the
     # file at once and there is nothing to show).
-    argv = [sys.executable, "-m", "push.cli", "release", "hello", "--root", "stage", "--note", "progress",
-            "--no-lintian", "-o", str(tmp_path / "kept.deb")]
-    primary, secondary = pty.openpty()
-    try:
-        proc = subprocess.Popen([*argv, "--store", str(tmp_path / "tty-store")], cwd=repo, stdout=subprocess.PIPE,
-                                stderr=secondary)
-        os.close(secondary)
-        terminal = b""
-        while True:
-            try:
-                chunk = os.read(primary, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            terminal += chunk
-        stdout = proc.communicate(timeout=120)[0]
-    finally:
-        os.close(primary)
-    assert proc.returncode == 0, terminal
-    assert b"uploading [" in terminal and b"100%" in terminal
-    assert stdout.decode().strip().startswith("hello/hello:")
-    piped = subprocess.run([*argv, "--store", str(tmp_path / "pipe-store")], cwd=repo, capture_output=True,
-                           timeout=120)
+    argv = ["release", "hello", "--root", "stage", "--note", "progress", "--no-lintian",
+            "-o", str(tmp_path / "kept.deb")]
+    code, terminal, stdout = push_on_a_terminal([*argv, "--store", str(tmp_path / "tty-store")], repo)
+    assert code == 0, terminal
+    assert "uploading [" in terminal and "100%" in terminal
+    assert stdout.strip().startswith("hello/hello:")
+    piped = subprocess.run([sys.executable, "-m", "push.cli", *argv, "--store", str(tmp_path / "pipe-store")],
+                           cwd=repo, capture_output=True, timeout=120)
     assert piped.returncode == 0, piped.stderr
     assert b"uploading" not in piped.stderr

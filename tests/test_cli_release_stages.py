@@ -4,51 +4,27 @@ and no upload to the default store when only PUSH_URL is set."""
 from __future__ import annotations
 
 import os
-import pty
 import subprocess
 import sys
-from pathlib import Path
 
-from buildapp import make_repo, push
-
-
-def run_on_a_terminal(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[int, str]:
-    """Run `push ARGV` with its stderr on a pseudo-terminal: (exit code, what the terminal showed)."""
-    master, slave = pty.openpty()
-    try:
-        proc = subprocess.Popen([sys.executable, "-m", "push.cli", *argv], cwd=cwd, env=env,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave)
-        os.close(slave)
-        shown = b""
-        while True:
-            try:
-                chunk = os.read(master, 4096)
-            except OSError:  # EIO: the process closed the terminal
-                break
-            if not chunk:
-                break
-            shown += chunk
-        proc.wait(timeout=120)
-        assert proc.stdout is not None
-        proc.stdout.close()
-    finally:
-        os.close(master)
-    return proc.returncode, shown.decode(errors="replace")
+from buildapp import make_repo, push, push_on_a_terminal
 
 
 def test_stages_show_on_a_terminal_only(tmp_path):
     repo = make_repo(tmp_path / "repo")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PUSH_")}
     argv = ["release", "hello", "--root", "stage", "--note", "x", "--no-lintian", "--store", str(tmp_path / "b")]
-    code, shown = run_on_a_terminal(argv, repo, env)
+    code, shown, _ = push_on_a_terminal(argv, repo, env)
     assert code == 0, shown
     lines = [line.strip() for line in shown.replace("\r", "\n").splitlines() if line.startswith("push: ")]
     assert lines[0] == "push: staging the files of hello"
     assert lines[1].startswith("push: staged 3 files (") and "compressing (zstd) and checking 1 unit(s)" in lines[1]
     assert lines[2].startswith("push: checking push-hello_") and lines[2].endswith(" KiB)")
     assert lines[3] == f"push: uploading to file://{tmp_path / 'b'}"
-    # Not on a terminal (a pipe, CI's log): only the release name, as before.
+    # Not on a terminal (a pipe, CI's log): only the release name, as before. Another store:
+    # a second build within the same second has the same release name, which one store refuses.
     argv[argv.index("x")] = "y"
+    argv[argv.index(str(tmp_path / "b"))] = str(tmp_path / "piped")
     piped = subprocess.run([sys.executable, "-m", "push.cli", *argv], cwd=repo, env=env, capture_output=True,
                            text=True, timeout=120)
     assert piped.returncode == 0 and "staging" not in piped.stderr and piped.stdout.startswith("hello/hello:")
