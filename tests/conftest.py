@@ -15,7 +15,11 @@ import pytest
 
 import realserver
 from emulators import Emulator, start_fake_gcs, start_moto
+from fleetdata import make_config, make_release
+from push import fleet
+from push.release import ReleaseInfo
 from push.store import Store, open_store
+from push.store.local import LocalStore
 
 DEAD_LOCAL = "127.0.0.1:9"
 
@@ -166,3 +170,21 @@ def boot_server(debian_root: Path, tmp_path_factory: pytest.TempPathFactory
         except Exception as e:  # stop the others anyway
             errors.append(f"{server.name}: {e}")
     assert not errors, errors
+
+
+# The fleet tests' bucket, context and releases (test_fleet, test_fleetview, test_server_api,
+# test_bad_objects, test_changes): a local store in the test's directory, a context on it
+# with skiapush.conf of fleetdata, four releases of hello.
+@pytest.fixture
+def bucket(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "bucket")
+
+
+@pytest.fixture
+def ctx(bucket: LocalStore, tmp_path: Path) -> fleet.Context:
+    return fleet.Context.open(bucket, make_config(tmp_path), via="test")
+
+
+@pytest.fixture
+def rels(bucket: LocalStore) -> list[ReleaseInfo]:
+    return [make_release(bucket, "hello", n) for n in range(1, 5)]

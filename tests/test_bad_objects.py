@@ -23,11 +23,6 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 
 
 @pytest.fixture
-def bucket(tmp_path):
-    return LocalStore(tmp_path / "bucket")
-
-
-@pytest.fixture
 def broken(bucket, tmp_path):
     """A bucket where web-1 is fine and one object of every kind is bad."""
     rels = [make_release(bucket, "hello", n) for n in range(1, 4)]

@@ -16,12 +16,6 @@ from push.agent.publisher import Publisher
 from push.fleetview import FleetView
 from push.serverfile import ServerFile
 from push.store.counting import CountingStore
-from push.store.local import LocalStore
-
-
-@pytest.fixture
-def bucket(tmp_path):
-    return LocalStore(tmp_path / "bucket")
 
 
 @pytest.fixture

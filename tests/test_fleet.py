@@ -11,23 +11,7 @@ from fleetdata import make_config, make_release
 from push import fleet, serverfile, unitrequests
 from push.errors import Conflict, InvalidName, NotAllowed, NotFound, PushError
 from push.release import Release
-from push.store.local import LocalStore
 from push.triggers import Triggers
-
-
-@pytest.fixture
-def bucket(tmp_path):
-    return LocalStore(tmp_path / "bucket")
-
-
-@pytest.fixture
-def ctx(bucket, tmp_path):
-    return fleet.Context.open(bucket, make_config(tmp_path), via="test")
-
-
-@pytest.fixture
-def rels(bucket):
-    return [make_release(bucket, "hello", n) for n in range(1, 5)]
 
 
 def test_deploy_writes_server_file_and_history(ctx, rels):

@@ -12,22 +12,6 @@ from push import fleet, serverfile, unitrequests
 from push.errors import StoreUnavailable
 from push.fleetstate import FleetState
 from push.fleetview import FleetView
-from push.store.local import LocalStore
-
-
-@pytest.fixture
-def bucket(tmp_path):
-    return LocalStore(tmp_path / "bucket")
-
-
-@pytest.fixture
-def ctx(bucket, tmp_path):
-    return fleet.Context.open(bucket, make_config(tmp_path), via="test")
-
-
-@pytest.fixture
-def rels(bucket):
-    return [make_release(bucket, "hello", n) for n in range(1, 5)]
 
 
 def apps_of(view: FleetView, server: str) -> dict[str, object]:

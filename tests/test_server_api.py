@@ -19,7 +19,6 @@ from push import fleet, serverfile, unitrequests
 from push.errors import NotAllowed, StoreUnavailable
 from push.server.app import create_app
 from push.server.auth import AuthSettings, check_bind
-from push.store.local import LocalStore
 from waiting import wait_for
 
 PROXY = "10.0.0.1"
@@ -33,16 +32,6 @@ def token(name):
 def user(email):
     """A browser session signed in through the proxy (a browser sends Origin on every POST)."""
     return {"X-Forwarded-Email": email, "Origin": "http://testserver"}
-
-
-@pytest.fixture
-def bucket(tmp_path):
-    return LocalStore(tmp_path / "bucket")
-
-
-@pytest.fixture
-def rels(bucket):
-    return [make_release(bucket, "hello", n) for n in range(1, 5)]
 
 
 @pytest.fixture
