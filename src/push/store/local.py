@@ -263,15 +263,9 @@ class LocalStore(Store):
         # walk, instead of re-reading and re-sorting every directory up to where it was.
         keys = self._cursors.pop((prefix, after), None) if token and after is not None else None
         if keys is None:
-            keys = self._walk_keys(prefix, after)
+            keys = self._listed_keys(prefix, after)
         items: list[ObjectInfo] = []
-        while True:
-            try:
-                key = next(keys, None)
-            except OSError as e:
-                raise self._unavailable("list", prefix or "the keys", e) from e
-            if key is None:
-                break
+        for key in keys:
             try:
                 items.append(self.stat(key))
             except NotFound:  # deleted while we listed
@@ -287,7 +281,11 @@ class LocalStore(Store):
         return Page(items, None)
 
     def list_keys(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
-        keys = self._walk_keys(prefix, start_after)
+        return self._listed_keys(prefix, start_after)
+
+    def _listed_keys(self, prefix: str, after: str | None) -> Iterator[str]:
+        """`_walk_keys`, with a fault of the file system as the store's StoreUnavailable."""
+        keys = self._walk_keys(prefix, after)
         while True:
             try:
                 key = next(keys, None)
