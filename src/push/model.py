@@ -44,7 +44,7 @@ class Model(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise InvalidData(f"{key or cls.noun}: not a valid {cls.noun}: {first_problem(e)}", key=key) from None
+            raise cls._invalid(e, key) from None
 
     @classmethod
     def from_bytes(cls, data: bytes, key: str | None = None) -> Self:
@@ -52,7 +52,11 @@ class Model(BaseModel):
         try:
             return cls.model_validate_json(data)
         except ValidationError as e:
-            raise InvalidData(f"{key or cls.noun}: not a valid {cls.noun}: {first_problem(e)}", key=key) from None
+            raise cls._invalid(e, key) from None
+
+    @classmethod
+    def _invalid(cls, e: ValidationError, key: str | None) -> InvalidData:
+        return InvalidData(f"{key or cls.noun}: not a valid {cls.noun}: {first_problem(e)}", key=key)
 
 
 def first_problem(e: ValidationError) -> str:
