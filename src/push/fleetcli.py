@@ -507,8 +507,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return outcome
     for s in servers:
         seen = f"last seen {s.last_seen[:19].replace('T', ' ')}Z" if s.last_seen else "no agent report"
-        flags = " STALE" if s.stale else ""
-        print(f"{s.server}  ({seen}{flags})")
+        flags = f" STALE: {s.stale_reason}" if s.stale else ""
+        print(f"{s.server}  ({seen}{flags})  {s.progress}")
         for err in (s.agent_error, s.file_error):
             if err:
                 print(f"  ! {err}")
@@ -520,7 +520,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {a.app:<16} desired {_short(a.desired):<38} actual {actual}{marks}")
             if units:
                 print(f"  {'':<16} units {units}")
-            if a.error:
+            if a.progress != "done":
+                print(f"  {'':<16} {a.progress}: {a.progress_reason}")
+            elif a.error:
                 print(f"  {'':<16} failed: {a.error}")
     return outcome
 
