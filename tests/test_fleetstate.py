@@ -422,3 +422,16 @@ def test_expires_is_the_first_moment_the_clock_changes_the_state() -> None:
     assert expires(s, liveness(rep, None, None, NOW)) == NOW + timedelta(seconds=CONVERGE_GRACE - 10)
     s = state(HELLO2.name, rep=judged(report({"hello": HELLO2.name}), "hello", "healthy"), written=timedelta(hours=1))
     assert expires(s, liveness(None, None, None, NOW)) is None
+
+
+def test_unhealthy_in_its_install_window_converges_to_the_revert() -> None:
+    """The agent reverts a release unhealthy for good in its window at its next step: the
+    change is still moving (to `failed`, reverted), unless the window passes without it."""
+    rep = judged(report({"hello": HELLO2.name}), "hello", "unhealthy", "hello.service is failed",
+                 timedelta(seconds=20))
+    hello = app(state(HELLO2.name, rep=rep, written=timedelta(seconds=15)), "hello")
+    assert hello.progress == "converging" and "its agent reverts it" in str(hello.progress_reason)
+    rep = judged(report({"hello": HELLO2.name}), "hello", "unhealthy", "hello.service is failed",
+                 timedelta(seconds=-40))
+    hello = app(state(HELLO2.name, rep=rep, written=timedelta(seconds=100)), "hello")
+    assert (hello.progress, hello.progress_reason) == ("failed", "hello.service is failed")

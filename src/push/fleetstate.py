@@ -289,19 +289,26 @@ def _progress(app: str, *, desired: str | None, actual: str | None, report: AppS
     # What the agent says of the release the file names now (a report about an earlier
     # file says nothing of this one: the agent has not looked yet).
     current = report is not None and report.desired == desired
+    reverting: datetime | None = None  # unhealthy in its install window: the agent is about to revert it
     if current and report is not None:
         if report.reverted_from is not None and actual != desired:
             return "failed", report.health_detail or f"{report.reverted_from} was not healthy and was reverted", None
         if report.state == "failed":
             return "failed", report.error or "failed (the agent gave no reason)", None
         if report.health == "unhealthy":
-            return "failed", report.health_detail or "unhealthy", None
+            if actual == desired and report.health_deadline is not None:
+                reverting = timestamps.parse(report.health_deadline) + timedelta(seconds=HEALTH_MARGIN)
+            if reverting is None or now > reverting:
+                return "failed", report.health_detail or "unhealthy", None
     if unmanaged:
         return "done", None, None  # installed, not in the file: left running (marked unmanaged)
     if desired is None:
         if actual is None and (report is None or report.state != "removing"):
             return "done", None, None
         waiting = f"removing {actual}" if actual is not None else "removing"
+    elif reverting is not None and report is not None:
+        waiting = (f"{desired} is unhealthy in its install window ({report.health_detail}): its agent reverts it "
+                   "unless the release says revert = false")
     elif current and report is not None and actual == desired and report.state == "ok":
         # Healthy, or judged by an agent from before health (its report has no verdict at all).
         if report.health == "healthy" or (report.health == "unknown" and report.health_detail is None):
@@ -318,7 +325,7 @@ def _progress(app: str, *, desired: str | None, actual: str | None, report: AppS
     # The deadline: the file's write time plus a grace (an unknown write time is long past),
     # later if the agent is still judging the installed release's health.
     deadline = written + timedelta(seconds=CONVERGE_GRACE) if written is not None else None
-    if current and report is not None and report.health == "progressing" and report.health_deadline:
+    if current and report is not None and report.health in ("progressing", "unhealthy") and report.health_deadline:
         health_by = timestamps.parse(report.health_deadline) + timedelta(seconds=HEALTH_MARGIN)
         deadline = max(deadline, health_by) if deadline is not None else health_by
     if stale_reason is not None:
