@@ -445,3 +445,12 @@ def test_unhealthy_with_revert_false_fails_at_once() -> None:
     hello = app(state(HELLO2.name, rep=rep, known={**KNOWN, HELLO2.name: keep}, written=timedelta(seconds=15)),
                 "hello")
     assert (hello.progress, hello.progress_reason) == ("failed", "health check failed: HTTP 503")
+
+
+def test_an_agent_that_reports_after_its_last_watch_here_watches_elsewhere() -> None:
+    """Behind a load balancer its watch moved to another push server: the report rule."""
+    rep = report({"hello": HELLO2.name}, age=timedelta(seconds=30))
+    rep.report_interval = 60
+    moved = Watcher(last=NOW - timedelta(seconds=100), back_by=NOW - timedelta(seconds=25))
+    s = state(HELLO2.name, rep=rep, watcher=moved)
+    assert (s.stale, s.last_contact) == (False, rep.time)

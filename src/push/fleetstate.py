@@ -254,15 +254,19 @@ class Liveness:
 
 def liveness(report: AgentStatus | None, watcher: Watcher | None, report_written: datetime | None,
              now: datetime) -> Liveness:
-    """The liveness rules (docs/push-server.md#liveness). An agent that watches this push
-    server is judged by its watch alone (its long-poll is its heartbeat: a long step never
-    makes it look stopped); otherwise by its reports: stale after three report intervals
-    without one (15 minutes if the report does not say its interval)."""
+    """The liveness rules (docs/push-server.md#liveness-when-an-agent-is-stale). An agent that
+    watches this push server is judged by its watch (its long-poll is its heartbeat: a long
+    step never makes it look stopped); otherwise, or when it reported after its last watch
+    here, by its reports: stale after three report intervals without one (15 minutes if the
+    report does not say its interval)."""
     heard = report.reported_at if report is not None else None
     if report_written is not None and (heard is None or report_written > heard):
         heard = report_written
     last = max((t for t in (heard, watcher.last if watcher is not None else None) if t is not None), default=None)
-    if watcher is not None:
+    # A report written after the watch's last contact here means the agent lives on without
+    # this push server (it watches another one behind a load balancer): the report rule. A
+    # stopped agent never gives that: its watch here ends (answered, or cut) after its last report.
+    if watcher is not None and not (heard is not None and heard > watcher.last):
         late = (now - watcher.back_by).total_seconds()
         silent = (now - watcher.last).total_seconds()
         return Liveness(late > 0, f"its watch of the push server not renewed for {silent:.0f} s", last,
