@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from push import __version__
 from push.catalog import Catalog
@@ -61,6 +62,10 @@ def server_of(request: Request) -> PushServer:
     return push
 
 
+class MethodNotAllowed(InvalidRequest):
+    """A method the path's routes do not take (405)."""
+
+
 # The HTTP status of each error, by class: the most specific listed ancestor wins.
 HTTP_STATUSES: dict[type[PushError], int] = {
     PushError: 400,          # invalid input, a failed check
@@ -68,6 +73,7 @@ HTTP_STATUSES: dict[type[PushError], int] = {
     AccessDenied: 403,
     NotFound: 404,
     Conflict: 409,
+    MethodNotAllowed: 405,
     BodyTooLarge: 413,
     StoreError: 503,         # the bucket cannot be used right now
 }
@@ -147,6 +153,16 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     @app.exception_handler(PushError)
     async def push_error(request: Request, exc: PushError) -> Response:
         return error_response(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_such_route(request: Request, exc: StarletteHTTPException) -> Response:
+        # A path no route serves (or a method it does not take): the API answers a Refusal as
+        # for every other error, a browser a page in the site's style, not Starlette's JSON.
+        if exc.status_code == 404:
+            return error_response(request, NotFound(f"no page at {request.url.path}"))
+        if exc.status_code == 405:
+            return error_response(request, MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        return error_response(request, InvalidRequest(str(exc.detail)))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameter(request: Request, exc: RequestValidationError) -> Response:

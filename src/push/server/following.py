@@ -1,0 +1,102 @@
+"""Following a change the pages asked for: what the banner says while the agent converges.
+
+After a confirmed deploy, rollback or removal the page shows what was requested and polls
+`outcome(record, state)` until the server's state answers it: installed and healthy (or
+removed), or failed, reverted or refused, with the agent's reason. The judgement is the
+model's (push.fleetstate: marks, health, progress); this module only says it in words.
+Used by push.server.routes_ui and its banner template.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from push.fleet import short
+from push.fleetstate import AppState, ServerState
+from push.history import Record
+
+Phase = Literal["requested", "progressing", "stuck", "done", "failed", "superseded"]
+# Phases after which the banner stops following: nothing more will come of the change.
+FINAL: frozenset[str] = frozenset({"done", "failed", "superseded"})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where a requested change stands: `phase`, `words` for the banner, and `detail` (the
+    agent's reason or log lines) when there is one."""
+
+    phase: Phase
+    words: str
+    detail: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.phase in FINAL
+
+
+def progress_of(a: AppState, s: ServerState) -> tuple[str, str | None]:
+    """The model's progress of `a` (done, converging, failed, stuck) and its reason.
+
+    Read from `AppState.progress` when the model has it; for states without it (an older
+    push.fleetstate) the same rule from the fields it had: failed or unhealthy is failed, a
+    silent agent is stuck, desired and actual apart is converging."""
+    progress = getattr(a, "progress", None)
+    if progress is not None:
+        return progress, getattr(a, "progress_reason", None)
+    if a.state == "failed" or a.health == "unhealthy" or a.reverted_from:
+        return "failed", a.error or a.health_detail
+    if a.desired != a.actual or a.health == "progressing":
+        if s.last_seen is None or s.stale:
+            return "stuck", "its agent has not reported" if s.last_seen is None else "its agent is stale"
+        return "converging", None
+    return "done", None
+
+
+def outcome(record: Record, state: ServerState | None) -> Outcome:
+    """What `record` (a deploy, rollback or removal) has come to on its server."""
+    a = next((x for x in state.apps if x.app == record.app), None) if state is not None else None
+    if state is None or a is None:
+        return Outcome("requested", "requested; waiting for the push server to see it")
+    if a.desired != record.to:
+        return Outcome("superseded", f"changed again since: {record.server} should now run {short(a.desired)}")
+    progress, reason = progress_of(a, state)
+    if record.to is None:
+        return _removal(a, progress, reason)
+    if a.reverted_from == record.to:
+        return Outcome("failed", f"reverted by the agent to {short(a.actual)}: not healthy in time",
+                       _detail(a.health_detail, a.error))
+    if a.actual == record.to:
+        if a.health == "healthy":
+            return Outcome("done", "installed, healthy")
+        if a.health == "unhealthy":
+            return Outcome("failed", "installed, unhealthy", _detail(a.health_detail, reason))
+        if a.health == "progressing" or progress == "converging":
+            until = f" (must be healthy by {a.health_deadline[11:19]} UTC)" if a.health_deadline else ""
+            return Outcome("progressing", f"installed; checking its health{until}", a.health_detail)
+        if progress == "stuck":
+            return Outcome("stuck", "installed; " + (reason or "its health is not known yet"))
+        return Outcome("done", "installed (its agent does not judge health)")
+    if a.state == "failed":
+        return Outcome("failed", "the install failed", _detail(a.error, reason))
+    if progress == "failed":
+        return Outcome("failed", "failed", reason)
+    if progress == "stuck":
+        return Outcome("stuck", f"not installed yet: {reason or 'past its deadline'}")
+    if a.state == "installing":
+        return Outcome("progressing", f"installing on {record.server}")
+    return Outcome("progressing", f"requested; waiting for the agent on {record.server}")
+
+
+def _removal(a: AppState, progress: str, reason: str | None) -> Outcome:
+    if a.state == "failed":
+        return Outcome("failed", "the removal failed", _detail(a.error, reason))
+    if a.actual is None and a.state != "removing" and progress != "stuck":
+        return Outcome("done", "removed")
+    if progress == "stuck":
+        return Outcome("stuck", f"not removed yet: {reason or 'past its deadline'}")
+    return Outcome("progressing", "removing")
+
+
+def _detail(*texts: str | None) -> str | None:
+    return next((t for t in texts if t), None)
