@@ -172,19 +172,25 @@ DEPLOY = new_record("alice@example.com", "web-1", "hello", "deploy", from_="A", 
 REMOVE = new_record("alice@example.com", "web-1", "hello", "remove", from_="B", to=None)
 
 
+# Each case as push.fleetstate states it (progress and its reason are the model's).
+C, F = {"progress": "converging"}, {"progress": "failed"}
+
+
 @pytest.mark.parametrize(("record", "app", "server", "phase", "words"), [
-    (DEPLOY, {"actual": "A"}, {}, "progressing", "requested; waiting for the agent on web-1"),
-    (DEPLOY, {"actual": "A", "state": "installing"}, {}, "progressing", "installing on web-1"),
-    (DEPLOY, {"actual": "B", "health": "progressing", "health_deadline": "2026-01-01T00:00:30Z"}, {},
+    (DEPLOY, {"actual": "A", **C}, {}, "progressing", "requested; waiting for the agent on web-1"),
+    (DEPLOY, {"actual": "A", "state": "installing", **C}, {}, "progressing", "installing on web-1"),
+    (DEPLOY, {"actual": "B", "health": "progressing", "health_deadline": "2026-01-01T00:00:30Z", **C}, {},
      "progressing", "installed; checking its health (must be healthy by 00:00:30 UTC)"),
     (DEPLOY, {"actual": "B", "health": "healthy"}, {}, "done", "installed, healthy"),
-    (DEPLOY, {"actual": "A", "health": "unhealthy", "reverted_from": "B", "health_detail": "hello.service is failed"},
-     {}, "failed", "reverted by the agent to A: not healthy in time"),
-    (DEPLOY, {"actual": "B", "health": "unhealthy", "health_detail": "HTTP 500"}, {}, "failed", "installed, unhealthy"),
-    (DEPLOY, {"actual": "A", "state": "failed", "error": "dpkg: error"}, {}, "failed", "the install failed"),
-    (DEPLOY, {"actual": "A"}, {"stale": True}, "stuck", "not installed yet: its agent is stale"),
+    (DEPLOY, {"actual": "A", "health": "unhealthy", "reverted_from": "B", "health_detail": "hello.service is failed",
+              **F}, {}, "failed", "reverted by the agent to A: not healthy in time"),
+    (DEPLOY, {"actual": "B", "health": "unhealthy", "health_detail": "HTTP 500", **F}, {}, "failed",
+     "installed, unhealthy"),
+    (DEPLOY, {"actual": "A", "state": "failed", "error": "dpkg: error", **F}, {}, "failed", "the install failed"),
+    (DEPLOY, {"actual": "A", "progress": "stuck", "progress_reason": "its agent is stale"}, {"stale": True},
+     "stuck", "not installed yet: its agent is stale"),
     (DEPLOY, {"desired": "C", "actual": "C"}, {}, "superseded", "changed again since: web-1 should now run C"),
-    (REMOVE, {"desired": None, "actual": "B", "state": "removing"}, {}, "progressing", "removing"),
+    (REMOVE, {"desired": None, "actual": "B", "state": "removing", **C}, {}, "progressing", "removing"),
     (REMOVE, {"desired": None, "actual": None}, {}, "done", "removed"),
 ])
 def test_the_banner_follows_a_change(record, app, server, phase, words):

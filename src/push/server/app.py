@@ -33,7 +33,7 @@ from push.history import History
 from push.server.auth import Auth, AuthSettings
 from push.server.bodies import BodyTooLarge
 from push.server.metrics import Metrics, MetricsMiddleware
-from push.server.watch import WatchHub
+from push.server.watch import WATCH_GRACE, WatchHub
 from push.serversigning import Resigner
 from push.signing import Keyring, SigningKey
 from push.store import Store
@@ -91,10 +91,11 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
                poll_interval: float = 2.0, catalog_interval: float = 10.0,
                catalog: Catalog | None = None, deploy_key: SigningKey | None = None,
                trusted_deploy_keys: Keyring | None = None, resign_interval: float = 10.0,
-               full_interval: float = FULL_INTERVAL) -> FastAPI:
+               full_interval: float = FULL_INTERVAL, watch_grace: float = WATCH_GRACE) -> FastAPI:
     """`deploy_key` signs every server file this server writes, and renews statements at
     half-life every `resign_interval` seconds (those signed by it or by `trusted_deploy_keys`).
-    `full_interval`: the fleet view's full re-list (push.fleetview)."""
+    `full_interval`: the fleet view's full re-list (push.fleetview). `watch_grace`: how long
+    after its long-poll ends a watching agent may take to come back before it is stale."""
     settings = auth or AuthSettings()
     # Every bucket operation of this process is counted (/metrics: push_store_operations).
     counted = store if isinstance(store, CountingStore) else CountingStore(store)
@@ -104,7 +105,7 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}",
                   deploy_key=deploy_key)
     view = FleetView(ctx, full_interval=full_interval)
-    hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval)
+    hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval, watch_grace=watch_grace)
     ctx.triggers = Triggers(config, on_change=hub.wake_from_thread, background=True)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)

@@ -35,24 +35,6 @@ class Outcome:
         return self.phase in FINAL
 
 
-def progress_of(a: AppState, s: ServerState) -> tuple[str, str | None]:
-    """The model's progress of `a` (done, converging, failed, stuck) and its reason.
-
-    Read from `AppState.progress` when the model has it; for states without it (an older
-    push.fleetstate) the same rule from the fields it had: failed or unhealthy is failed, a
-    silent agent is stuck, desired and actual apart is converging."""
-    progress = getattr(a, "progress", None)
-    if progress is not None:
-        return progress, getattr(a, "progress_reason", None)
-    if a.state == "failed" or a.health == "unhealthy" or a.reverted_from:
-        return "failed", a.error or a.health_detail
-    if a.desired != a.actual or a.health == "progressing":
-        if s.last_seen is None or s.stale:
-            return "stuck", "its agent has not reported" if s.last_seen is None else "its agent is stale"
-        return "converging", None
-    return "done", None
-
-
 def outcome(record: Record, state: ServerState | None) -> Outcome:
     """What `record` (a deploy, rollback or removal) has come to on its server."""
     a = next((x for x in state.apps if x.app == record.app), None) if state is not None else None
@@ -60,7 +42,7 @@ def outcome(record: Record, state: ServerState | None) -> Outcome:
         return Outcome("requested", "requested; waiting for the push server to see it")
     if a.desired != record.to:
         return Outcome("superseded", f"changed again since: {record.server} should now run {short(a.desired)}")
-    progress, reason = progress_of(a, state)
+    progress, reason = a.progress, a.progress_reason
     if record.to is None:
         return _removal(a, progress, reason)
     if a.reverted_from == record.to:

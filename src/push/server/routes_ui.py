@@ -72,7 +72,6 @@ def setup_filters(push: PushServer) -> None:
     if "rel_time" not in env.filters:
         env.filters.update(rel_time=rel_time, rel_hash=rel_hash, rel_user=rel_user, iso=iso_short,
                            short=fleet.short, when=when, firstline=first_line)
-        env.globals.update(progress_of=following.progress_of)
 
 
 def _page(request: Request, template: str, identity: Identity | None, status: int = 200,
@@ -248,8 +247,7 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
                    live_link="/?" + urlencode({**live_params, "since": digest}),
                    problems=problems, total=len(push.ctx.config.servers),
                    with_problems=sum(1 for s in states if s.state.problems),
-                   in_progress=sum(1 for s in states if not s.state.problems and any(
-                       following.progress_of(a, s.state)[0] == "converging" for a in s.state.apps)),
+                   in_progress=sum(1 for s in states if s.state.progress == "converging"),
                    first=(page - 1) * PER_PAGE + 1 if not all else 1,
                    last=(page - 1) * PER_PAGE + len(shown) if not all else len(states),
                    pages=1 if all else pages, page=page,
