@@ -89,7 +89,8 @@ def build(store_dir: Path) -> None:
     now = datetime.now(timezone.utc)
 
     def agent(server: str, installed: dict[str, str], age: timedelta = timedelta(seconds=20),
-              failed: dict[str, str] | None = None, health: dict[str, dict[str, str]] | None = None) -> None:
+              failed: dict[str, str] | None = None, health: dict[str, dict[str, str]] | None = None,
+              desired: dict[str, str] | None = None) -> None:
         failed = failed or {}
         st = status.AgentStatus(server=server, agent_version="0.1.0",
                                 time=(now - age).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), hostname=server,
@@ -97,7 +98,8 @@ def build(store_dir: Path) -> None:
         for app, name in installed.items():
             fields: dict[str, str] = {"health": "healthy", **(health or {}).get(app, {})}
             st.apps[app] = status.AppStatus(
-                desired=name, installed=name, state="failed" if app in failed else "ok", error=failed.get(app),
+                desired=(desired or {}).get(app, name), installed=name, state="failed" if app in failed else "ok",
+                error=failed.get(app),
                 units={f"{app}.service": "failed" if app in failed else "active"}, **fields)
         status.write(store, st)
 
@@ -105,15 +107,17 @@ def build(store_dir: Path) -> None:
     agent("web-1", {a: r.name for a, r in sf["web-1"].releases.items()})
     web2 = {a: r.name for a, r in sf["web-2"].releases.items()}
     web2["hello"] = rels["hello"][2].name  # the install of the newest failed: still on the old one
-    agent("web-2", web2, failed={"hello": "dpkg: error processing archive hello.deb (--install): "
-                                           "trying to overwrite '/etc/hello/tls.conf'"})
+    agent("web-2", web2, desired={"hello": rels["hello"][0].name},
+          failed={"hello": "dpkg: error processing archive hello.deb (--install): "
+                           "trying to overwrite '/etc/hello/tls.conf'"})
     # skia-push: logserver's newest release crashed at start; its agent reverted it.
     dep("alice@example.com", "skia-push", "logserver", 0, "rotate daily")
     sf["skia-push"] = fleet.serverfile.read(store, "skia-push")
     skia = {a: r.name for a, r in sf["skia-push"].releases.items()}
     skia["logserver"] = rels["logserver"][1].name
     deadline = (now + timedelta(seconds=25)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    agent("skia-push", skia, failed={"logserver": "not healthy within 30s: reverted to the release before"}, health={
+    agent("skia-push", skia, desired={"logserver": rels["logserver"][0].name},
+          failed={"logserver": "not healthy within 30s: reverted to the release before"}, health={
         "logserver": {"health": "unhealthy", "reverted_from": rels["logserver"][0].name,
                       "health_detail": "logserver.service is failed (exit code 1, 5 restarts)\n"
                                        "-- last lines of its log --\n"

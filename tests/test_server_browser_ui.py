@@ -243,6 +243,25 @@ def test_every_input_has_a_label_and_changes_are_buttons(browser, world):
     page.context.close()
 
 
+def test_a_server_converging_within_its_deadline_is_in_progress_not_a_problem(browser, world):
+    page = page_as(browser, "viewer@example.com")
+    page.goto(world.server.url + "/?server=web-2")
+    assert page.locator("tbody[data-server=web-2] .progress").count() == 0
+    # A deploy made elsewhere (the CLI, straight to the bucket); web-2's agent has not acted yet.
+    fleet.deploy(world.ctx, "carol@example.com", "web-2", "hello", world.rels[2].name)
+    row = "tbody[data-server=web-2] tr[data-app=hello]"
+    page.wait_for_selector(f"{row} .progress.p-converging", timeout=15_000)
+    assert page.locator(f"{row} .progress").inner_text() == "in progress"
+    assert "drift" not in page.locator(f"{row} .marks").inner_text()
+    assert "has-problems" not in page.locator("tbody[data-server=web-2]").get_attribute("class")
+    assert "1 in progress" in page.inner_text(".summary") and "with problems" not in page.inner_text(".summary")
+    # Its agent installs it and judges it healthy: no longer in progress.
+    world.agent("web-2", {"hello": world.rels[2].name})
+    page.wait_for_selector(f"{row} .progress", state="detached", timeout=15_000)
+    assert page.locator(f"{row} td.health-cell").inner_text().strip().endswith("healthy")
+    page.context.close()
+
+
 def test_server_and_app_pages_follow_the_agents_reports(browser, world):
     page = page_as(browser, "viewer@example.com")
     app_page = page.context.new_page()
@@ -251,7 +270,7 @@ def test_server_and_app_pages_follow_the_agents_reports(browser, world):
     row = "tr.app-row[data-app=hello] .health-cell"
     assert page.locator(row).inner_text().strip().endswith("healthy")
     # web-2's agent now judges hello unhealthy: both open pages show it, with its reason, unreloaded.
-    world.agent("web-2", {"hello": world.rels[1].name}, health="unhealthy",
+    world.agent("web-2", {"hello": world.rels[2].name}, health="unhealthy",
                 health_detail="hello.service is failed\nhello: cannot bind :8080")
     page.wait_for_function(f"document.querySelector('{row}').innerText.includes('unhealthy')", timeout=15_000)
     assert "cannot bind :8080" in page.inner_text("tr.app-row[data-app=hello] .marks")

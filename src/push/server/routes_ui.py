@@ -44,11 +44,6 @@ def _parse(name: str) -> Release | None:
         return None
 
 
-def rel_time(name: str | None) -> str:
-    r = _parse(name) if name else None
-    return r.time.strftime("%Y-%m-%d %H:%M") if r else ""
-
-
 def rel_hash(name: str | None) -> str:
     r = _parse(name) if name else None
     return r.short_hash if r else (name or "")
@@ -59,18 +54,14 @@ def rel_user(name: str | None) -> str:
     return r.user if r else ""
 
 
-def iso_short(text: str | None) -> str:
-    return text[:19].replace("T", " ") + "Z" if text else ""
-
-
 def first_line(text: str | None) -> str:
     return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
 def setup_filters(push: PushServer) -> None:
     env = push.templates
-    if "rel_time" not in env.filters:
-        env.filters.update(rel_time=rel_time, rel_hash=rel_hash, rel_user=rel_user, iso=iso_short,
+    if "when" not in env.filters:
+        env.filters.update(rel_hash=rel_hash, rel_user=rel_user,
                            short=fleet.short, when=when, firstline=first_line)
 
 
