@@ -4,7 +4,8 @@
 After a confirmed deploy the banner says what was requested and follows it to "installed,
 healthy"; a release whose unit crashes is reverted by the agent, and the banner, the
 release picker and the app page show it reverted, with its reason and the unit's log lines.
-One fleet (push server and agent) and one browser for the module; the tests run in order.
+A removal is followed to "removed". One fleet (push server and agent) and one browser for the
+module; the tests run in order.
 """
 
 from __future__ import annotations
@@ -83,9 +84,12 @@ def deploy_in_the_browser(page, url: str, release) -> None:
 
 def settled(page, phase: str, timeout: float) -> None:
     """Wait until the banner, swapped in by its own polling, shows `phase` (f-done, f-failed)."""
-    page.wait_for_function(f"""() => {{ const f = document.querySelectorAll('#flash');
-        return f.length == 1 && f[0].classList.contains('{phase}') && !f[0].classList.contains('htmx-settling'); }}""",
-                           timeout=timeout * 1000)
+    try:
+        page.wait_for_function(f"""() => {{ const f = document.querySelectorAll('#flash');
+            return f.length == 1 && f[0].classList.contains('{phase}')
+                && !f[0].classList.contains('htmx-settling'); }}""", timeout=timeout * 1000)
+    except Exception as e:
+        raise AssertionError(f"the banner never showed {phase}: {page.inner_text('#flash')!r}") from e
 
 
 def test_the_banner_follows_a_deploy_to_installed_and_healthy(browser, world):
@@ -128,4 +132,18 @@ def test_a_crashing_release_is_shown_reverted_with_its_reason(browser, world):
     assert "cannot open /var/lib/hello/db" in row.locator("pre.log").inner_text()
     page.goto(f"{fleet.url}/?server=s1")
     assert "Reverted from" in page.inner_text("tbody[data-server=s1] tr[data-app=hello] .marks")
+    page.close()
+
+
+def test_the_banner_follows_a_removal_to_removed(browser, world):
+    fleet, rels = world
+    page = browser.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(f"{fleet.url}/servers/s1/apps/hello")
+    page.click("text=Remove…")
+    page.click("#confirm")
+    page.wait_for_url(re.compile(r"/servers/s1\?done="))
+    assert "Requested: remove hello from s1" in page.inner_text("#flash")
+    settled(page, "f-done", 60)
+    assert page.inner_text("#outcome") == "removed"
     page.close()

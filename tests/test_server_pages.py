@@ -191,6 +191,12 @@ C, F = {"progress": "converging"}, {"progress": "failed"}
      "stuck", "not installed yet: its agent is stale"),
     (DEPLOY, {"desired": "C", "actual": "C"}, {}, "superseded", "changed again since: web-1 should now run C"),
     (REMOVE, {"desired": None, "actual": "B", "state": "removing", **C}, {}, "progressing", "removing"),
+    # A failure reported about an earlier release (the report's, not this change's): still on its way.
+    (REMOVE, {"desired": None, "actual": "A", "state": "failed", "reverted_from": "B", **C}, {}, "progressing",
+     "removing"),
+    (DEPLOY, {"actual": "A", "state": "failed", "error": "dpkg: error about X", **C}, {}, "progressing",
+     "requested; waiting for the agent on web-1"),
+    (DEPLOY, {"actual": "B", "health": "unknown"}, {}, "done", "installed (its agent does not judge health)"),
     (REMOVE, {"desired": None, "actual": None}, {}, "done", "removed"),
 ])
 def test_the_banner_follows_a_change(record, app, server, phase, words):

@@ -36,7 +36,11 @@ class Outcome:
 
 
 def outcome(record: Record, state: ServerState | None) -> Outcome:
-    """What `record` (a deploy, rollback or removal) has come to on its server."""
+    """What `record` (a deploy, rollback or removal) has come to on its server.
+
+    Whether it is done, failed or stuck is the model's `progress` alone: a failure the
+    agent reported about an earlier release (its state, a `reverted_from`) does not fail a
+    change made since; the fields only choose the words."""
     a = next((x for x in state.apps if x.app == record.app), None) if state is not None else None
     if state is None or a is None:
         return Outcome("requested", "requested; waiting for the push server to see it")
@@ -45,35 +49,33 @@ def outcome(record: Record, state: ServerState | None) -> Outcome:
     progress, reason = a.progress, a.progress_reason
     if record.to is None:
         return _removal(a, progress, reason)
-    if a.reverted_from == record.to:
-        return Outcome("failed", f"reverted by the agent to {short(a.actual)}: not healthy in time",
-                       _detail(a.health_detail, a.error))
-    if a.actual == record.to:
-        if a.health == "healthy":
-            return Outcome("done", "installed, healthy")
-        if a.health == "unhealthy":
-            return Outcome("failed", "installed, unhealthy", _detail(a.health_detail, reason))
-        if a.health == "progressing" or progress == "converging":
-            until = f" (must be healthy by {a.health_deadline[11:19]} UTC)" if a.health_deadline else ""
-            return Outcome("progressing", f"installed; checking its health{until}", a.health_detail)
-        if progress == "stuck":
-            return Outcome("stuck", "installed; " + (reason or "its health is not known yet"))
-        return Outcome("done", "installed (its agent does not judge health)")
-    if a.state == "failed":
-        return Outcome("failed", "the install failed", _detail(a.error, reason))
     if progress == "failed":
+        if a.reverted_from == record.to:
+            return Outcome("failed", f"reverted by the agent to {short(a.actual)}: not healthy in time",
+                           _detail(a.health_detail, a.error, reason))
+        if a.actual == record.to and a.health == "unhealthy":
+            return Outcome("failed", "installed, unhealthy", _detail(a.health_detail, reason))
+        if a.state == "failed":
+            return Outcome("failed", "the install failed", _detail(a.error, reason))
         return Outcome("failed", "failed", reason)
     if progress == "stuck":
-        return Outcome("stuck", f"not installed yet: {reason or 'past its deadline'}")
+        done = "installed; " if a.actual == record.to else "not installed yet: "
+        return Outcome("stuck", done + (reason or "past its deadline"))
+    if a.actual == record.to:
+        if progress == "done":
+            return Outcome("done", "installed, healthy" if a.health == "healthy"
+                           else "installed (its agent does not judge health)")
+        until = f" (must be healthy by {a.health_deadline[11:19]} UTC)" if a.health_deadline else ""
+        return Outcome("progressing", f"installed; checking its health{until}", a.health_detail)
     if a.state == "installing":
         return Outcome("progressing", f"installing on {record.server}")
     return Outcome("progressing", f"requested; waiting for the agent on {record.server}")
 
 
 def _removal(a: AppState, progress: str, reason: str | None) -> Outcome:
-    if a.state == "failed":
+    if progress == "failed":
         return Outcome("failed", "the removal failed", _detail(a.error, reason))
-    if a.actual is None and a.state != "removing" and progress != "stuck":
+    if progress == "done":
         return Outcome("done", "removed")
     if progress == "stuck":
         return Outcome("stuck", f"not removed yet: {reason or 'past its deadline'}")

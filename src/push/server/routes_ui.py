@@ -272,25 +272,31 @@ def server_page(request: Request, server: str, done: str | None = None) -> Respo
                  history=history, live_link=live_link)
 
 
+WHERE_ROWS = 100
+
+
 @router.get("/apps/{app}", response_class=HTMLResponse)
 def app_page(request: Request, app: str, done: str | None = None) -> Response:
     push, identity = _viewer(request)
     fleet.require_app(push.ctx, app)  # an unknown app is 404 (with near names), not an empty page
     snapshot = push.view.snapshot
     servers = [s for s, apps in push.ctx.config.servers.items() if app in apps]
-    # Every server that may run it or whose file or agent has it, with its state there.
+    # Every server that may run it or whose file or agent has it, with its state there (the
+    # first WHERE_ROWS; the fleet view filtered by the app shows them all).
     where = []
-    for view in snapshot.select(None, None):
+    for view in snapshot.select(None, app):
         a = next((x for x in view.state.apps if x.app == app), None)
         if a is not None and (view.state.server in servers or a.desired or a.actual):
             where.append((view.state, a))
+    more = max(0, len(where) - WHERE_ROWS)
+    where = where[:WHERE_ROWS]
     releases = push.view.releases(app)[:200]
     history = push.ctx.history.records(app=app, limit=30)
     live_link, unchanged = _live(request, where, [(r.name, r.desired_on, r.running_on) for r in releases],
                                  [r.id for r in history])
     if unchanged:
         return Response(status_code=204)
-    return _page(request, "app.html", identity, app=app, releases=releases, servers=servers, where=where,
+    return _page(request, "app.html", identity, app=app, releases=releases, servers=servers, where=where, more=more,
                  history=history, flash=_flash(push, done, None, app), live_link=live_link)
 
 
