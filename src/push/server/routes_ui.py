@@ -5,8 +5,8 @@ place (every page that shows fleet state polls it, and gets 204 while nothing ch
 follows a confirmed change in its banner (push.server.following); static/push.js only
 words times relatively and gives the search box its keys, so every page works without
 JavaScript. Every form posts a CSRF token and redirects back (post/redirect/get), so a
-reload never repeats a deploy. Permissions and skiapush.conf are enforced by the same calls as the API;
-the buttons shown merely mirror them.
+reload never repeats a deploy. Permissions and skiapush.conf are enforced by the same
+calls as the API; the buttons shown merely mirror them.
 """
 
 from __future__ import annotations
