@@ -435,3 +435,22 @@ def test_unhealthy_in_its_install_window_converges_to_the_revert() -> None:
                  timedelta(seconds=-40))
     hello = app(state(HELLO2.name, rep=rep, written=timedelta(seconds=100)), "hello")
     assert (hello.progress, hello.progress_reason) == ("failed", "hello.service is failed")
+
+
+def test_unhealthy_with_revert_false_fails_at_once() -> None:
+    """`revert = false` (the release's declared health): the agent keeps it, so no revert is awaited."""
+    keep = ReleaseInfo(HELLO2.release, note="hello 2", extra={"health": '{"revert":false}'})
+    rep = judged(report({"hello": HELLO2.name}), "hello", "unhealthy", "health check failed: HTTP 503",
+                 timedelta(seconds=20))
+    hello = app(state(HELLO2.name, rep=rep, known={**KNOWN, HELLO2.name: keep}, written=timedelta(seconds=15)),
+                "hello")
+    assert (hello.progress, hello.progress_reason) == ("failed", "health check failed: HTTP 503")
+
+
+def test_an_agent_that_reports_after_its_last_watch_here_watches_elsewhere() -> None:
+    """Behind a load balancer its watch moved to another push server: the report rule."""
+    rep = report({"hello": HELLO2.name}, age=timedelta(seconds=30))
+    rep.report_interval = 60
+    moved = Watcher(last=NOW - timedelta(seconds=100), back_by=NOW - timedelta(seconds=25))
+    s = state(HELLO2.name, rep=rep, watcher=moved)
+    assert (s.stale, s.last_contact) == (False, rep.time)

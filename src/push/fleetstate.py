@@ -23,6 +23,8 @@ from typing import Literal, get_args
 from pydantic import Field
 
 from push import timestamps
+from push.errors import InvalidRelease
+from push.health import HealthCheck
 from push.model import Model
 from push.release import ReleaseInfo
 from push.serverfile import ServerFile
@@ -189,6 +191,7 @@ def server_state(server: str, *, allowed: Sequence[str], file: ServerFile | None
             error = app_report.error or "failed (the agent gave no reason)"
         progress, reason, deadline = _progress(
             app, desired=desired, actual=actual, report=app_report, has_report=report is not None,
+            reverts=_reverts(info),
             allowed=app in allowed, known=info is not None or desired is None, refused=untrusted_apps.get(app),
             unmanaged=app in unmanaged, written=written, stale_reason=live.reason if stale else None, now=now)
         if report is None:
@@ -251,15 +254,19 @@ class Liveness:
 
 def liveness(report: AgentStatus | None, watcher: Watcher | None, report_written: datetime | None,
              now: datetime) -> Liveness:
-    """The liveness rules (docs/push-server.md#liveness). An agent that watches this push
-    server is judged by its watch alone (its long-poll is its heartbeat: a long step never
-    makes it look stopped); otherwise by its reports: stale after three report intervals
-    without one (15 minutes if the report does not say its interval)."""
+    """The liveness rules (docs/push-server.md#liveness-when-an-agent-is-stale). An agent that
+    watches this push server is judged by its watch (its long-poll is its heartbeat: a long
+    step never makes it look stopped); otherwise, or when it reported after its last watch
+    here, by its reports: stale after three report intervals without one (15 minutes if the
+    report does not say its interval)."""
     heard = report.reported_at if report is not None else None
     if report_written is not None and (heard is None or report_written > heard):
         heard = report_written
     last = max((t for t in (heard, watcher.last if watcher is not None else None) if t is not None), default=None)
-    if watcher is not None:
+    # A report written after the watch's last contact here means the agent lives on without
+    # this push server (it watches another one behind a load balancer): the report rule. A
+    # stopped agent never gives that: its watch here ends (answered, or cut) after its last report.
+    if watcher is not None and not (heard is not None and heard > watcher.last):
         late = (now - watcher.back_by).total_seconds()
         silent = (now - watcher.last).total_seconds()
         return Liveness(late > 0, f"its watch of the push server not renewed for {silent:.0f} s", last,
@@ -275,8 +282,20 @@ def liveness(report: AgentStatus | None, watcher: Watcher | None, report_written
                     until if age <= limit else None)
 
 
+def _reverts(info: ReleaseInfo | None) -> bool:
+    """Whether its agent reverts the release when it is not healthy in time (its declared
+    health says `revert`; true without one)."""
+    if info is None:
+        return True
+    try:
+        check = HealthCheck.of_release(info)
+    except InvalidRelease:  # the agent refuses a malformed check: it never runs this release
+        return True
+    return check is None or check.revert
+
+
 def _progress(app: str, *, desired: str | None, actual: str | None, report: AppStatus | None, has_report: bool,
-              allowed: bool, known: bool, refused: Mapping[str, str] | None, unmanaged: bool,
+              reverts: bool, allowed: bool, known: bool, refused: Mapping[str, str] | None, unmanaged: bool,
               written: datetime | None, stale_reason: str | None,
               now: datetime) -> tuple[Progress, str | None, datetime | None]:
     """One app's progress, with its reason and its deadline (while converging)."""
@@ -296,7 +315,7 @@ def _progress(app: str, *, desired: str | None, actual: str | None, report: AppS
         if report.state == "failed":
             return "failed", report.error or "failed (the agent gave no reason)", None
         if report.health == "unhealthy":
-            if actual == desired and report.health_deadline is not None:
+            if reverts and actual == desired and report.health_deadline is not None:
                 reverting = timestamps.parse(report.health_deadline) + timedelta(seconds=HEALTH_MARGIN)
             if reverting is None or now > reverting:
                 return "failed", report.health_detail or "unhealthy", None

@@ -81,13 +81,14 @@ BROKEN = ("hello", "3")
 BROKEN_HEALTH = ["--health-http", "http://127.0.0.1:${PORT}/healthz", "--health-within", "10"]
 
 
-def stage(app: str, version: str, dest: Path) -> Path:
-    """Write the staged root of `app` at `version` under `dest`; returns `dest`."""
+def stage(app: str, version: str, dest: Path, *, healthy: bool | None = None) -> Path:
+    """Write the staged root of `app` at `version` under `dest`; returns `dest`. `healthy`:
+    whether GET /healthz answers 200 (default: all but the BROKEN version)."""
     greeting = APPS[app][version]
     binary = dest / "usr/local/bin" / app
     binary.parent.mkdir(parents=True, exist_ok=True)
     binary.write_text(SERVICE.format(app=app, version=version, greeting=greeting,
-                                     healthy=(app, version) != BROKEN))
+                                     healthy=(app, version) != BROKEN if healthy is None else healthy))
     binary.chmod(0o755)
     unit = dest / "etc/systemd/system" / f"{app}.service"
     unit.parent.mkdir(parents=True, exist_ok=True)
