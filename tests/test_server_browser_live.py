@@ -4,7 +4,7 @@
 After a confirmed deploy the banner says what was requested and follows it to "installed,
 healthy"; a release whose unit crashes is reverted by the agent, and the banner, the
 release picker and the app page show it reverted, with its reason and the unit's log lines.
-A removal is followed to "removed". One fleet (push server and agent) and one browser for the
+A unit restart is followed to "done", a removal to "removed". One fleet (push server and agent) and one browser for the
 module; the tests run in order.
 """
 
@@ -132,6 +132,20 @@ def test_a_crashing_release_is_shown_reverted_with_its_reason(browser, world):
     assert "cannot open /var/lib/hello/db" in row.locator("pre.log").inner_text()
     page.goto(f"{fleet.url}/?server=s1")
     assert "Reverted from" in page.inner_text("tbody[data-server=s1] tr[data-app=hello] .marks")
+    page.close()
+
+
+def test_the_banner_follows_a_unit_restart_to_done(browser, world):
+    fleet, rels = world
+    page = browser.new_page()
+    page.set_default_timeout(10_000)
+    page.goto(f"{fleet.url}/servers/s1")
+    page.click("tr[data-unit='hello.service'] a:text('restart…')")
+    page.click("#confirm")
+    page.wait_for_url(re.compile(r"/servers/s1\?done="))
+    assert "Asked the agent to restart hello.service on s1" in page.inner_text("#flash")
+    settled(page, "f-done", 60)
+    assert page.inner_text("#outcome") == "done (restart)"
     page.close()
 
 

@@ -22,8 +22,9 @@ from push.history import new_record
 from push.release import Release
 from push.server.app import create_app
 from push.server.auth import AuthSettings
-from push.server.following import outcome
+from push.server.following import outcome, unit_outcome
 from push.server.pagetimes import relative, when
+from push.unitrequests import UnitRequest
 
 PROXY = "10.0.0.1"
 HTML = {"accept": "text/html"}
@@ -205,6 +206,23 @@ def test_the_banner_follows_a_change(record, app, server, phase, words):
     assert o.final == (phase in ("done", "failed", "superseded"))
     if "health_detail" in app and phase == "failed":
         assert o.detail == app["health_detail"]
+
+
+@pytest.mark.parametrize(("state", "result", "phase", "words"), [
+    ("pending", None, "progressing", "asked; waiting for the agent on web-1"),
+    ("done", "restarted", "done", "done (restart)"),
+    ("failed", "Job for hello.service failed", "failed", "the agent could not restart it"),
+    ("expired", None, "failed", "expired: the agent did not act on it in time"),
+    (None, None, "superseded", "the request is no longer in the bucket (pruned)"),
+])
+def test_the_banner_follows_a_unit_request(state, result, phase, words):
+    record = new_record("alice@example.com", "web-1", "hello", "unit-restart", unit="hello.service",
+                        result="requested")
+    request = None if state is None else UnitRequest(
+        id=record.id, server="web-1", app="hello", unit="hello.service", action="restart", who="alice@example.com",
+        time=record.time, expires=record.time, state=state, result=result, history_id=record.id)
+    o = unit_outcome(record, request)
+    assert (o.phase, o.words, o.detail) == (phase, words, result)
 
 
 def test_the_banner_before_the_push_server_sees_the_server():

@@ -15,6 +15,7 @@ from typing import Literal
 from push.fleet import short
 from push.fleetstate import AppState, ServerState
 from push.history import Record
+from push.unitrequests import UnitRequest
 
 Phase = Literal["requested", "progressing", "stuck", "done", "failed", "superseded"]
 # Phases after which the banner stops following: nothing more will come of the change.
@@ -70,6 +71,23 @@ def outcome(record: Record, state: ServerState | None) -> Outcome:
     if a.state == "installing":
         return Outcome("progressing", f"installing on {record.server}")
     return Outcome("progressing", f"requested; waiting for the agent on {record.server}")
+
+
+def unit_outcome(record: Record, request: UnitRequest | None) -> Outcome:
+    """What a unit request (`record` of unit-start, unit-stop or unit-restart) has come to:
+    the agent's outcome written back on the request (docs/unit-requests.md)."""
+    action = record.action.removeprefix("unit-")
+    if request is None:
+        return Outcome("superseded", "the request is no longer in the bucket (pruned)")
+    if request.state == "pending":
+        return Outcome("progressing", f"asked; waiting for the agent on {record.server}")
+    if request.state == "done":
+        return Outcome("done", f"done ({action})", request.result)
+    if request.state == "expired":
+        return Outcome("failed", "expired: the agent did not act on it in time")
+    if request.state == "refused":
+        return Outcome("failed", "refused by the agent", request.result)
+    return Outcome("failed", f"the agent could not {action} it", request.result)
 
 
 def _removal(a: AppState, progress: str, reason: str | None) -> Outcome:

@@ -168,25 +168,26 @@ def _allowed(push: PushServer, server: str, app: str | None = None) -> None:
 
 
 def _flash(push: PushServer, done: str | None, server: str | None = None, app: str | None = None) -> Flash | None:
-    """The record of the change `done` names, with how it stands now (`following.Outcome`)
-    for a deploy, rollback or removal: the banner says what was requested and follows it."""
+    """The record of the change `done` names, with how it stands now (`following.Outcome`):
+    the banner says what was requested and follows it (a unit request by its outcome)."""
     if not done:
         return None
     for record in push.ctx.history.records(server, app, limit=50):
         if record.id == done:
             if record.action in CHANGES:
-                outcome = following.outcome(record, push.view.snapshot.state(record.server))
-                return Flash(record, outcome)
-            return Flash(record, None)
+                return Flash(record, following.outcome(record, push.view.snapshot.state(record.server)))
+            request = next((r for r in unitrequests.list_requests(push.ctx.store, record.server)
+                            if r.history_id == record.id), None)
+            return Flash(record, following.unit_outcome(record, request))
     return None
 
 
 @dataclass(frozen=True)
 class Flash:
-    """A change just made (`record`) and what it has come to (`outcome`, None for unit requests)."""
+    """A change just made (`record`) and what it has come to (`outcome`)."""
 
     record: Record
-    outcome: following.Outcome | None
+    outcome: following.Outcome
 
 
 def _fresh_file(push: PushServer, server: str) -> ServerFile:
