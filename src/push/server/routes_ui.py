@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -123,16 +124,27 @@ def _back(url: str, **params: str | None) -> RedirectResponse:
     return RedirectResponse(url + ("?" + query if query else ""), status_code=303)
 
 
+DEPLOYER_LOOKUPS = 16
+
+
 def _fleet_rows(push: PushServer, views: list[ServerView]) -> Markup:
     """Each server's rows, rendered once per state: the fleet view carries them over with it
     (so their times are absolute, made relative by push.js, and who deployed each desired
     release is read from the history once per state)."""
     template = push.templates.get_template("_fleet_server.html")
+    fresh = [view for view in views if "fleet" not in view.fragments]
+    # Who deployed is a history lookup per app (a listing and a read): a round trip each on
+    # GCS or S3, so a page of servers not rendered yet looks them up in parallel.
+    if len(fresh) > 1:
+        with ThreadPoolExecutor(max_workers=DEPLOYER_LOOKUPS, thread_name_prefix="push-deployers") as pool:
+            deployers = dict(zip((id(v) for v in fresh), pool.map(lambda v: _deployed(push, v), fresh), strict=True))
+    else:
+        deployers = {id(v): _deployed(push, v) for v in fresh}
     parts = []
     for view in views:
         html = view.fragments.get("fleet")
         if html is None:
-            html = template.render(s=view.state, deployed=_deployed(push, view))
+            html = template.render(s=view.state, deployed=deployers[id(view)])
             view.fragments["fleet"] = html
         parts.append(html)
     return Markup("".join(parts))
