@@ -18,7 +18,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from push.notify.settings import Webhook
 
@@ -72,7 +72,8 @@ class Delivery:
         self._cond = threading.Condition()
         self._closing = False
         self._deadline: float | None = None
-        self._busy = False
+        self._current: Outgoing | None = None   # the event being sent
+        self._abandoned = False                  # given up at exit while sending: counted already
         # Counts read by /metrics (push.server.metrics) and tests; written by the worker
         # (and `offer` for queue_full) under the condition's lock.
         self.delivered: Counter[str] = Counter()              # kind -> events
@@ -85,7 +86,7 @@ class Delivery:
     def queued(self) -> int:
         """Events waiting, and the one being sent."""
         with self._cond:
-            return len(self._items) + self._busy
+            return len(self._items) + (self._current is not None and not self._abandoned)
 
     def offer(self, item: Outgoing) -> None:
         with self._cond:
@@ -115,10 +116,14 @@ class Delivery:
         with self._cond:
             left = list(self._items)
             self._items.clear()
+            if self._current is not None:  # a POST still waiting on its answer: given up too
+                left.append(self._current)
+                self._abandoned = True
             for item in left:
                 self.dropped[item.kind, SHUTDOWN] += 1
         if left:
-            log.warning("notify %s: %d event(s) not sent before the exit deadline, dropped", self.name, len(left))
+            log.warning("notify %s: %d event(s) dropped: not sent before the exit deadline (first: %s event %s)",
+                        self.name, len(left), left[0].kind, left[0].id)
 
     def _run(self) -> None:
         import httpx
@@ -132,17 +137,15 @@ class Delivery:
                         self._cond.wait()
                     if not self._items:
                         return
-                    item = self._items.popleft()
-                    self._busy = True
+                    item = self._current = self._items.popleft()
                 try:
                     self._deliver(http, item)
                 except Exception:  # a worker that dies would silently drop every later event
                     log.exception("notify %s: %s event %s failed", self.name, item.kind, item.id)
-                    with self._cond:
-                        self.dropped[item.kind, ATTEMPTS] += 1
+                    self._count(self.dropped, (item.kind, ATTEMPTS))
                 finally:
                     with self._cond:
-                        self._busy = False
+                        self._current = None
 
     def _deliver(self, http: httpx.Client, item: Outgoing) -> None:
         start = time.monotonic()
@@ -161,16 +164,17 @@ class Delivery:
                     self._drop(item, ATTEMPTS, f"{e} (attempt {attempt} of {self.attempts})")
                     return
                 wait = backoff(attempt) if e.wait is None else min(e.wait, BACKOFF_CAP)
-                log.warning("notify %s: %s event %s: %s; retrying in %.1f s (attempt %d of %d)",
+                log.info("notify %s: %s event %s: %s; retrying in %.1f s (attempt %d of %d)",
                             self.name, item.kind, item.id, e, wait, attempt, self.attempts)
                 with self._cond:
                     self.retries += 1
+                    if self._abandoned:
+                        return
                 if not self._pause(wait):
                     self._drop(item, SHUTDOWN, f"{e}, and the exit deadline comes before the next attempt")
                     return
                 continue
-            with self._cond:
-                self.delivered[item.kind] += 1
+            self._count(self.delivered, item.kind)
             log.info("notify %s: %s event %s delivered (attempt %d, %.0f ms)",
                      self.name, item.kind, item.id, attempt, (time.monotonic() - start) * 1000)
             return
@@ -192,8 +196,16 @@ class Delivery:
         raise _Refused(f"HTTP {status}: {answer.text[:200]!r}" if status < 300 or status >= 400
                        else f"HTTP {status} (redirects are not followed)")
 
+    def _count(self, counter: Counter[Any], key: object) -> None:
+        """Count an outcome, unless join() already counted this event as given up."""
+        with self._cond:
+            if not self._abandoned:
+                counter[key] += 1
+
     def _drop(self, item: Outgoing, reason: str, why: str) -> None:
         with self._cond:
+            if self._abandoned:
+                return
             self.dropped[item.kind, reason] += 1
         log.error("notify %s: %s event %s dropped: %s", self.name, item.kind, item.id, why)
 
