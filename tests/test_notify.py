@@ -10,20 +10,19 @@ from __future__ import annotations
 import re
 import statistics
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from fleetdata import TOKENS, conf_text, make_config
+from fleetdata import TOKENS, conf_text
 from push import config, fleet, timestamps
 from push.cli import main
 from push.errors import InvalidConfig, NotAllowed
 from push.fleet import ChangedMeanwhile
 from push.notify import KINDS, Notifier, NotifySettings, Webhook
-from push.server.app import create_app
-from push.server.auth import AuthSettings
+from pushserver import PushServerProcess
 from waiting import wait_for
 from webhooks import Receiver, black_hole
 
@@ -89,6 +88,8 @@ url = "https://chat.example.com/hooks/other"
      ":3: notify.webhooks #1: kind 'deplyo' matches no event (known: deploy, rollback, remove, rollout.started"),
     ("[[notify.webhooks]]\nurl = \"http://a/\"\nkinds = []\n", ":3: notify.webhooks #1: 'kinds' must be a non-empty"),
     ("[[notify.webhooks]]\nurl = \"http://a/\"\nheaders = {}\n", ":3: notify.webhooks #1: unknown key 'headers'"),
+    ("[[notify.webhooks]]\nurl = \"http://a/\"\nformat = \"slack\"\n",
+     ":3: notify.webhooks #1: 'format' must be one of event, text"),
     ("[[notify.webhooks]]\nurl = \"http://a/\"\nname = \"x\"\n[[notify.webhooks]]\nurl = \"http://b/\"\n"
      "name = \"x\"\n", "notify.webhooks #2: name 'x' is used by another webhook"),
 ])
@@ -142,19 +143,24 @@ def test_deploy_rollback_and_remove_each_send_one_event(ctx, rels, receiver):
 
 
 def test_emit_takes_any_kind_and_fields_without_raising(receiver, caplog):
-    n = notifier(hook(receiver, "rollout"))
+    chat = Webhook(url=receiver.url("chat"), name="chat", kinds=("rollout.failed",), format="text")
+    n = notifier(hook(receiver, "rollout"), chat)
     try:
         n.emit("rollout.wave_done", {"who": "driver", "rollout": "r-1", "app": "hello", "release": "hello/x",
                                      "wave": 2, "servers": ["web-1", "web-2"], "at": timestamps.now(),
                                      "kind": "not-mine"})
         n.emit("no.such.kind", {"app": "hello"})
-        n.emit("rollout.failed", {"servers": {1, 2}})  # a set is not JSON: sent as its str()
+        n.emit("rollout.failed", {"rollout": "r-2", "release": "hello/x", "wave": 1, "servers": ["web-1"],
+                                  "reason": "web-1 unhealthy", "since": {1, 2}})  # a set: sent as its str()
         events = receiver.wait_events("rollout", 2)
+        (line,) = receiver.wait_events("chat", 1)
     finally:
         n.close(5)
+    assert line == {"text": "rollout r-2 of hello/x failed (wave 1) on web-1: web-1 unhealthy"}
     assert [e["kind"] for e in events] == ["rollout.wave_done", "rollout.failed"]
     assert events[0]["wave"] == 2 and events[0]["servers"] == ["web-1", "web-2"] and events[0]["who"] == "driver"
-    assert events[0]["text"] == "rollout r-1 of hello/x wave done (wave 2): web-1, web-2"
+    assert events[0]["text"] == "rollout r-1 of hello/x wave done by driver (wave 2) on web-1, web-2"
+    assert events[1]["since"] == "{1, 2}" and events[1]["reason"] == "web-1 unhealthy"
     assert "unknown event kind 'no.such.kind'" in caplog.text
     assert Notifier.disabled().stats() == [] and set(KINDS) >= {"deploy", "rollout.completed", "rollout.aborted"}
 
@@ -245,12 +251,19 @@ def test_the_cli_straight_to_the_bucket_sends_before_it_exits(bucket, rels, conf
     monkeypatch.setenv("PUSH_CONFIG", str(conf_with_notify(receiver.url("cli"))))
     monkeypatch.setenv("PUSH_USER", "dave@example.com")
     monkeypatch.delenv("PUSH_URL", raising=False)
-    assert main(["deploy", "web-2", "hello", rels[1].name, "--note", "from the cli"]) == 0
-    # main() returned: the event was already delivered (the CLI flushes at exit).
-    (event,) = receiver.events("cli")
-    assert (event["kind"], event["who"], event["server"], event["release"], event["note"]) == \
-        ("deploy", "dave@example.com", "web-2", rels[1].name, "from the cli")
-    assert event["via"].startswith("cli@")
+    for argv in (["deploy", "web-2", "hello", rels[1].name, "--note", "from the cli"],
+                 ["deploy", "web-2", "hello", rels[2].name], ["rollback", "web-2", "hello"],
+                 ["remove", "web-2", "hello", "--note", "retired"]):
+        assert main(argv) == 0
+        # main() returned: its event was already delivered (the CLI flushes at exit).
+        assert receiver.events("cli")[-1]["kind"] == argv[0]
+    events = receiver.events("cli")
+    assert [(e["kind"], e["release"], e["previous"], e["note"]) for e in events] == [
+        ("deploy", rels[1].name, None, "from the cli"), ("deploy", rels[2].name, rels[1].name, ""),
+        ("rollback", rels[1].name, rels[2].name, ""), ("remove", None, rels[1].name, "retired")]
+    assert all(e["who"] == "dave@example.com" and e["server"] == "web-2" and e["app"] == "hello"
+               and e["via"].startswith("cli@") and set(e) == CHANGE_FIELDS for e in events)
+    capsys.readouterr()
 
 
 def test_the_cli_waits_at_most_3_s_for_a_dead_webhook(bucket, rels, conf_with_notify, monkeypatch, caplog):
@@ -271,21 +284,35 @@ def test_the_cli_waits_at_most_3_s_for_a_dead_webhook(bucket, rels, conf_with_no
     assert said.startswith("notify hook: ") and "deploy event" in said and "dropped" in said, said
 
 
-def test_through_a_push_server_and_its_metrics(bucket, rels, tmp_path, receiver):
+def test_through_a_push_server_and_its_metrics(bucket, rels, tmp_path, receiver, monkeypatch, capsys):
+    """`push serve` as a process, the CLI through it: the server sends each event (after a
+    502, retried) and counts it in /metrics."""
     receiver.answer("server", 502)
-    conf = make_config(tmp_path, f'\n[notify]\n[[notify.webhooks]]\nurl = "{receiver.url("server")}"\n'
-                                 'name = "ops-chat"\n')
-    app = create_app(bucket, conf, auth=AuthSettings(), poll_interval=0.05, catalog_interval=0.1)
-    with TestClient(app, client=("10.0.0.1", 1)) as client:
-        r = client.post("/api/v1/servers/web-1/apps/hello/deploy", json={"release": rels[2].name, "note": "api"},
-                        headers={"Authorization": f"Bearer {TOKENS['ci']}"})
-        assert r.status_code == 200, r.text
-        (event,) = receiver.wait_events("server", 1)
-        assert (event["kind"], event["who"], event["release"], event["history"], event["note"]) == \
-            ("deploy", "deployer@example.com", rels[2].name, r.json()["history"]["id"], "api")
-        assert event["via"].startswith("push-server@")
-        metrics = client.get("/metrics").text
-    assert 'push_notify_delivered_total{kind="deploy",webhook="ops-chat"} 1.0' in metrics
+    conf = tmp_path / "served.conf"
+    conf.write_text(conf_text(f'\n[notify]\n[[notify.webhooks]]\nurl = "{receiver.url("server")}"\n'
+                              'name = "ops-chat"\n'))
+    server = PushServerProcess(str(bucket.root), conf, tmp_path / "serve.log")
+    try:
+        monkeypatch.setenv("PUSH_TOKEN", TOKENS["ops"])
+        monkeypatch.delenv("PUSH_STORE", raising=False)
+        remote = ["--push-url", server.url]
+        assert main(["deploy", "web-1", "hello", rels[2].name, "--note", "api", *remote]) == 0
+        assert main(["deploy", "web-1", "hello", rels[3].name, *remote]) == 0
+        assert main(["rollback", "web-1", "hello", *remote]) == 0
+        assert main(["remove", "web-1", "hello", *remote]) == 0
+        events = receiver.wait_events("server", 4)
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(server.url + "/metrics") as r:
+            metrics = r.read().decode()
+    finally:
+        server.stop()
+    capsys.readouterr()
+    assert [(e["kind"], e["release"], e["previous"], e["note"]) for e in events] == [
+        ("deploy", rels[2].name, None, "api"), ("deploy", rels[3].name, rels[2].name, ""),
+        ("rollback", rels[2].name, rels[3].name, ""), ("remove", None, rels[2].name, "")]
+    assert {e["who"] for e in events} == {"admin@example.com"}
+    assert all(e["via"].startswith("push-server@") and set(e) == CHANGE_FIELDS for e in events)
+    for kind, n in (("deploy", 2), ("rollback", 1), ("remove", 1)):
+        assert f'push_notify_delivered_total{{kind="{kind}",webhook="ops-chat"}} {n}.0' in metrics
     assert 'push_notify_retries_total{webhook="ops-chat"} 1.0' in metrics
     assert 'push_notify_queued{webhook="ops-chat"} 0.0' in metrics
-    assert receiver.url("server") not in metrics
+    assert "push_notify_dropped_total" in metrics and "/hook/" not in metrics

@@ -12,11 +12,13 @@ Used by push.notify.notifier.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,9 +37,12 @@ REJECTED, ATTEMPTS, QUEUE_FULL, SHUTDOWN = "rejected", "attempts", "queue_full",
 
 @dataclass(frozen=True)
 class Outgoing:
+    """One event as sent: the JSON event, and its one line for webhooks with format "text"."""
+
     kind: str
     id: str
     body: bytes
+    text: str
 
 
 class _Retry(Exception):
@@ -79,8 +84,8 @@ class Delivery:
         self.delivered: Counter[str] = Counter()              # kind -> events
         self.dropped: Counter[tuple[str, str]] = Counter()    # (kind, reason) -> events
         self.retries = 0
-        self._thread = threading.Thread(target=self._run, name=f"notify-{self.name}", daemon=True)
-        self._thread.start()
+        # Started by the first event: a command that changes nothing starts no thread.
+        self._thread: threading.Thread | None = None
 
     @property
     def queued(self) -> int:
@@ -101,6 +106,9 @@ class Delivery:
                 return
             self._items.append(item)
             self._cond.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"notify-{self.name}", daemon=True)
+                self._thread.start()
 
     def finish(self, deadline: float) -> None:
         """Stop taking events; the worker sends what is queued until `deadline` (monotonic)."""
@@ -112,7 +120,8 @@ class Delivery:
     def join(self) -> None:
         """Wait for the worker until the deadline given to `finish`; drop what is left."""
         assert self._deadline is not None
-        self._thread.join(max(0.0, self._deadline - time.monotonic()))
+        if self._thread is not None:
+            self._thread.join(max(0.0, self._deadline - time.monotonic()))
         with self._cond:
             left = list(self._items)
             self._items.clear()
@@ -182,19 +191,24 @@ class Delivery:
     def _post(self, http: httpx.Client, item: Outgoing, timeout: float) -> None:
         import httpx
 
+        body = item.body if self.hook.format == "event" else json.dumps({"text": item.text}).encode()
         try:
-            answer = http.post(self.hook.url, content=item.body, timeout=timeout,
-                               headers={"X-Push-Event": item.kind, "X-Push-Delivery": item.id})
+            # Streamed, so that only the start of an answer is read, whatever its size.
+            with http.stream("POST", self.hook.url, content=body, timeout=timeout,
+                             headers={"X-Push-Event": item.kind, "X-Push-Delivery": item.id}) as answer:
+                status = answer.status_code
+                start = b"" if 200 <= status < 300 else _start_of(answer.iter_bytes())
+                retry_after = answer.headers.get("Retry-After")
         except httpx.TransportError as e:
             # The message names the host at most; never the URL, which may hold a secret.
             raise _Retry(f"{type(e).__name__}: {_clean(str(e), self.hook.url)}") from None
-        status = answer.status_code
         if 200 <= status < 300:
             return
         if status == 429 or status >= 500:
-            raise _Retry(f"HTTP {status}", _retry_after(answer.headers.get("Retry-After")))
-        raise _Refused(f"HTTP {status}: {answer.text[:200]!r}" if status < 300 or status >= 400
-                       else f"HTTP {status} (redirects are not followed)")
+            raise _Retry(f"HTTP {status}", _retry_after(retry_after))
+        if 300 <= status < 400:
+            raise _Refused(f"HTTP {status} (redirects are not followed)")
+        raise _Refused(f"HTTP {status}: {start.decode(errors='replace')!r}")
 
     def _count(self, counter: Counter[Any], key: object) -> None:
         """Count an outcome, unless join() already counted this event as given up."""
@@ -234,6 +248,16 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value)) if value else None
     except ValueError:
         return None
+
+
+def _start_of(chunks: Iterator[bytes], limit: int = 200) -> bytes:
+    """The first `limit` bytes of an answer, for the log."""
+    start = b""
+    for chunk in chunks:
+        start += chunk
+        if len(start) >= limit:
+            break
+    return start[:limit]
 
 
 def _clean(message: str, url: str) -> str:

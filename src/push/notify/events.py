@@ -58,14 +58,17 @@ def text(event: Mapping[str, Any]) -> str:
             return f"{who} removed {app} from {server} (was {was})"
         return f"{who} {_VERBS[kind]} {app} on {server} to {to} (was {was})"
     what = kind.removeprefix("rollout.").replace("_", " ")
-    rollout = event.get("rollout", "?")
-    line = f"rollout {rollout} of {_short(event.get('release'))} {what}"
+    line = f"rollout {event.get('rollout', '?')} of {_short(event.get('release'))} {what}"
+    if event["who"]:
+        line += f" by {event['who']}"
     if event.get("wave") is not None:
         line += f" (wave {event['wave']})"
     servers = event.get("servers")
     if isinstance(servers, list | tuple) and servers:
         shown = ", ".join(str(s) for s in servers[:5])
-        line += f": {shown}{f' and {len(servers) - 5} more' if len(servers) > 5 else ''}"
+        line += f" on {shown}{f' and {len(servers) - 5} more' if len(servers) > 5 else ''}"
+    if isinstance(event.get("reason"), str) and event["reason"]:
+        line += f": {event['reason']}"
     return line
 
 

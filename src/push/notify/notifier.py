@@ -84,7 +84,7 @@ class Notifier:
             if not wanted:
                 return
             event = events.build(kind, fields)
-            item = Outgoing(kind=kind, id=event["id"], body=events.encode(event))
+            item = Outgoing(kind=kind, id=event["id"], body=events.encode(event), text=event["text"])
             for target in wanted:
                 target.offer(item)
         except Exception:

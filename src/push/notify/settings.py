@@ -9,6 +9,7 @@ Push tries to deliver them.
     url = "https://chat.example.com/hooks/T0/B0/secret"
     name = "chat"                          # optional: the label in logs and /metrics
     kinds = ["deploy", "rollback", "rollout.*"]   # optional: default every kind
+    format = "text"                        # optional: {"text": "one line"} only (default "event")
 
 push.config parses the file and hands this table to `parse`, so an invalid table is
 refused at load like any other, with the line. push.notify.Notifier reads the result.
@@ -37,7 +38,8 @@ DEFAULT_ATTEMPTS = 5
 MAX_TIMEOUT = 60.0
 MAX_ATTEMPTS = 10
 _KEYS = ("timeout", "attempts", "webhooks")
-_WEBHOOK_KEYS = ("url", "name", "kinds")
+_WEBHOOK_KEYS = ("url", "name", "kinds", "format")
+FORMATS = ("event", "text")
 
 
 class Fail(Protocol):
@@ -54,6 +56,9 @@ class Webhook:
     url: str
     name: str
     kinds: tuple[str, ...] = ("*",)
+    # "event": the whole JSON event; "text": {"text": its one line}, for chat services
+    # that refuse keys they do not know.
+    format: str = "event"
 
     def wants(self, kind: str) -> bool:
         return any(fnmatchcase(kind, pattern) for pattern in self.kinds)
@@ -127,4 +132,8 @@ def _webhook(hook: object, number: int, fail: Fail, taken: set[str]) -> Webhook:
         if not any(fnmatchcase(kind, pattern) for kind in KINDS):
             raise fail(f"{where}: kind '{pattern}' matches no event (known: {', '.join(KINDS)}, or a "
                        f"pattern such as 'rollout.*')")
-    return Webhook(url=url, name=name, kinds=tuple(kinds))
+    form = hook.get("format", "event")
+    if form not in FORMATS:
+        raise fail(f"{where}: 'format' must be one of {', '.join(FORMATS)}",
+                   near=form if isinstance(form, str) and form else None)
+    return Webhook(url=url, name=name, kinds=tuple(kinds), format=form)
