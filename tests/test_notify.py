@@ -27,7 +27,7 @@ from waiting import wait_for
 from webhooks import Receiver, black_hole
 
 ENVELOPE = {"kind", "id", "time", "who", "text"}
-CHANGE_FIELDS = ENVELOPE | {"server", "app", "release", "previous", "history", "note", "via"}
+CHANGE_FIELDS = ENVELOPE | {"server", "app", "release", "previous", "history", "note", "via", "rollout"}
 
 
 @pytest.fixture(scope="module")

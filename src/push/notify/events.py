@@ -3,7 +3,7 @@
     {"kind": "deploy", "id": "01796893456789012345-1a2b3c4d", "time": "2026-12-02T04:30:00.123456Z",
      "who": "alice@example.com", "text": "alice@example.com deployed hello ... to web-1",
      "server": "web-1", "app": "hello", "release": "hello/hello:...deb", "previous": null,
-     "history": "01796893456789000000-0a0b0c0d", "note": "", "via": "cli@laptop"}
+     "history": "01796893456789000000-0a0b0c0d", "note": "", "via": "cli@laptop", "rollout": null}
 
 The envelope (`kind`, `id`, `time`, `who`, `text`) is in every event; the other keys are
 the subject's (docs/notifications.md lists them per kind). `id` is unique per event and
@@ -30,7 +30,9 @@ _VERBS = {"deploy": "deployed", "rollback": "rolled back", "remove": "removed"}
 def change_fields(record: Record) -> dict[str, object]:
     """The subject of a deploy, rollback or remove event: the change's history record."""
     return {"who": record.who, "server": record.server, "app": record.app, "release": record.to,
-            "previous": record.from_, "history": record.id, "note": record.note, "via": record.via}
+            "previous": record.from_, "history": record.id, "note": record.note, "via": record.via,
+            # The rollout that made the change (Record.rollout, issue 13); null for a plain one.
+            "rollout": getattr(record, "rollout", None)}
 
 
 def build(kind: str, fields: Mapping[str, object]) -> dict[str, Any]:
