@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -26,7 +26,7 @@ from push.history import History, Record, new_record
 from push.layout import server_file_key
 from push.model import Model
 from push.names import check_note, check_server, check_unit
-from push.notify import Notifier, change_fields
+from push.notify import DISABLED, Notifier, change_fields
 from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile
 from push.signing import SigningKey
@@ -156,7 +156,7 @@ class Context:
     via: str = ""
     deploy_key: SigningKey | None = None   # signs every server file written (docs/trust.md)
     # Told of every change written (webhooks, docs/notifications.md); the front end closes it.
-    notifier: Notifier = field(default_factory=Notifier.disabled)
+    notifier: Notifier = DISABLED
 
     @classmethod
     def open(cls, store: Store, config: Config, *, catalog: Catalog | None = None,

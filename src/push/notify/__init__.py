@@ -10,8 +10,8 @@ Delivery never blocks and never fails a change, and is not persisted: see delive
 """
 
 from push.notify.events import change_fields
-from push.notify.notifier import CLI_FLUSH_SECONDS, SERVER_FLUSH_SECONDS, Notifier, TargetStats
+from push.notify.notifier import CLI_FLUSH_SECONDS, DISABLED, SERVER_FLUSH_SECONDS, Notifier, TargetStats
 from push.notify.settings import KINDS, NotifySettings, Webhook
 
-__all__ = ["CLI_FLUSH_SECONDS", "KINDS", "SERVER_FLUSH_SECONDS", "Notifier", "NotifySettings", "TargetStats",
-           "Webhook", "change_fields"]
+__all__ = ["CLI_FLUSH_SECONDS", "DISABLED", "KINDS", "SERVER_FLUSH_SECONDS", "Notifier", "NotifySettings",
+           "TargetStats", "Webhook", "change_fields"]
