@@ -316,3 +316,16 @@ def test_through_a_push_server_and_its_metrics(bucket, rels, tmp_path, receiver,
     assert 'push_notify_retries_total{webhook="ops-chat"} 1.0' in metrics
     assert 'push_notify_queued{webhook="ops-chat"} 0.0' in metrics
     assert "push_notify_dropped_total" in metrics and "/hook/" not in metrics
+
+
+def test_a_bad_notify_table_stops_a_command_with_one_line(bucket, rels, tmp_path, monkeypatch, capsys):
+    path = tmp_path / "bad.conf"
+    path.write_text(conf_text('\n[[notify.webhooks]]\nurl = "https://chat.example.com/hook/secret"\n'
+                              'kinds = ["deploys"]\n'))
+    monkeypatch.setenv("PUSH_STORE", str(bucket.root))
+    monkeypatch.setenv("PUSH_CONFIG", str(path))
+    monkeypatch.delenv("PUSH_URL", raising=False)
+    assert main(["deploy", "web-1", "hello", rels[0].name]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}:" in err and "kind 'deploys' matches no event" in err, err
+    assert "secret" not in err
