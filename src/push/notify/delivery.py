@@ -3,8 +3,8 @@
 Each webhook has its own worker, so a receiver that is down (every event waiting out its
 retries) delays no other receiver and never the change that caused the event. An event is
 POSTed at most `attempts` times: again after a connection error, a timeout, a 5xx or a 429
-(after exponential backoff with jitter, or the 429's Retry-After when shorter than the
-backoff's cap); not again after any other answer (a 4xx says the event itself is refused,
+(after exponential backoff with jitter, or after the answer's Retry-After in seconds, at
+most BACKOFF_CAP); not again after any other answer (a 4xx says the event itself is refused,
 a redirect is not followed). Then it is dropped, counted and logged. Nothing is kept on
 disk: events still queued when the process ends are dropped (counted, logged).
 Used by push.notify.notifier.
