@@ -21,7 +21,7 @@ from push import config, fleet, timestamps
 from push.cli import main
 from push.errors import InvalidConfig, NotAllowed
 from push.fleet import ChangedMeanwhile
-from push.notify import KINDS, Notifier, NotifySettings, Webhook
+from push.notify import KINDS, Notifier, NotifySettings, Webhook, delivery
 from pushserver import PushServerProcess
 from waiting import wait_for
 from webhooks import Receiver, black_hole
@@ -166,6 +166,12 @@ def test_emit_takes_any_kind_and_fields_without_raising(receiver, caplog):
 
 
 # -- delivery ---------------------------------------------------------------------------------
+
+def test_backoff_doubles_with_jitter_up_to_a_cap():
+    for attempt, (low, high) in {1: (0.25, 0.5), 2: (0.5, 1), 3: (1, 2), 4: (2, 4), 12: (15, 30)}.items():
+        waits = {delivery.backoff(attempt) for _ in range(50)}
+        assert all(low <= w <= high for w in waits) and len(waits) > 1
+
 
 def test_a_500_then_a_429_then_200_is_delivered_after_retries(receiver):
     receiver.answer("flaky", 500, 429)
