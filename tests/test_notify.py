@@ -230,7 +230,10 @@ def test_a_dead_webhook_does_not_slow_a_deploy(ctx, rels):
     without, with_dead = times[quiet], times[loud]
     print(f"deploy median without notify {statistics.median(without) * 1000:.1f} ms, "
           f"with a dead webhook {statistics.median(with_dead) * 1000:.1f} ms; close(0.5) took {closing:.2f} s")
-    assert statistics.median(with_dead) < statistics.median(without) * 1.5 + 0.010
+    # A deploy that waited on the webhook would take its 5 s timeout; the medians allow for a
+    # loaded machine (measured: within a few ms of each other, either way).
+    assert max(with_dead) < 2.5
+    assert statistics.median(with_dead) < statistics.median(without) * 2 + 0.020
     assert closing < 1.5
     s = stats(loud, "dead")
     # At most 3 queued and one POST waiting on the black hole; the rest dropped at once for
@@ -307,8 +310,14 @@ def test_through_a_push_server_and_its_metrics(bucket, rels, tmp_path, receiver,
         assert main(["rollback", "web-1", "hello", *remote]) == 0
         assert main(["remove", "web-1", "hello", *remote]) == 0
         events = receiver.wait_events("server", 4)
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(server.url + "/metrics") as r:
-            metrics = r.read().decode()
+
+        def metrics_counting_the_removal() -> str | None:
+            # The receiver has the event before the push server has its answer and counts it.
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(server.url + "/metrics") as r:
+                text = r.read().decode()
+            return text if 'push_notify_delivered_total{kind="remove",webhook="ops-chat"} 1.0' in text else None
+
+        metrics = wait_for(metrics_counting_the_removal, 10, "the removal's delivery in /metrics")
     finally:
         server.stop()
     capsys.readouterr()
