@@ -55,6 +55,12 @@ def rel_user(name: str | None) -> str:
     return r.user if r else ""
 
 
+def iso_short(text: str | None) -> str:
+    """A timestamp as plain text (`2026-01-02 03:04:05Z`), for where markup cannot go; pages
+    show times with `when`."""
+    return text[:19].replace("T", " ") + "Z" if text else ""
+
+
 def first_line(text: str | None) -> str:
     return text.strip().splitlines()[0] if text and text.strip() else ""
 
@@ -62,7 +68,7 @@ def first_line(text: str | None) -> str:
 def setup_filters(push: PushServer) -> None:
     env = push.templates
     if "when" not in env.filters:
-        env.filters.update(rel_hash=rel_hash, rel_user=rel_user,
+        env.filters.update(rel_hash=rel_hash, rel_user=rel_user, iso=iso_short,
                            short=fleet.short, when=when, firstline=first_line)
 
 
