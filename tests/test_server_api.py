@@ -325,7 +325,7 @@ def test_form_posts_need_csrf_token(client, rels):
                     follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/servers/web-1/apps/hello?done=")
     page = client.get(r.headers["location"], headers=hdr)
-    assert "Deployed <b>hello</b> on <b>web-1</b>" in page.text
+    assert "Requested: <b>hello " + rels[0].release.short_hash + "</b> on <b>web-1</b>" in page.text
     # The same form again, as if a second user had looked before the first deploy: 409 page.
     r = client.post("/servers/web-1/apps/hello/deploy", data={**form, "release": rels[1].name, "csrf_token": csrf},
                     headers=hdr, follow_redirects=False)
