@@ -246,6 +246,20 @@ def test_status_problems_exit_code(cli):
     assert code == 7 and json.loads(out)["servers"][0]["server"] == server
 
 
+def test_status_indents_every_line_of_a_reason(cli):
+    # A reason spans lines (the failing check, then the unit's log): each stays under its
+    # app, indented, so the output still reads as one block per server.
+    server = cli.fresh()
+    assert cli("deploy", server, "hello", "latest")[0] == 0
+    report(cli.world.bucket, server, {"hello": cli.world.rels[2].name},
+           failed={"hello": "dpkg: error\nlast lines of hello.service:\nhello 3 listening"})
+    wait_for(lambda: cli("status", server)[1].count("hello 3 listening") == 1, what="the failure seen")
+    out = cli("status", server)[1]
+    lines = out.splitlines()
+    assert lines[0].startswith(server) and all(line.startswith("  ") for line in lines[1:]), out
+    assert any(line.strip() == "last lines of hello.service:" for line in lines), out
+
+
 class _Page(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = b"<html><head><title>Welcome to nginx!</title></head><body>hello</body></html>"

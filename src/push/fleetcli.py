@@ -564,7 +564,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{s.server}  ({seen}{flags})  {s.progress}")
         for err in (s.agent_error, s.file_error):
             if err:
-                print(f"  ! {err}")
+                print(_indented(f"  ! {err}", "    "))
         for a in s.apps:
             actual = "same" if a.actual and a.actual == a.desired else (
                 _short(a.actual) if a.actual else ("none" if s.last_seen else "?"))
@@ -574,10 +574,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             if units:
                 print(f"  {'':<16} units {units}")
             if a.progress != "done":
-                print(f"  {'':<16} {a.progress}: {a.progress_reason}")
+                print(_indented(f"  {'':<16} {a.progress}: {a.progress_reason}", " " * 21))
             elif a.error:
-                print(f"  {'':<16} failed: {a.error}")
+                print(_indented(f"  {'':<16} failed: {a.error}", " " * 21))
     return outcome
+
+
+def _indented(text: str, indent: str) -> str:
+    """`text` with its later lines indented (a reason's log lines stay under their app)."""
+    first, *rest = text.splitlines() or [""]
+    return "\n".join([first, *(indent + line for line in rest)])
 
 
 def cmd_history(args: argparse.Namespace) -> int:
