@@ -296,6 +296,23 @@ def test_a_push_url_that_is_not_push(world, not_push, capsys):
         assert "answered HTTP 200, text/html" in err and "page 'Welcome to nginx!'" in err and "<html" not in err
 
 
+def test_a_push_url_with_a_wrong_path_or_no_scheme(world, capsys):
+    # The push server answers, but not at this path (an API or page URL given for its root):
+    # exit 4 saying to give the root, not "no page at /api/v1/api/v1/fleet" as a not-found (1).
+    for path in ("/api/v1", "/fleet"):
+        code = main(["status", "--push-url", world.server.url + path])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 4 and len(lines) == 1, err
+        assert f"{world.server.url}{path} is a Push server's page, not its root URL" in err, err
+        assert f"--push-url {world.server.url}" in err, err
+    # No scheme: a usage error (2, as a bad --store URL), quoting what was given.
+    host = world.server.url.removeprefix("http://")
+    code = main(["status", "--push-url", host])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"push: error: --push-url must be http(s)://HOST[:PORT], not {host!r}", err
+
+
 def test_typo_and_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["stauts"])
