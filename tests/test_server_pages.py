@@ -61,7 +61,8 @@ def test_unknown_pages_are_404_pages_and_the_api_keeps_json(site):
     viewer = user("viewer@example.com")
     for path, words in [("/nope", "no page at /nope"), ("/servers/nope", "nope"),
                         ("/servers/nope/apps/hello", "nope"), ("/apps/nope", "no such app"),
-                        ("/apps/helo", "no such app")]:
+                        ("/apps/helo", "no such app"), ("/history?server=nope", "&#39;nope&#39; is not in"),
+                        ("/history?app=nope", "no such app")]:
         r = client.get(path, headers=viewer)
         assert r.status_code == 404, (path, r.status_code)
         assert r.headers["content-type"].startswith("text/html") and '<header class="top">' in r.text, path
