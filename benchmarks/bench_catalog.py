@@ -34,12 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))
 import bench_server  # noqa: E402
+from healthz import wait_until_healthy  # noqa: E402
 
 from emulators import free_port, start_fake_gcs  # noqa: E402
 from push import catalog as catalog_mod  # noqa: E402
@@ -138,18 +137,7 @@ def push_serve(store_url: str, conf: Path, env: dict[str, str], log_path: Path) 
         proc = subprocess.Popen([sys.executable, "-m", "push.cli", "serve", "--store", store_url, "--config",
                                  str(conf), "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, trust_env=False) as client:
-                while True:
-                    try:
-                        if client.get("/healthz").status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    if proc.poll() is not None:
-                        raise SystemExit(f"push serve exited: {log_path.read_text()[-2000:]}")
-                    if time.perf_counter() - t > 900:
-                        raise SystemExit("push serve: no /healthz 200 after 900 s")
-                    time.sleep(0.05)
+            wait_until_healthy(f"http://127.0.0.1:{port}", proc, timeout=900, interval=0.05, log=log_path)
             elapsed = time.perf_counter() - t
             return elapsed, rss_mb(proc.pid)
         finally:
