@@ -129,8 +129,15 @@ def push_releases(store_url: str, conf: Path, app: str, env: dict[str, str]) -> 
     return elapsed
 
 
-def push_serve(store_url: str, conf: Path, env: dict[str, str], log_path: Path) -> tuple[float, float]:
-    """Seconds from starting `push serve` until /healthz answers 200, and its RSS then (MB)."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (what its start costs whatever the load)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def push_serve(store_url: str, conf: Path, env: dict[str, str], log_path: Path) -> tuple[float, float, float]:
+    """Seconds from starting `push serve` until /healthz answers 200, its RSS then (MB) and
+    the CPU seconds it had used."""
     port = free_port()
     with open(log_path, "wb") as log:
         t = time.perf_counter()
@@ -139,7 +146,7 @@ def push_serve(store_url: str, conf: Path, env: dict[str, str], log_path: Path) 
         try:
             wait_until_healthy(f"http://127.0.0.1:{port}", proc, timeout=900, interval=0.05, log=log_path)
             elapsed = time.perf_counter() - t
-            return elapsed, rss_mb(proc.pid)
+            return elapsed, rss_mb(proc.pid), cpu_seconds(proc.pid)
         finally:
             proc.terminate()
             try:
@@ -240,11 +247,12 @@ def processes(store_url: str, conf: Path, app: str, args: argparse.Namespace, ex
         for label, src in trees:
             env = env_for(src, extra_env)
             results.setdefault((label, "releases"), []).append(push_releases(store_url, conf, app, env))
-            seconds, mb = push_serve(store_url, conf, env, workdir / f"serve-{label}-{i}.log")
+            seconds, mb, cpu = push_serve(store_url, conf, env, workdir / f"serve-{label}-{i}.log")
             results.setdefault((label, "serve"), []).append(seconds)
+            results.setdefault((label, "serve CPU"), []).append(cpu)
             rss.setdefault(label, []).append(mb)
             print(f"  run {i + 1} {label}: push releases {results[(label, 'releases')][-1]:.2f} s, "
-                  f"push serve {seconds:.2f} s, {mb:,.0f} MB", flush=True)
+                  f"push serve {seconds:.2f} s ({cpu:.2f} CPU-s), {mb:,.0f} MB", flush=True)
 
     def line(label: str, what: str) -> str:
         values = results[(label, what)]
@@ -253,6 +261,7 @@ def processes(store_url: str, conf: Path, app: str, args: argparse.Namespace, ex
     for label, _ in trees:
         rows.append((f"`push releases {app}` as a process ({label})", line(label, "releases")))
         rows.append((f"`push serve` start until /healthz is 200 ({label})", line(label, "serve")))
+        rows.append((f"`push serve` CPU seconds until /healthz is 200 ({label})", line(label, "serve CPU")))
         rows.append((f"`push serve` RSS at /healthz 200 ({label})", f"{statistics.median(rss[label]):,.0f} MB"))
     if args.before is not None:
         for what, name in (("releases", f"`push releases {app}`"), ("serve", "`push serve` to /healthz 200")):
