@@ -19,6 +19,7 @@ from push.errors import (
 
 USAGE = 2  # also argparse's own code for a bad command line
 PROBLEMS = 7  # `push status --problems` found some: not an error of the command itself
+ROLLOUT_NOT_COMPLETED = 8  # `push rollout ... --wait`: it ended failed, rolled back or aborted
 INTERRUPTED = 130
 
 EXIT_CODES: dict[type[PushError], int] = {
@@ -52,5 +53,6 @@ MEANINGS: tuple[tuple[int, str], ...] = (
     (5, "access denied: not signed in, not allowed by a role or skiapush.conf"),
     (6, "untrusted: a signature or statement that does not hold"),
     (PROBLEMS, "push status --problems found problems"),
+    (ROLLOUT_NOT_COMPLETED, "push rollout ... --wait: the rollout failed, was rolled back or aborted"),
     (INTERRUPTED, "interrupted"),
 )

@@ -54,6 +54,7 @@ class Driver:
         self.stale_after = stale_after
         self.on_event = on_event
         self._files: dict[str, ServerFile] = {}
+        self._driving: set[str] = set()  # the rollouts this driver has held the lease of since it took it
         self.rounds = 0
 
     # -- one round ------------------------------------------------------------------------
@@ -76,11 +77,16 @@ class Driver:
         """One step of one rollout, if this driver holds (or takes) its lease; the rollout
         after it (None: another driver holds it)."""
         if not self.leases.hold(rollout_id):
+            self._driving.discard(rollout_id)
             return None
         r = model.read(self.ctx.store, rollout_id)
         if r.active:
+            if rollout_id not in self._driving:  # who drives is part of the story (a takeover)
+                r.note(timestamps.now_text(), f"driven by {self.leases.holder}")
+            self._driving.add(rollout_id)
             r = self._step(r)
         if not r.active:
+            self._driving.discard(rollout_id)
             model.release_active(self.ctx.store, r.app, rollout_id=r.id)
             self.leases.release(r.id)
         return r
