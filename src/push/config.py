@@ -5,7 +5,7 @@ The original form works unchanged:
     [servers.skia-push]
     appNames = ["logserver", "pulld", "push"]
 
-Push adds optional tables (access rules, API tokens, triggers); see docs/configuration.md.
+Push adds optional tables (access rules, API tokens, triggers, notifications); see docs/configuration.md.
 An invalid file is refused at load with the file, the line where TOML gives one, and what
 is wrong.
 """
@@ -20,6 +20,8 @@ from pathlib import Path
 
 from push.errors import InvalidConfig, InvalidName, NotAllowed, UnknownServer
 from push.names import check_app, check_server
+from push.notify.settings import NotifySettings
+from push.notify.settings import parse as parse_notify
 
 SEARCH_PATH = (Path("skiapush.conf"), Path("/etc/push/skiapush.conf"))
 ROLES = ("view", "deploy", "admin")
@@ -43,6 +45,8 @@ class Config:
     tokens: tuple[Token, ...] = ()
     # Optional GCE trigger settings: project, zone, compute_endpoint.
     gce: dict[str, str] = field(default_factory=dict)
+    # Webhooks told of every change (push.notify, docs/notifications.md).
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     def apps_for(self, server: str) -> tuple[str, ...]:
         return self.servers.get(server, ())
@@ -112,13 +116,14 @@ def parse(text: str, path: Path | None = None) -> Config:
         # TOML's message already ends with "(at line L, column C)".
         raise InvalidConfig(f"{where}: invalid TOML: {e}", path=where) from None
 
-    def fail(what: str) -> InvalidConfig:
-        line = _line_of(text, what.split("'")[1] if "'" in what else "")
+    def fail(what: str, near: str | None = None) -> InvalidConfig:
+        # The line: of `near` if given, else of the first quoted word of the message.
+        line = _line_of(text, near if near is not None else what.split("'")[1] if "'" in what else "")
         return InvalidConfig(f"{where}{f':{line}' if line else ''}: {what}", path=where)
 
-    unknown = set(doc) - {"servers", "access", "tokens", "gce"}
+    unknown = set(doc) - {"servers", "access", "tokens", "gce", "notify"}
     if unknown:
-        raise fail(f"unknown table '{sorted(unknown)[0]}' (known: servers, access, tokens, gce)")
+        raise fail(f"unknown table '{sorted(unknown)[0]}' (known: servers, access, tokens, gce, notify)")
 
     servers: dict[str, tuple[str, ...]] = {}
     raw_servers = doc.get("servers", {})
@@ -173,7 +178,9 @@ def parse(text: str, path: Path | None = None) -> Config:
     if extra:
         raise fail(f"gce: unknown key '{sorted(extra)[0]}' (known: project, zone, compute_endpoint)")
 
-    return Config(path=path, servers=servers, access=access, tokens=tuple(tokens), gce=dict(gce))
+    notify = parse_notify(doc.get("notify", {}), fail)
+
+    return Config(path=path, servers=servers, access=access, tokens=tuple(tokens), gce=dict(gce), notify=notify)
 
 
 def _line_of(text: str, needle: str) -> int | None:

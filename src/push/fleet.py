@@ -26,6 +26,7 @@ from push.history import History, Record, new_record
 from push.layout import server_file_key
 from push.model import Model
 from push.names import check_note, check_server, check_unit
+from push.notify import DISABLED, Notifier, change_fields
 from push.release import Release, ReleaseInfo
 from push.rollout import model as rollouts
 from push.serverfile import ServerFile
@@ -155,6 +156,8 @@ class Context:
     triggers: Triggers | None = None
     via: str = ""
     deploy_key: SigningKey | None = None   # signs every server file written (docs/trust.md)
+    # Told of every change written (webhooks, docs/notifications.md); the front end closes it.
+    notifier: Notifier = DISABLED
 
     @classmethod
     def open(cls, store: Store, config: Config, *, catalog: Catalog | None = None,
@@ -260,6 +263,7 @@ def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseI
         _record(ctx, record)
     finally:
         _fire(ctx, server, to or f"{app}/")
+    ctx.notifier.emit(action, change_fields(record))  # written and recorded: never before
     log.info("%s: %s %s on %s: %s -> %s", who, action, app, server, from_, to)
     if unsigned is not None:
         raise unsigned

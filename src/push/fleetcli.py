@@ -206,6 +206,10 @@ class Direct:
         deploy_key = getattr(args, "deploy_key", None)
         self.ctx = fleet.direct_context(open_existing_store(args.store), config, via=f"cli@{socket.gethostname()}",
                                         deploy_key=_deploy_key(deploy_key) if deploy_key else None)
+        # Webhooks of [notify] hear of this command's changes; close() waits a little for them.
+        from push.notify import Notifier
+
+        self.ctx.notifier = Notifier.from_config(config)
         self.who = os.environ.get("PUSH_USER") or f"{getpass.getuser()}@{socket.gethostname()}"
 
     def status(self, server: str | None, app: str | None) -> FleetState:
@@ -280,6 +284,9 @@ class Direct:
     def close(self) -> None:
         if self.ctx.triggers is not None:
             self.ctx.triggers.close()
+        from push.notify import CLI_FLUSH_SECONDS
+
+        self.ctx.notifier.close(timeout=CLI_FLUSH_SECONDS)
         self.ctx.store.close()
 
 

@@ -30,6 +30,7 @@ from push.errors import AccessDenied, Conflict, InvalidRequest, NotFound, PushEr
 from push.fleet import ChangedMeanwhile, Context, Refusal
 from push.fleetview import FULL_INTERVAL, FleetView
 from push.history import History
+from push.notify import SERVER_FLUSH_SECONDS, Notifier
 from push.server.auth import Auth, AuthSettings
 from push.server.bodies import BodyTooLarge
 from push.server.metrics import Metrics, MetricsMiddleware
@@ -104,6 +105,7 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     view = FleetView(ctx, full_interval=full_interval)
     hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval)
     ctx.triggers = Triggers(config, on_change=hub.wake_from_thread, background=True)
+    ctx.notifier = Notifier.from_config(config)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
     metrics = Metrics()
@@ -137,6 +139,8 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
             await hub.stop()
             if ctx.triggers is not None:
                 ctx.triggers.close()
+            # Off the event loop: it may wait up to SERVER_FLUSH_SECONDS for webhooks.
+            await asyncio.to_thread(ctx.notifier.close, SERVER_FLUSH_SECONDS)
 
     app = FastAPI(
         title="Push",

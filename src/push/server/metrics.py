@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from push.notify import TargetStats
     from push.server.app import PushServer
 
 Scope = MutableMapping[str, Any]
@@ -64,6 +65,27 @@ class _StateCollector(Collector):
         if t is not None:
             yield CounterMetricFamily("push_gce_triggers_ok", "GCE pushrev writes that worked", value=t.gce_ok)
             yield CounterMetricFamily("push_gce_triggers_failed", "GCE pushrev writes that failed", value=t.gce_failed)
+        yield from _notify_metrics(s.ctx.notifier.stats())
+
+
+def _notify_metrics(targets: list[TargetStats]) -> Iterator[Any]:
+    """The webhooks' counts (push.notify): labelled by the webhook's name, never its URL."""
+    delivered = CounterMetricFamily("push_notify_delivered", "Events a webhook accepted (2xx), by webhook and kind",
+                                    labels=["webhook", "kind"])
+    dropped = CounterMetricFamily("push_notify_dropped", "Events given up, by webhook, kind and reason (rejected: "
+                                  "a 4xx or redirect; attempts: every attempt failed; queue_full; shutdown)",
+                                  labels=["webhook", "kind", "reason"])
+    retries = CounterMetricFamily("push_notify_retries", "POSTs retried after an error, 5xx or 429, by webhook",
+                                  labels=["webhook"])
+    queued = GaugeMetricFamily("push_notify_queued", "Events waiting to be sent, by webhook", labels=["webhook"])
+    for t in targets:
+        for kind, n in sorted(t.delivered.items()):
+            delivered.add_metric([t.name, kind], n)
+        for (kind, reason), n in sorted(t.dropped.items()):
+            dropped.add_metric([t.name, kind, reason], n)
+        retries.add_metric([t.name], t.retries)
+        queued.add_metric([t.name], t.queued)
+    yield from (delivered, dropped, retries, queued)
 
 
 class MetricsMiddleware:
