@@ -24,6 +24,7 @@ from push.rollout.model import Rollout
 from push.store import Store, open_store
 from pushserver import PushServerProcess
 from waiting import wait_for
+from webhooks import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -42,8 +43,19 @@ NO_RESTART = textwrap.dedent("""\
 
 
 class World:
-    def __init__(self, fleet: LocalFleet, store: Store, rels: dict[str, ReleaseInfo]) -> None:
+    def __init__(self, fleet: LocalFleet, store: Store, rels: dict[str, ReleaseInfo],
+                 hooks: Receiver | None = None) -> None:
         self.fleet, self.store, self.rels = fleet, store, rels
+        self.hooks = hooks
+
+    def rollout_events(self, rid: str, last: str) -> list[str]:
+        """The kinds of the rollout.* notifications of `rid`, once `last` has come."""
+        assert self.hooks is not None
+
+        def mine() -> list[dict[str, Any]] | None:
+            got = [e for e in self.hooks.events("ops") if e.get("rollout") == rid]
+            return got if any(e["kind"] == last for e in got) else None
+        return [e["kind"] for e in wait_for(mine, timeout=15, what=f"{last} of {rid}")]
 
     def name(self, key: str) -> str:
         return self.rels[key].name
@@ -105,23 +117,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("rollouts")
     store_url = f"file://{tmp / 'bucket'}"
     store = open_store(store_url)
-    rels = {"v1": make_release(store, tmp, "web", 1), "v2": make_release(store, tmp, "web", 2),
-            "bad": make_release(store, tmp, "web", 3, script=CRASH, unit=NO_RESTART),
-            "v4": make_release(store, tmp, "web", 4)}
-    config = tmp / "skiapush.conf"
-    config.write_text("".join(f'[servers.{s}]\nappNames = ["web"]\n' for s in SERVERS))
-    fleet = LocalFleet(workdir=tmp / "fleet", store=store_url, config=config, servers=SERVERS,
-                       agent_args=AGENT_ARGS, server_args=SERVER_ARGS)
-    try:
-        fleet.start_server()
-        for s in SERVERS:
-            fleet.start_agent(s)
-        w = World(fleet, store, rels)
-        w.reset(w.name("v1"))
-        yield w
-    finally:
-        fleet.stop()
-        store.close()
+    with Receiver() as hooks:
+        rels = {"v1": make_release(store, tmp, "web", 1), "v2": make_release(store, tmp, "web", 2),
+                "bad": make_release(store, tmp, "web", 3, script=CRASH, unit=NO_RESTART),
+                "v4": make_release(store, tmp, "web", 4)}
+        config = tmp / "skiapush.conf"
+        config.write_text("".join(f'[servers.{s}]\nappNames = ["web"]\n' for s in SERVERS)
+                          + f'[[notify.webhooks]]\nurl = "{hooks.url("ops")}"\nkinds = ["rollout.*"]\n')
+        fleet = LocalFleet(workdir=tmp / "fleet", store=store_url, config=config, servers=SERVERS,
+                           agent_args=AGENT_ARGS, server_args=SERVER_ARGS)
+        try:
+            fleet.start_server()
+            for s in SERVERS:
+                fleet.start_agent(s)
+            w = World(fleet, store, rels, hooks)
+            w.reset(w.name("v1"))
+            yield w
+        finally:
+            fleet.stop()
+            store.close()
 
 
 def lease_takers(r: Rollout) -> list[str]:
@@ -146,6 +160,8 @@ def test_a_good_release_goes_through_three_waves(world: World, capsys: pytest.Ca
     # The waves went in order: the canary's change came before the others'.
     changed = {s: r.servers[s].changed_at or "" for s in SERVERS}
     assert changed["s1"] < changed["s2"] < changed["s3"]
+    assert world.rollout_events(r.id, "rollout.completed") == [
+        "rollout.started", "rollout.wave_done", "rollout.wave_done", "rollout.wave_done", "rollout.completed"]
 
 
 def test_a_release_failing_its_health_check_stops_at_the_canary_and_rolls_back(
@@ -163,6 +179,8 @@ def test_a_release_failing_its_health_check_stops_at_the_canary_and_rolls_back(
         history = httpx.get(f"{world.fleet.url}/api/v1/history", params={"server": s}, timeout=10).json()
         assert all(h["to"] != bad for h in history)
     world.healthy_on(v2, SERVERS)
+    assert world.rollout_events(r.id, "rollout.rolled_back") == [
+        "rollout.started", "rollout.failed", "rollout.rolled_back"]
     # The list shows it among the past ones.
     code, out, _ = world.cli(capsys, "rollout", "status")
     assert code == 0 and "rolled_back" in out

@@ -124,6 +124,8 @@ def start(ctx: Context, who: str, req: RolloutRequest) -> Rollout:
     except PushError:
         ctx.store.delete(r_key(rid), if_generation_match=r.generation)
         raise
+    ctx.notifier.emit("rollout.started", {"who": who, "rollout": rid, "app": r.app, "release": r.release,
+                                          "wave": None, "servers": r.plan.servers, "note": req.note})
     return r
 
 

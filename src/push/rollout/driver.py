@@ -122,6 +122,7 @@ class Driver:
         for w in writes:
             self._write(new, w)
         saved = self._save(r, new)
+        announce(self.ctx, r, saved)
         for event in saved.events[len(r.events):] if len(saved.events) >= len(r.events) else saved.events[-3:]:
             if self.on_event is not None:
                 self.on_event(saved, event)
@@ -183,3 +184,25 @@ class Driver:
             if not r.active:
                 return r
             stop.wait(interval)
+
+
+def announce(ctx: Context, before: Rollout, after: Rollout) -> None:
+    """The rollout.* notifications (push.notify) of one step: each wave done, a failure, the end."""
+    def emit(kind: str, wave: int | None = None, servers: list[str] | None = None, reason: str | None = None) -> None:
+        fields: dict[str, object] = {"who": after.who, "rollout": after.id, "app": after.app,
+                                     "release": after.release, "wave": wave,
+                                     "servers": servers if servers is not None else after.plan.servers}
+        if reason:
+            fields["reason"] = reason
+        ctx.notifier.emit(kind, fields)
+
+    for i, (old, new) in enumerate(zip(before.waves, after.waves, strict=True)):
+        if old.done is None and new.done is not None:
+            emit("rollout.wave_done", i + 1, after.wave_servers(i))
+    if before.state == after.state:
+        return
+    if after.state in ("rolling_back", "failed") and before.state in ("running", "paused") \
+            and not (after.reason or "").startswith("aborted"):
+        emit("rollout.failed", after.wave + 1, reason=after.reason)
+    if after.state in ("completed", "rolled_back", "aborted"):
+        emit(f"rollout.{after.state}", reason=after.reason if after.state != "completed" else None)
