@@ -360,6 +360,7 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
     require_app(ctx, app)
     check_note(note)
     ctx.config.check_allowed(server, app)
+    rollouts.check_not_in_rollout(ctx.store, server, app)  # before the target: that refusal says more
     plan = rollback_target(ctx, server, app)
     current, target = plan.from_, plan.to
     if expected_from is not ANY and expected_from != current:

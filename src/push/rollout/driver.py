@@ -121,6 +121,15 @@ class Driver:
         new, writes = step(r, self._observe(r), timestamps.now())
         for w in writes:
             self._write(new, w)
+        # A wave done (bake 0, or a promote) started the next, whose servers were not observed
+        # yet: step again now to write them, rather than a round later.
+        wave = r.wave
+        while new.active and new.wave != wave \
+                and any(new.servers[s].phase == "pending" for s in new.wave_servers(new.wave)):
+            wave = new.wave
+            new, writes = step(new, self._observe(new), timestamps.now())
+            for w in writes:
+                self._write(new, w)
         saved = self._save(r, new)
         announce(self.ctx, r, saved)
         for event in saved.events[len(r.events):] if len(saved.events) >= len(r.events) else saved.events[-3:]:
