@@ -18,7 +18,10 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 from push import serverfile, status, timestamps
 from push.errors import Conflict, NotFound, PushError, StoreError
@@ -32,6 +35,12 @@ from push.status import AgentStatus
 
 log = logging.getLogger(__name__)
 INTERVAL = 1.0
+# Between rounds while a wave waits on its servers' health: a wave is done this soon after its
+# last server reports healthy (about 20% of a core while 50 agents converge; docs/benchmarks.md).
+BUSY_INTERVAL = 0.1
+OBSERVERS = 8            # threads reading server files and reports
+WRITERS = 8              # threads writing a wave's server files
+HEALTHY_RECHECK = 2.0    # seconds between re-reads of a report that said healthy
 
 ReportOf = Callable[[str], AgentStatus | None]
 
@@ -54,24 +63,36 @@ class Driver:
         self.stale_after = stale_after
         self.on_event = on_event
         self._files: dict[str, ServerFile] = {}
+        self._healthy: dict[str, tuple[str, float]] = {}  # server -> (rollout, when its report last said healthy)
         self._driving: set[str] = set()  # the rollouts this driver has held the lease of since it took it
+        self._wake = threading.Event()
         self.rounds = 0
+
+    def wake(self) -> None:
+        """Step now rather than at the next interval (news in the fleet view, a request)."""
+        self._wake.set()
 
     # -- one round ------------------------------------------------------------------------
 
-    def round(self) -> None:
-        """One step of every active rollout this driver may drive."""
+    def round(self) -> bool:
+        """One step of every active rollout this driver may drive; whether one of them waits
+        on its servers' health (then the next round comes after BUSY_INTERVAL)."""
         self.rounds += 1
+        busy = False
         try:
             ids = model.active_ids(self.ctx.store)
         except PushError as e:
             log.warning("rollouts: cannot list the active ones: %s", e)
-            return
+            return False
         for rid in ids:
             try:
-                self.drive(rid)
+                r = self.drive(rid)
             except PushError as e:
                 log.warning("rollout %s: %s", rid, e)
+                continue
+            if r is not None and r.active and r.state != "paused" and r.waves[r.wave].healthy_at is None:
+                busy = True
+        return busy
 
     def drive(self, rollout_id: str) -> Rollout | None:
         """One step of one rollout, if this driver holds (or takes) its lease; the rollout
@@ -81,10 +102,11 @@ class Driver:
             return None
         r = model.read(self.ctx.store, rollout_id)
         if r.active:
-            if rollout_id not in self._driving:  # who drives is part of the story (a takeover)
+            taken = rollout_id not in self._driving
+            if taken:  # who drives is part of the story (a takeover)
                 r.note(timestamps.now_text(), f"driven by {self.leases.holder}")
             self._driving.add(rollout_id)
-            r = self._step(r)
+            r = self._step(r, save=taken)
         if not r.active:
             self._driving.discard(rollout_id)
             model.release_active(self.ctx.store, r.app, rollout_id=r.id)
@@ -92,35 +114,47 @@ class Driver:
         return r
 
     def _observe(self, r: Rollout) -> dict[str, Observed]:
+        """What the bucket shows of the servers step() looks at: the current wave's and those
+        written, each read in a small pool of threads (a wave of hundreds on GCS is hundreds
+        of round trips). A server judged healthy has its report read again only every
+        HEALTHY_RECHECK seconds; the others at every round."""
         now = timestamps.now()
         wanted = set(r.wave_servers(r.wave)) | {s.server for s in r.servers.values() if s.phase != "pending"}
-        out: dict[str, Observed] = {}
-        for server in wanted:
-            try:
-                old = self._files.get(server)
-                sf = serverfile.read(self.ctx.store, server, old.generation if old and old.generation else None)
-                sf = sf if sf is not None else old
-                assert sf is not None
-                self._files[server] = sf
-                release = sf.release_of(r.app)
-                desired = release.name if release is not None else None
-            except PushError as e:
-                out[server] = Observed(desired=None, readable=False, detail=str(e))
-                continue
-            health, detail = "unknown", None
-            if desired == r.release:
-                try:
-                    report = self.report_of(server)
-                except PushError as e:
-                    report, detail = None, str(e)
-                health, detail = judge(report, r.app, r.release, now, self.stale_after)
-            out[server] = Observed(desired=desired, health=health, detail=detail)
-        return out
+        with ThreadPoolExecutor(OBSERVERS) as pool:
+            return dict(zip(wanted, pool.map(lambda server: self._look(r, server, now), wanted), strict=True))
 
-    def _step(self, r: Rollout) -> Rollout:
+    def _look(self, r: Rollout, server: str, now: datetime) -> Observed:
+        try:
+            old = self._files.get(server)
+            sf = serverfile.read(self.ctx.store, server, old.generation if old and old.generation else None)
+            sf = sf if sf is not None else old
+            assert sf is not None
+            self._files[server] = sf
+            release = sf.release_of(r.app)
+            desired = release.name if release is not None else None
+        except PushError as e:
+            return Observed(desired=None, readable=False, detail=str(e))
+        if desired != r.release:
+            return Observed(desired=desired)
+        seen = self._healthy.get(server)
+        if seen is not None and seen[0] == r.id and time.monotonic() - seen[1] < HEALTHY_RECHECK:
+            return Observed(desired=desired, health="healthy")
+        detail = None
+        try:
+            report = self.report_of(server)
+        except PushError as e:
+            report, detail = None, str(e)
+        health, detail = judge(report, r.app, r.release, now, self.stale_after) if report or not detail \
+            else ("unknown", detail)
+        if health == "healthy":
+            self._healthy[server] = (r.id, time.monotonic())
+        else:
+            self._healthy.pop(server, None)
+        return Observed(desired=desired, health=health, detail=detail)
+
+    def _step(self, r: Rollout, save: bool = False) -> Rollout:
         new, writes = step(r, self._observe(r), timestamps.now())
-        for w in writes:
-            self._write(new, w)
+        self._write_all(new, writes)
         # A wave done (bake 0, or a promote) started the next, whose servers were not observed
         # yet: step again now to write them, rather than a round later.
         wave = r.wave
@@ -128,8 +162,9 @@ class Driver:
                 and any(new.servers[s].phase == "pending" for s in new.wave_servers(new.wave)):
             wave = new.wave
             new, writes = step(new, self._observe(new), timestamps.now())
-            for w in writes:
-                self._write(new, w)
+            self._write_all(new, writes)
+        if not save and new.model_dump() == r.model_dump():
+            return r  # nothing new: no write
         saved = self._save(r, new)
         announce(self.ctx, r, saved)
         for event in saved.events[len(r.events):] if len(saved.events) >= len(r.events) else saved.events[-3:]:
@@ -137,22 +172,33 @@ class Driver:
                 self.on_event(saved, event)
         return saved
 
-    def _write(self, r: Rollout, w: Write) -> None:
-        now = timestamps.now()
-        try:
-            change = rollout_change(self.ctx, r.who, w.server, r.app, w.to, w.action,
-                                    w.expected, r.id)
-        except ChangedMeanwhile as e:
-            applied(r, w, now, current=e.current, refused=f"changed meanwhile: it runs {e.current or 'nothing'}")
+    def _write_all(self, r: Rollout, writes: list[Write]) -> None:
+        """Make a step's writes, each server by its own compare-and-swap through push.fleet,
+        a few at a time (as many servers' writes are independent), and record each in `r`."""
+        if not writes:
             return
+        with ThreadPoolExecutor(min(WRITERS, len(writes))) as pool:
+            outcomes = list(pool.map(lambda w: self._write(r, w), writes))
+        now = timestamps.now()
+        for w, (record_id, current, refused, retry) in zip(writes, outcomes, strict=True):
+            if retry:
+                continue
+            if refused is None:
+                self._files.pop(w.server, None)
+            applied(r, w, now, record_id=record_id, current=current, refused=refused)
+
+    def _write(self, r: Rollout, w: Write) -> tuple[str | None, str | None, str | None, bool]:
+        """(history id, what the server runs instead, why refused, to retry) of one write."""
+        try:
+            change = rollout_change(self.ctx, r.who, w.server, r.app, w.to, w.action, w.expected, r.id)
+        except ChangedMeanwhile as e:
+            return None, e.current, f"changed meanwhile: it runs {e.current or 'nothing'}", False
         except StoreError as e:  # the bucket: tried again at the next step
             log.warning("rollout %s: writing %s failed: %s", r.id, w.server, e)
-            return
+            return None, None, None, True
         except PushError as e:  # not allowed any more, release gone, ...: that server is left
-            applied(r, w, now, current=None, refused=str(e))
-            return
-        self._files.pop(w.server, None)
-        applied(r, w, now, record_id=change.record.id if change.record is not None else None)
+            return None, None, str(e), False
+        return (change.record.id if change.record is not None else None), None, None, False
 
     def _save(self, before: Rollout, new: Rollout) -> Rollout:
         """Save by compare-and-swap; control requests written meanwhile are merged in."""
@@ -172,11 +218,13 @@ class Driver:
     def run(self, stop: threading.Event, interval: float = INTERVAL) -> None:
         """Rounds every `interval` seconds until `stop` is set (push serve's thread)."""
         while not stop.is_set():
+            self._wake.clear()
+            busy = False
             try:
-                self.round()
+                busy = self.round()
             except Exception:
                 log.exception("rollouts: a round failed")
-            stop.wait(interval)
+            self._wake.wait(min(interval, BUSY_INTERVAL) if busy else interval)
 
     def follow(self, rollout_id: str, interval: float, on_round: Callable[[Rollout], None]) -> Rollout:
         """Drive (or, while another driver holds the lease, watch) one rollout until it ends:

@@ -118,7 +118,9 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
         from push.rollout.driver import Driver
 
         driving = threading.Event()
-        driver = Driver(ctx, report_of=view.report, ttl=rollout_lease)
+        driver = Driver(ctx, ttl=rollout_lease)
+        app.state.rollout_driver = driver
+        hub.on_changed = lambda servers: driver.wake()
         driver_thread = threading.Thread(target=driver.run, args=(driving, rollout_interval), name="push-rollouts",
                                          daemon=True)
         if rollout_interval > 0:

@@ -26,6 +26,13 @@ router = APIRouter()
 pages = APIRouter(include_in_schema=False)
 
 
+def _wake(request: Request) -> None:
+    """The push server's driver steps now: a start or a control request is news."""
+    driver = getattr(request.app.state, "rollout_driver", None)
+    if driver is not None:
+        driver.wake()
+
+
 class ControlRequest(BaseModel):
     rollback: bool = True
 
@@ -60,7 +67,9 @@ def plan_rollout(request: Request, app: str, release: str, servers: str = "", al
 def start_rollout(request: Request, identity: Deployer, body: StartBody) -> Rollout:
     """Start a rollout (409 if the app has an active one). Needs *deploy*."""
     push = server_of(request)
-    return control.start(push.ctx, identity.name, body)
+    r = control.start(push.ctx, identity.name, body)
+    _wake(request)
+    return r
 
 
 @router.get(f"{API}/rollouts/{{rollout_id}}", tags=["rollouts"], responses=REFUSALS)
@@ -78,7 +87,9 @@ def control_rollout(request: Request, rollout_id: str, action: str, identity: De
     """pause, resume, abort (`rollback: false` stops only) or promote: carried out by the driver at
     its next step. Needs *deploy*."""
     push = server_of(request)
-    return control.control(push.ctx, identity.name, rollout_id, action, rollback=body.rollback)
+    r = control.control(push.ctx, identity.name, rollout_id, action, rollback=body.rollback)
+    _wake(request)
+    return r
 
 
 # -- pages ------------------------------------------------------------------------------------------
@@ -114,6 +125,7 @@ def post_rollout(request: Request, app: str, release: str = Form(...), servers: 
                          waves=waves, bake=bake, wave_deadline=wave_deadline, max_unhealthy=max_unhealthy,
                          rollback=bool(rollback), note=note)
     r = control.start(push.ctx, identity.name, req)
+    _wake(request)
     return RedirectResponse(f"/rollouts/{r.id}", status_code=303)
 
 
@@ -136,4 +148,5 @@ def post_control(request: Request, rollout_id: str, action: str, rollback: str =
                  csrf_token: str = Form("")) -> Response:
     push, identity = _writer(request, "deploy", csrf_token)
     control.control(push.ctx, identity.name, rollout_id, action, rollback=rollback == "1")
+    _wake(request)
     return RedirectResponse(f"/rollouts/{rollout_id}", status_code=303)
