@@ -19,7 +19,7 @@ from push.errors import (
 
 USAGE = 2  # also argparse's own code for a bad command line
 PROBLEMS = 7  # `push status --problems` found some: not an error of the command itself
-ROLLOUT_NOT_COMPLETED = 8  # `push rollout ... --wait`: it ended failed, rolled back or aborted
+ROLLOUT_NOT_COMPLETED = 10  # `push rollout ... --wait`: it ended failed, rolled back or aborted
 INTERRUPTED = 130
 
 EXIT_CODES: dict[type[PushError], int] = {

@@ -232,7 +232,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 return 0
             if not rollouts:
                 print("no rollouts", file=sys.stderr)
-            for r in sorted(rollouts, key=lambda r: (not r.active, r.id), reverse=False):
+            for r in sorted(rollouts, key=lambda r: not r.active):  # active first, each newest first
                 print(summary(r))
             return 0
         r = _get(fleet, args.id)
