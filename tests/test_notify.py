@@ -7,12 +7,16 @@ module; each test uses its own paths.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import statistics
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,10 +25,10 @@ from push import config, fleet, timestamps
 from push.cli import main
 from push.errors import InvalidConfig, NotAllowed
 from push.fleet import ChangedMeanwhile
-from push.notify import KINDS, Notifier, NotifySettings, Webhook
+from push.notify import KINDS, Notifier, NotifySettings, Webhook, delivery, signature
 from pushserver import PushServerProcess
 from waiting import wait_for
-from webhooks import Receiver, black_hole
+from webhooks import TOLERANCE, Receiver, black_hole
 
 ENVELOPE = {"kind", "id", "time", "who", "text"}
 CHANGE_FIELDS = ENVELOPE | {"server", "app", "release", "previous", "history", "note", "via", "rollout"}
@@ -100,7 +104,61 @@ def test_a_bad_notify_table_is_one_clear_error(text, expect, tmp_path):
         config.load(path)
     message = str(e.value)
     assert message.startswith(str(path)) and expect in message and "\n" not in message
-    assert "secret" not in message  # a webhook URL may hold a token: never echoed
+    assert "/secret" not in message  # a webhook URL may hold a token: never echoed
+
+
+SECRET = "TOPSECRET-4f1c2a9e"  # never to be seen in an error, a log or a repr
+
+
+def test_a_webhook_secret_is_read_from_a_file_or_the_environment(tmp_path, monkeypatch):
+    key = tmp_path / "chat.secret"
+    key.write_text(f"  {SECRET}-file\n")
+    monkeypatch.setenv("PUSH_TEST_HOOK_SECRET", f"{SECRET}-env")
+    cfg = config.parse(f"""
+[[notify.webhooks]]
+url = "http://127.0.0.1:8080/a"
+secret_file = "{key}"
+[[notify.webhooks]]
+url = "http://127.0.0.1:8080/b"
+secret_env = "PUSH_TEST_HOOK_SECRET"
+[[notify.webhooks]]
+url = "http://127.0.0.1:8080/c"
+""")
+    assert [w.secret for w in cfg.notify.webhooks] == [f"{SECRET}-file".encode(), f"{SECRET}-env".encode(), None]
+    assert SECRET not in repr(cfg)
+
+
+@pytest.mark.parametrize("line, expect", [
+    ('secret_file = "{tmp}/missing.secret"', ":3: notify.webhooks #1: 'secret_file' {tmp}/missing.secret cannot be "
+                                             "read: No such file or directory"),
+    ('secret_file = "{tmp}"', ":3: notify.webhooks #1: 'secret_file' {tmp} is not a regular file"),
+    ('secret_file = "{tmp}/empty.secret"', ":3: notify.webhooks #1: 'secret_file' {tmp}/empty.secret is empty"),
+    ('secret_file = "{tmp}/huge.secret"', ":3: notify.webhooks #1: 'secret_file' {tmp}/huge.secret holds more "
+                                          "than 4096 bytes"),
+    ('secret_file = "hooks/chat.secret"', ":3: notify.webhooks #1: 'secret_file' must be the absolute path"),
+    ('secret_env = "PUSH_TEST_NO_SUCH_SECRET"', ":3: notify.webhooks #1: 'secret_env': the environment variable "
+                                                "PUSH_TEST_NO_SUCH_SECRET is not set, or empty"),
+    ('secret_env = "PUSH_TEST_EMPTY_SECRET"', ":3: notify.webhooks #1: 'secret_env': the environment variable "
+                                              "PUSH_TEST_EMPTY_SECRET is not set, or empty"),
+    ('secret_env = "HOOK-SECRET"', ":3: notify.webhooks #1: 'secret_env' must be the name of an environment"),
+    ('secret_env = ["X"]', ":3: notify.webhooks #1: 'secret_env' must be the name of an environment"),
+    ('secret_file = "{tmp}/good.secret"\nsecret_env = "PUSH_TEST_HOOK_SECRET"',
+     ":4: notify.webhooks #1: give 'secret_file' or 'secret_env', not both"),
+])
+def test_a_bad_webhook_secret_is_one_clear_error(line, expect, tmp_path, monkeypatch):
+    monkeypatch.setenv("PUSH_TEST_HOOK_SECRET", SECRET)
+    monkeypatch.setenv("PUSH_TEST_EMPTY_SECRET", " \n")
+    monkeypatch.delenv("PUSH_TEST_NO_SUCH_SECRET", raising=False)
+    (tmp_path / "good.secret").write_text(SECRET)
+    (tmp_path / "empty.secret").write_text("\n")
+    (tmp_path / "huge.secret").write_text(SECRET * 300)
+    path = tmp_path / "skiapush.conf"
+    path.write_text(f'[[notify.webhooks]]\nurl = "http://127.0.0.1:8080/a"\n{line.format(tmp=tmp_path)}\n')
+    with pytest.raises(InvalidConfig) as e:
+        config.load(path)
+    message = str(e.value)
+    assert message.startswith(f"{path}:") and expect.format(tmp=tmp_path) in message, message
+    assert "\n" not in message and SECRET not in message
 
 
 # -- events of changes, straight to the bucket ------------------------------------------------
@@ -167,6 +225,12 @@ def test_emit_takes_any_kind_and_fields_without_raising(receiver, caplog):
 
 # -- delivery ---------------------------------------------------------------------------------
 
+def test_backoff_doubles_with_jitter_up_to_a_cap():
+    for attempt, (low, high) in {1: (0.25, 0.5), 2: (0.5, 1), 3: (1, 2), 4: (2, 4), 12: (15, 30)}.items():
+        waits = {delivery.backoff(attempt) for _ in range(50)}
+        assert all(low <= w <= high for w in waits) and len(waits) > 1
+
+
 def test_a_500_then_a_429_then_200_is_delivered_after_retries(receiver):
     receiver.answer("flaky", 500, 429)
     n = notifier(hook(receiver, "flaky"))
@@ -199,6 +263,80 @@ def test_a_4xx_is_not_retried_and_failures_are_counted(receiver):
     assert stats(n, "down").dropped == {("deploy", "attempts"): 1} and stats(n, "down").retries == 1
 
 
+def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_a_webhook_with_a_secret_gets_every_attempt_signed(receiver):
+    """The receiver checks each POST as docs/notifications.md says (tests/webhooks.py verify):
+    Push's deliveries pass, each attempt with its own time; a tampered body, another secret
+    or an old timestamp fail."""
+    secret = b"hook-secret-1"
+    receiver.require_signature("signed", secret)
+    receiver.require_signature("signed-text", secret)
+    receiver.answer("signed", 503)
+    n = notifier(Webhook(url=receiver.url("signed"), name="signed", secret=secret),
+                 Webhook(url=receiver.url("signed-text"), name="signed-text", format="text", secret=secret),
+                 hook(receiver, "unsigned"))
+    try:
+        n.emit("deploy", {"who": "alice@example.com", "server": "web-1", "app": "hello"})
+        wait_for(lambda: all(stats(n, name).delivered for name in ("signed", "signed-text", "unsigned")), 10,
+                 "three deliveries")
+    finally:
+        n.close(5)
+    posts = receiver.got("signed")
+    assert [(p.status, p.verified) for p in posts] == [(503, True), (200, True)]  # the retry is signed too
+    (text,) = receiver.got("signed-text")
+    assert (text.status, text.verified, list(text.body)) == (200, True, ["text"])  # the body sent is signed
+    (plain,) = receiver.got("unsigned")
+    assert "X-Push-Signature-256" not in plain.headers and "X-Push-Timestamp" not in plain.headers
+    stamps = [int(p.headers["X-Push-Timestamp"]) for p in posts]
+    assert stamps == sorted(stamps) and abs(stamps[-1] - time.time()) < 10
+    assert all(re.fullmatch(r"sha256=[0-9a-f]{64}", p.headers["X-Push-Signature-256"]) for p in posts)
+
+    # Replayed by someone else, to the same receiver:
+    sent = posts[-1]
+    headers = {k: v for k, v in sent.headers.items() if k.startswith("X-Push-") or k == "Content-Type"}
+    url = receiver.url("signed")
+    tampered = sent.raw.replace(b'"alice@example.com"', b'"mallory@example.com"')
+    assert tampered != sent.raw
+    assert post(url, tampered, headers) == 401
+
+    def signed(body: bytes, at: int, key: bytes = secret) -> dict[str, str]:
+        mac = hmac.new(key, f"{at}.".encode() + body, hashlib.sha256).hexdigest()
+        return {**headers, "X-Push-Timestamp": str(at), "X-Push-Signature-256": f"sha256={mac}"}
+
+    now = int(time.time())
+    assert post(url, sent.raw, signed(sent.raw, now, b"another-secret")) == 401
+    assert post(url, sent.raw, signed(sent.raw, now - TOLERANCE - 10)) == 401   # too old
+    earlier = str(int(sent.headers["X-Push-Timestamp"]) - 1)
+    assert post(url, sent.raw, {**headers, "X-Push-Timestamp": earlier}) == 401  # another time, same signature
+    assert post(url, sent.raw, signed(sent.raw, now)) == 200   # the check can pass: it is the signature
+
+
+def test_the_documented_receiver_check_accepts_push_signatures():
+    """The snippet of docs/notifications.md, run as it is, on Push's own headers."""
+    docs = (Path(__file__).parent.parent / "docs" / "notifications.md").read_text()
+    code = re.search(r"## Signed deliveries.*?```python\n(.*?)```", docs, re.S)
+    assert code is not None
+    namespace: dict[str, Any] = {}
+    exec(code.group(1), namespace)
+    verify = namespace["verify"]
+    body = b'{"kind": "deploy"}'
+    sent = signature.headers(b"k", body)
+    ts, sig = sent["X-Push-Timestamp"], sent["X-Push-Signature-256"]
+    assert verify(b"k", ts, sig, body)
+    assert not verify(b"k", ts, sig, body + b" ") and not verify(b"other", ts, sig, body)
+    assert not verify(b"k", None, sig, body) and not verify(b"k", ts, "sha256=\u00e9", body)
+    old = signature.headers(b"k", body, now=time.time() - 301)
+    assert not verify(b"k", old["X-Push-Timestamp"], old["X-Push-Signature-256"], body)
+
+
 def test_a_dead_webhook_does_not_slow_a_deploy(ctx, rels):
     """A webhook that accepts connections and never answers (the worst: every POST waits its
     timeout): deploys take as long as without notifications, the queue bounds memory, and
@@ -224,7 +362,10 @@ def test_a_dead_webhook_does_not_slow_a_deploy(ctx, rels):
     without, with_dead = times[quiet], times[loud]
     print(f"deploy median without notify {statistics.median(without) * 1000:.1f} ms, "
           f"with a dead webhook {statistics.median(with_dead) * 1000:.1f} ms; close(0.5) took {closing:.2f} s")
-    assert statistics.median(with_dead) < statistics.median(without) * 1.5 + 0.010
+    # A deploy that waited on the webhook would take its 5 s timeout; the medians allow for a
+    # loaded machine (measured: within a few ms of each other, either way).
+    assert max(with_dead) < 2.5
+    assert statistics.median(with_dead) < statistics.median(without) * 2 + 0.020
     assert closing < 1.5
     s = stats(loud, "dead")
     # At most 3 queued and one POST waiting on the black hole; the rest dropped at once for
@@ -237,10 +378,11 @@ def test_a_dead_webhook_does_not_slow_a_deploy(ctx, rels):
 
 @pytest.fixture
 def conf_with_notify(tmp_path: Path, receiver: Receiver):
-    def write(url: str, **table: object) -> Path:
+    def write(url: str, hook_lines: str = "", **table: object) -> Path:
         path = tmp_path / "skiapush.conf"
         settings = "".join(f"{k} = {v}\n" for k, v in table.items())
-        path.write_text(conf_text(f'\n[notify]\n{settings}[[notify.webhooks]]\nurl = "{url}"\nname = "hook"\n'))
+        path.write_text(conf_text(f'\n[notify]\n{settings}[[notify.webhooks]]\nurl = "{url}"\nname = "hook"\n'
+                                  f'{hook_lines}'))
         return path
     return write
 
@@ -248,7 +390,11 @@ def conf_with_notify(tmp_path: Path, receiver: Receiver):
 def test_the_cli_straight_to_the_bucket_sends_before_it_exits(bucket, rels, conf_with_notify, receiver,
                                                               monkeypatch, capsys):
     monkeypatch.setenv("PUSH_STORE", str(bucket.root))
-    monkeypatch.setenv("PUSH_CONFIG", str(conf_with_notify(receiver.url("cli"))))
+    # Signed with a secret from the environment; the receiver refuses (401) what fails its check.
+    monkeypatch.setenv("PUSH_TEST_CLI_SECRET", "cli-secret\n")
+    receiver.require_signature("cli", b"cli-secret")
+    conf = conf_with_notify(receiver.url("cli"), 'secret_env = "PUSH_TEST_CLI_SECRET"\n')
+    monkeypatch.setenv("PUSH_CONFIG", str(conf))
     monkeypatch.setenv("PUSH_USER", "dave@example.com")
     monkeypatch.delenv("PUSH_URL", raising=False)
     for argv in (["deploy", "web-2", "hello", rels[1].name, "--note", "from the cli"],
@@ -263,6 +409,7 @@ def test_the_cli_straight_to_the_bucket_sends_before_it_exits(bucket, rels, conf
         ("rollback", rels[1].name, rels[2].name, ""), ("remove", None, rels[1].name, "retired")]
     assert all(e["who"] == "dave@example.com" and e["server"] == "web-2" and e["app"] == "hello"
                and e["via"].startswith("cli@") and set(e) == CHANGE_FIELDS for e in events)
+    assert [p.verified for p in receiver.got("cli")] == [True] * 4
     capsys.readouterr()
 
 
@@ -288,9 +435,11 @@ def test_through_a_push_server_and_its_metrics(bucket, rels, tmp_path, receiver,
     """`push serve` as a process, the CLI through it: the server sends each event (after a
     502, retried) and counts it in /metrics."""
     receiver.answer("server", 502)
+    receiver.require_signature("server", b"server-secret")
+    (tmp_path / "ops-chat.secret").write_text("server-secret\n")
     conf = tmp_path / "served.conf"
     conf.write_text(conf_text(f'\n[notify]\n[[notify.webhooks]]\nurl = "{receiver.url("server")}"\n'
-                              'name = "ops-chat"\n'))
+                              f'name = "ops-chat"\nsecret_file = "{tmp_path / "ops-chat.secret"}"\n'))
     server = PushServerProcess(str(bucket.root), conf, tmp_path / "serve.log")
     try:
         monkeypatch.setenv("PUSH_TOKEN", TOKENS["ops"])
@@ -301,8 +450,14 @@ def test_through_a_push_server_and_its_metrics(bucket, rels, tmp_path, receiver,
         assert main(["rollback", "web-1", "hello", *remote]) == 0
         assert main(["remove", "web-1", "hello", *remote]) == 0
         events = receiver.wait_events("server", 4)
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(server.url + "/metrics") as r:
-            metrics = r.read().decode()
+
+        def metrics_counting_the_removal() -> str | None:
+            # The receiver has the event before the push server has its answer and counts it.
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(server.url + "/metrics") as r:
+                text = r.read().decode()
+            return text if 'push_notify_delivered_total{kind="remove",webhook="ops-chat"} 1.0' in text else None
+
+        metrics = wait_for(metrics_counting_the_removal, 10, "the removal's delivery in /metrics")
     finally:
         server.stop()
     capsys.readouterr()
@@ -316,16 +471,23 @@ def test_through_a_push_server_and_its_metrics(bucket, rels, tmp_path, receiver,
     assert 'push_notify_retries_total{webhook="ops-chat"} 1.0' in metrics
     assert 'push_notify_queued{webhook="ops-chat"} 0.0' in metrics
     assert "push_notify_dropped_total" in metrics and "/hook/" not in metrics
+    # Signed from the secret file, the retried POST too.
+    assert [(p.status, p.verified) for p in receiver.got("server")] == [(502, True)] + [(200, True)] * 4
 
 
-def test_a_bad_notify_table_stops_a_command_with_one_line(bucket, rels, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("line, expect", [
+    ('kinds = ["deploys"]', "kind 'deploys' matches no event"),
+    ('secret_file = "/nonexistent/hook.key"', "'secret_file' /nonexistent/hook.key cannot be read: No such file"),
+    ('secret_env = "PUSH_TEST_UNSET_KEY"', "'secret_env': the environment variable PUSH_TEST_UNSET_KEY is not set"),
+])
+def test_a_bad_notify_table_stops_a_command_with_one_line(line, expect, bucket, rels, tmp_path, monkeypatch, capsys):
     path = tmp_path / "bad.conf"
-    path.write_text(conf_text('\n[[notify.webhooks]]\nurl = "https://chat.example.com/hook/secret"\n'
-                              'kinds = ["deploys"]\n'))
+    path.write_text(conf_text(f'\n[[notify.webhooks]]\nurl = "https://chat.example.com/hook/secret"\n{line}\n'))
     monkeypatch.setenv("PUSH_STORE", str(bucket.root))
     monkeypatch.setenv("PUSH_CONFIG", str(path))
     monkeypatch.delenv("PUSH_URL", raising=False)
+    monkeypatch.delenv("PUSH_TEST_UNSET_KEY", raising=False)
     assert main(["deploy", "web-1", "hello", rels[0].name]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{path}:" in err and "kind 'deploys' matches no event" in err, err
-    assert "secret" not in err
+    assert err.count("\n") == 1 and f"{path}:" in err and expect in err, err
+    assert "hook/secret" not in err  # the webhook URL is not echoed

@@ -4,20 +4,39 @@
 Receiver() as r:`). Each path is its own webhook: `r.url("name")`; `r.answer("name", 500,
 200)` scripts the statuses of its next POSTs (then 200); `r.got("name")` is every POST it
 received (a retried event appears once per attempt); `r.events("name")` the JSON bodies of
-the ones it accepted. `black_hole()` is a port that accepts connections and never answers.
+the ones it accepted. `r.require_signature("name", secret)` makes that webhook check each
+POST as a receiver should (`verify`, the code docs/notifications.md shows) and answer 401 to
+one that fails. `black_hole()` is a port that accepts connections and never answers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.server
 import json
 import socket
 import threading
+import time
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any
 
 from waiting import wait_for
+
+TOLERANCE = 300  # seconds: the clock skew and delay docs/notifications.md recommends accepting
+
+
+def verify(secret: bytes, timestamp: str | None, signature: str | None, body: bytes,
+           now: float | None = None) -> bool:
+    """A receiver's check of a POST (docs/notifications.md): written from the documented
+    format, not with push.notify.signature, so that the two can disagree."""
+    if not timestamp or not signature or not timestamp.isdigit():
+        return False
+    if abs((time.time() if now is None else now) - int(timestamp)) > TOLERANCE:
+        return False
+    expected = "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected.encode(), signature.encode())
 
 
 @dataclass(frozen=True)
@@ -26,12 +45,15 @@ class Post:
     status: int
     headers: dict[str, str]
     body: dict[str, Any]
+    raw: bytes
+    verified: bool | None = None   # None: the webhook requires no signature
 
 
 class Receiver:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._script: dict[str, deque[int]] = defaultdict(deque)
+        self._secrets: dict[str, bytes] = {}
         self._posts: list[Post] = []
         receiver = self
 
@@ -40,9 +62,17 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 name = self.path.removeprefix("/hook/")
                 with receiver._lock:
+                    secret = receiver._secrets.get(name)
+                    verified = None if secret is None else verify(
+                        secret, self.headers.get("X-Push-Timestamp"), self.headers.get("X-Push-Signature-256"), body)
                     script = receiver._script[name]
-                    status = script.popleft() if script else 200
-                    receiver._posts.append(Post(name, status, dict(self.headers), json.loads(body)))
+                    # A POST that fails the check is refused and does not use up the script.
+                    status = 401 if verified is False else script.popleft() if script else 200
+                    try:
+                        parsed = json.loads(body)
+                    except ValueError:
+                        parsed = {}
+                    receiver._posts.append(Post(name, status, dict(self.headers), parsed, body, verified))
                 self.send_response(status)
                 if status == 429:
                     self.send_header("Retry-After", "0")
@@ -64,6 +94,10 @@ class Receiver:
     def answer(self, name: str, *statuses: int) -> None:
         with self._lock:
             self._script[name].extend(statuses)
+
+    def require_signature(self, name: str, secret: bytes) -> None:
+        with self._lock:
+            self._secrets[name] = secret
 
     def got(self, name: str) -> list[Post]:
         with self._lock:

@@ -6,7 +6,8 @@ POSTed at most `attempts` times: again after a connection error, a timeout, a 5x
 (after exponential backoff with jitter, or after the answer's Retry-After in seconds, at
 most BACKOFF_CAP); not again after any other answer (a 4xx says the event itself is refused,
 a redirect is not followed). Then it is dropped, counted and logged. Nothing is kept on
-disk: events still queued when the process ends are dropped (counted, logged).
+disk: events still queued when the process ends are dropped (counted, logged). A webhook
+with a secret gets each attempt signed with that attempt's time (push.notify.signature).
 Used by push.notify.notifier.
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from push.notify import signature
 from push.notify.settings import Webhook
 
 if TYPE_CHECKING:
@@ -192,10 +194,13 @@ class Delivery:
         import httpx
 
         body = item.body if self.hook.format == "event" else json.dumps({"text": item.text}).encode()
+        headers = {"X-Push-Event": item.kind, "X-Push-Delivery": item.id}
+        if self.hook.secret is not None:
+            # Signed now, for this attempt: a retry carries its own time (push.notify.signature).
+            headers.update(signature.headers(self.hook.secret, body))
         try:
             # Streamed, so that only the start of an answer is read, whatever its size.
-            with http.stream("POST", self.hook.url, content=body, timeout=timeout,
-                             headers={"X-Push-Event": item.kind, "X-Push-Delivery": item.id}) as answer:
+            with http.stream("POST", self.hook.url, content=body, timeout=timeout, headers=headers) as answer:
                 status = answer.status_code
                 start = b"" if 200 <= status < 300 else _start_of(answer.iter_bytes())
                 retry_after = answer.headers.get("Retry-After")

@@ -10,15 +10,21 @@ Push tries to deliver them.
     name = "chat"                          # optional: the label in logs and /metrics
     kinds = ["deploy", "rollback", "rollout.*"]   # optional: default every kind
     format = "text"                        # optional: {"text": "one line"} only (default "event")
+    secret_file = "/etc/push/hooks/chat.secret"   # optional: sign each POST (or secret_env = "VAR")
 
 push.config parses the file and hands this table to `parse`, so an invalid table is
 refused at load like any other, with the line. push.notify.Notifier reads the result.
 A webhook's URL often holds a secret (chat services put the token in the path), so only
 its `name` (default: the URL's host) ever appears in logs, metrics and errors.
+A webhook's signing secret is read here, at load, from a file or the environment (never
+written in skiapush.conf); it appears nowhere but in the HMAC (push.notify.signature).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -38,7 +44,8 @@ DEFAULT_ATTEMPTS = 5
 MAX_TIMEOUT = 60.0
 MAX_ATTEMPTS = 10
 _KEYS = ("timeout", "attempts", "webhooks")
-_WEBHOOK_KEYS = ("url", "name", "kinds", "format")
+_WEBHOOK_KEYS = ("url", "name", "kinds", "format", "secret_file", "secret_env")
+MAX_SECRET = 4096   # bytes: a bigger "secret" is the wrong file (a log, a device)
 FORMATS = ("event", "text")
 
 
@@ -59,6 +66,8 @@ class Webhook:
     # "event": the whole JSON event; "text": {"text": its one line}, for chat services
     # that refuse keys they do not know.
     format: str = "event"
+    # Signs each POST (push.notify.signature) when set; kept out of repr, so out of any log.
+    secret: bytes | None = field(default=None, repr=False)
 
     def wants(self, kind: str) -> bool:
         return any(fnmatchcase(kind, pattern) for pattern in self.kinds)
@@ -136,4 +145,44 @@ def _webhook(hook: object, number: int, fail: Fail, taken: set[str]) -> Webhook:
     if form not in FORMATS:
         raise fail(f"{where}: 'format' must be one of {', '.join(FORMATS)}",
                    near=form if isinstance(form, str) and form else None)
-    return Webhook(url=url, name=name, kinds=tuple(kinds), format=form)
+    return Webhook(url=url, name=name, kinds=tuple(kinds), format=form, secret=_secret(hook, where, fail))
+
+
+def _secret(hook: Mapping[str, object], where: str, fail: Fail) -> bytes | None:
+    """The webhook's signing secret, from `secret_file` or `secret_env`; None without either.
+    Whitespace around it (the newline of `echo`) is not part of it. Errors name the key and
+    the file or variable, never what it holds."""
+    if "secret_file" in hook and "secret_env" in hook:
+        raise fail(f"{where}: give 'secret_file' or 'secret_env', not both", near=str(hook["secret_env"]))
+    if "secret_file" in hook:
+        path = hook["secret_file"]
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise fail(f"{where}: 'secret_file' must be the absolute path of a file holding the secret",
+                       near=path if isinstance(path, str) and path else "secret_file")
+        try:
+            # Checked before reading: a FIFO or a device would block or never end.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                raise fail(f"{where}: 'secret_file' {path} is not a regular file", near=path)
+            with open(path, "rb") as f:
+                secret = f.read(MAX_SECRET + 1).strip()
+        except OSError as e:
+            raise fail(f"{where}: 'secret_file' {path} cannot be read: {e.strerror}", near=path) from None
+        if not secret:
+            raise fail(f"{where}: 'secret_file' {path} is empty", near=path)
+        if len(secret) > MAX_SECRET:
+            raise fail(f"{where}: 'secret_file' {path} holds more than {MAX_SECRET} bytes: not a secret",
+                       near=path)
+        return secret
+    if "secret_env" in hook:
+        var = hook["secret_env"]
+        if not isinstance(var, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", var):
+            raise fail(f"{where}: 'secret_env' must be the name of an environment variable (letters, digits, _)",
+                       near=var if isinstance(var, str) and var else "secret_env")
+        value = os.environb.get(os.fsencode(var), b"").strip()
+        if not value:
+            raise fail(f"{where}: 'secret_env': the environment variable {var} is not set, or empty",
+                       near=var)
+        if len(value) > MAX_SECRET:
+            raise fail(f"{where}: 'secret_env': {var} holds more than {MAX_SECRET} bytes: not a secret", near=var)
+        return value
+    return None
