@@ -13,6 +13,7 @@ from pydantic import Field
 from push import lookup, serverfile, timestamps
 from push.errors import InvalidRequest, NotFound, PushError
 from push.fleet import Context, require_app
+from push.layout import rollout_key
 from push.model import Model
 from push.rollout import model
 from push.rollout.model import (
@@ -122,17 +123,11 @@ def start(ctx: Context, who: str, req: RolloutRequest) -> Rollout:
     try:
         model.claim_active(ctx.store, req.app, rid)
     except PushError:
-        ctx.store.delete(r_key(rid), if_generation_match=r.generation)
+        ctx.store.delete(rollout_key(rid), if_generation_match=r.generation)  # ours, just written
         raise
     ctx.notifier.emit("rollout.started", {"who": who, "rollout": rid, "app": r.app, "release": r.release,
                                           "wave": None, "servers": r.plan.servers, "note": req.note})
     return r
-
-
-def r_key(rid: str) -> str:
-    from push.layout import rollout_key
-
-    return rollout_key(rid)
 
 
 def get(ctx: Context, rollout_id: str) -> Rollout:

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from push import serverfile, status, timestamps
-from push.errors import Conflict, NotFound, PushError, StoreError
+from push.errors import Conflict, PushError, StoreError
 from push.fleet import ChangedMeanwhile, Context, rollout_change
 from push.rollout import model
 from push.rollout.lease import TTL, Leases
@@ -51,17 +51,16 @@ def holder_name() -> str:
 
 class Driver:
     """Drives the active rollouts it holds the lease of. `report_of` reads an agent's report
-    (the push server passes its fleet view's; default: the bucket)."""
+    (default: from the bucket, so a wave is judged on reports as fresh as they are written,
+    not at the fleet view's next poll). Its changes are recorded as made by whoever started
+    the rollout, via this process's front end."""
 
-    def __init__(self, ctx: Context, *, who: str = "rollout", report_of: ReportOf | None = None,
-                 holder: str | None = None, ttl: float = TTL, stale_after: float = status.STALE_AFTER_SECONDS,
-                 on_event: Callable[[Rollout, str], None] | None = None) -> None:
+    def __init__(self, ctx: Context, *, report_of: ReportOf | None = None, holder: str | None = None,
+                 ttl: float = TTL, stale_after: float = status.STALE_AFTER_SECONDS) -> None:
         self.ctx = ctx
-        self.who = who
         self.leases = Leases(ctx.store, holder or holder_name(), ttl)
         self.report_of = report_of or (lambda server: status.read(ctx.store, server))
         self.stale_after = stale_after
-        self.on_event = on_event
         self._files: dict[str, ServerFile] = {}
         self._healthy: dict[str, tuple[str, float]] = {}  # server -> (rollout, when its report last said healthy)
         self._driving: set[str] = set()  # the rollouts this driver has held the lease of since it took it
@@ -167,9 +166,6 @@ class Driver:
             return r  # nothing new: no write
         saved = self._save(r, new)
         announce(self.ctx, r, saved)
-        for event in saved.events[len(r.events):] if len(saved.events) >= len(r.events) else saved.events[-3:]:
-            if self.on_event is not None:
-                self.on_event(saved, event)
         return saved
 
     def _write_all(self, r: Rollout, writes: list[Write]) -> None:
@@ -229,18 +225,14 @@ class Driver:
     def follow(self, rollout_id: str, interval: float, on_round: Callable[[Rollout], None]) -> Rollout:
         """Drive (or, while another driver holds the lease, watch) one rollout until it ends:
         `push rollout ... --wait` straight to the bucket."""
-        stop = threading.Event()
         while True:
             r = self.drive(rollout_id)
             if r is None:
-                try:
-                    r = model.read(self.ctx.store, rollout_id)
-                except NotFound:
-                    raise
+                r = model.read(self.ctx.store, rollout_id)
             on_round(r)
             if not r.active:
                 return r
-            stop.wait(interval)
+            time.sleep(min(interval, BUSY_INTERVAL) if r.waves[r.wave].healthy_at is None else interval)
 
 
 def announce(ctx: Context, before: Rollout, after: Rollout) -> None:
