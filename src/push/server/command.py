@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                    help="seconds between full listings of the server files, reports and unit requests, "
                         "for writers that write no change journal: the original tools, older agents "
                         "(default: 60)")
+    p.add_argument("--watch-grace", type=float, default=20.0,
+                   help="seconds a watching agent has, after its long-poll ends, to come back before it is "
+                        "shown stale (default: 20; the poll's timeout is the agent's, 55 s by default)")
     p.add_argument("--deploy-key", metavar="FILE", default=os.environ.get("PUSH_DEPLOY_KEY") or None,
                    help="sign every server file written with this deploy key (NAME.key), and renew the statements "
                         "at half-life (default: $PUSH_DEPLOY_KEY; unset: nothing is signed). See docs/trust.md")
@@ -83,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trusted = Keyring.load([Path(f) for f in trusted_files]) if trusted_files else None
     store = open_store(args.store)
     app = create_app(store, config, auth=settings, poll_interval=args.poll_interval, deploy_key=deploy_key,
-                     trusted_deploy_keys=trusted, full_interval=args.relist_interval,
+                     trusted_deploy_keys=trusted, full_interval=args.relist_interval, watch_grace=args.watch_grace,
                      rollout_interval=args.rollout_interval, rollout_lease=args.rollout_lease)
     mode = "no auth (everyone is admin)" if settings.no_auth else (
         f"proxy header {settings.user_header} from {', '.join(settings.trusted_proxies) or 'nobody'}"
