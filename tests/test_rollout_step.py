@@ -211,6 +211,10 @@ def test_judge_reads_the_agents_report() -> None:
 
     assert j(None) == "unknown"
     assert j(report(AppStatus(installed=NEW, health="healthy"), age=1000)) == "unknown"  # stale
+    # By default, stale after three of the agent's own report intervals.
+    quick = report(AppStatus(installed=NEW, health="healthy"), age=40).model_copy(update={"report_interval": 10})
+    assert judge(quick, "web", NEW, T0)[0] == "unknown"
+    assert judge(quick.model_copy(update={"report_interval": 20}), "web", NEW, T0)[0] == "healthy"
     assert j(report(None)) == "progressing"
     assert j(report(AppStatus(installed=OLD, desired=NEW))) == "progressing"
     assert j(report(AppStatus(installed=OLD, desired=NEW, reverted_from=NEW, health="unhealthy"))) == "unhealthy"

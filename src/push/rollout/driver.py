@@ -56,7 +56,7 @@ class Driver:
     the rollout, via this process's front end."""
 
     def __init__(self, ctx: Context, *, report_of: ReportOf | None = None, holder: str | None = None,
-                 ttl: float = TTL, stale_after: float = status.STALE_AFTER_SECONDS) -> None:
+                 ttl: float = TTL, stale_after: float | None = None) -> None:
         self.ctx = ctx
         self.leases = Leases(ctx.store, holder or holder_name(), ttl)
         self.report_of = report_of or (lambda server: status.read(ctx.store, server))

@@ -40,15 +40,16 @@ class Write:
 
 
 def judge(report: AgentStatus | None, app: str, release: str, now: datetime,
-          stale_after: float) -> tuple[str, str | None]:
+          stale_after: float | None = None) -> tuple[str, str | None]:
     """(health, detail) of `release` of `app` on a server, by its agent's last report. A
-    missing or stale report is `unknown` (never healthy); a release the agent reverted, or
-    failed to install, is `unhealthy`; installed and reported healthy is `healthy`; anything
-    else is still `progressing`."""
+    missing or stale report (older than `stale_after`, by default the agent's own
+    `AgentStatus.stale_after`: three of its report intervals) is `unknown`, never healthy;
+    a release the agent reverted, or failed to install, is `unhealthy`; installed and
+    reported healthy is `healthy`; anything else is still `progressing`."""
     if report is None:
         return "unknown", "no report from its agent"
     age = report.age_seconds(now)
-    if age > stale_after:
+    if age > (report.stale_after if stale_after is None else stale_after):
         return "unknown", f"its agent is stale (last report {age:.0f} s ago)"
     st = report.apps.get(app)
     if st is None:
