@@ -21,6 +21,7 @@ USAGE = 2  # also argparse's own code for a bad command line
 PROBLEMS = 7  # `push status --problems` found some: not an error of the command itself
 WAIT_FAILED = 8  # --wait: the change was made, and then failed on a server (push.follow)
 WAIT_STUCK = 9  # --wait: the change was made, and is not done in time on a server
+ROLLOUT_NOT_COMPLETED = 10  # `push rollout ... --wait`: it ended failed, rolled back or aborted
 INTERRUPTED = 130
 
 EXIT_CODES: dict[type[PushError], int] = {
@@ -58,5 +59,6 @@ MEANINGS: tuple[tuple[int, str], ...] = (
                   "or it is unhealthy)"),
     (WAIT_STUCK, "--wait: changed, but not done in time on a server (past its deadline, its agent stale, "
                  "or --timeout)"),
+    (ROLLOUT_NOT_COMPLETED, "push rollout ... --wait: the rollout failed, was rolled back or aborted"),
     (INTERRUPTED, "interrupted"),
 )

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,11 +102,14 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
                poll_interval: float = 2.0, catalog_interval: float = 10.0,
                catalog: Catalog | None = None, deploy_key: SigningKey | None = None,
                trusted_deploy_keys: Keyring | None = None, resign_interval: float = 10.0,
-               full_interval: float = FULL_INTERVAL, watch_grace: float = WATCH_GRACE) -> FastAPI:
+               full_interval: float = FULL_INTERVAL, watch_grace: float = WATCH_GRACE,
+               rollout_interval: float = 1.0, rollout_lease: float = 15.0) -> FastAPI:
     """`deploy_key` signs every server file this server writes, and renews statements at
     half-life every `resign_interval` seconds (those signed by it or by `trusted_deploy_keys`).
     `full_interval`: the fleet view's full re-list (push.fleetview). `watch_grace`: how long
-    after its long-poll ends a watching agent may take to come back before it is stale."""
+    after its long-poll ends a watching agent may take to come back before it is stale.
+    `rollout_interval`: seconds between the rollout driver's rounds (push.rollout.driver; 0:
+    no driver); `rollout_lease`: how long its lease of a rollout lasts unrenewed (push.rollout.lease)."""
     settings = auth or AuthSettings()
     # Every bucket operation of this process is counted (/metrics: push_store_operations).
     counted = store if isinstance(store, CountingStore) else CountingStore(store)
@@ -127,12 +131,25 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.start()
+        from push.rollout.driver import Driver
+
+        driving = threading.Event()
+        driver = Driver(ctx, ttl=rollout_lease)
+        app.state.rollout_driver = driver
+        hub.on_changed = lambda servers: driver.wake()
+        driver_thread = threading.Thread(target=driver.run, args=(driving, rollout_interval), name="push-rollouts",
+                                         daemon=True)
+        if rollout_interval > 0:
+            driver_thread.start()
         resigning = (asyncio.create_task(_resign_loop(Resigner(store, deploy_key, trusted_deploy_keys), ctx,
                                                       resign_interval), name="push-resign")
                      if deploy_key is not None else None)
         try:
             yield
         finally:
+            driving.set()
+            if driver_thread.is_alive():
+                await asyncio.to_thread(driver_thread.join, 10)
             if resigning is not None:
                 resigning.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -158,9 +175,11 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    from push.server import routes_api, routes_ui
+    from push.server import routes_api, routes_rollouts, routes_ui
 
     app.include_router(routes_api.router)
+    app.include_router(routes_rollouts.router)  # before routes_ui: /rollouts/... pages are its own
+    app.include_router(routes_rollouts.pages)
     app.include_router(routes_ui.router)
     routes_ui.setup_filters(push)
 

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from push import timestamps
@@ -58,6 +59,8 @@ class WatchHub:
         self.poll_errors = 0
         self.last_poll_error: str | None = None
         self.wakeups = 0
+        # Told of every change the view sees (the rollout driver steps at once on news).
+        self.on_changed: Callable[[set[str]], None] | None = None
 
     @property
     def watchers(self) -> int:
@@ -114,6 +117,8 @@ class WatchHub:
                 log.warning("catalogue refresh failed: %s", self.last_poll_error)
 
     def _notify(self, servers: set[str]) -> None:
+        if servers and self.on_changed is not None:
+            self.on_changed(servers)
         for server in servers:
             waiters = self._waiters.pop(server, None)
             if not waiters:
