@@ -246,6 +246,20 @@ def test_status_problems_exit_code(cli):
     assert code == 7 and json.loads(out)["servers"][0]["server"] == server
 
 
+def test_status_indents_every_line_of_a_reason(cli):
+    # A reason spans lines (the failing check, then the unit's log): each stays under its
+    # app, indented, so the output still reads as one block per server.
+    server = cli.fresh()
+    assert cli("deploy", server, "hello", "latest")[0] == 0
+    report(cli.world.bucket, server, {"hello": cli.world.rels[2].name},
+           failed={"hello": "dpkg: error\nlast lines of hello.service:\nhello 3 listening"})
+    wait_for(lambda: cli("status", server)[1].count("hello 3 listening") == 1, what="the failure seen")
+    out = cli("status", server)[1]
+    lines = out.splitlines()
+    assert lines[0].startswith(server) and all(line.startswith("  ") for line in lines[1:]), out
+    assert any(line.strip() == "last lines of hello.service:" for line in lines), out
+
+
 class _Page(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = b"<html><head><title>Welcome to nginx!</title></head><body>hello</body></html>"
@@ -280,6 +294,23 @@ def test_a_push_url_that_is_not_push(world, not_push, capsys):
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"push: error: {not_push} is not a Push server: ")
         assert "answered HTTP 200, text/html" in err and "page 'Welcome to nginx!'" in err and "<html" not in err
+
+
+def test_a_push_url_with_a_wrong_path_or_no_scheme(world, capsys):
+    # The push server answers, but not at this path (an API or page URL given for its root):
+    # exit 4 saying to give the root, not "no page at /api/v1/api/v1/fleet" as a not-found (1).
+    for path in ("/api/v1", "/fleet"):
+        code = main(["status", "--push-url", world.server.url + path])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 4 and len(lines) == 1, err
+        assert f"{world.server.url}{path} is a Push server's page, not its root URL" in err, err
+        assert f"--push-url {world.server.url}" in err, err
+    # No scheme: a usage error (2, as a bad --store URL), quoting what was given.
+    host = world.server.url.removeprefix("http://")
+    code = main(["status", "--push-url", host])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"push: error: --push-url must be http(s)://HOST[:PORT], not {host!r}", err
 
 
 def test_typo_and_help(capsys):

@@ -27,7 +27,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from push import __version__
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import AccessDenied, Conflict, InvalidRequest, NotFound, PushError, StoreError, Unauthenticated
+from push.errors import (
+    AccessDenied,
+    Conflict,
+    InvalidRequest,
+    NoSuchPage,
+    NotFound,
+    PushError,
+    StoreError,
+    Unauthenticated,
+)
 from push.fleet import ChangedMeanwhile, Context, Refusal
 from push.fleetview import FULL_INTERVAL, FleetView
 from push.history import History
@@ -183,7 +192,7 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
         # A path no route serves (or a method it does not take): the API answers a Refusal as
         # for every other error, a browser a page in the site's style, not Starlette's JSON.
         if exc.status_code == 404:
-            return error_response(request, NotFound(f"no page at {request.url.path}"))
+            return error_response(request, NoSuchPage(f"no page at {request.url.path}"))
         if exc.status_code == 405:
             return error_response(request, MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
         return error_response(request, InvalidRequest(str(exc.detail)))
