@@ -185,7 +185,7 @@ def _follow(fleet: Direct | Remote, r: Rollout, args: argparse.Namespace) -> int
     if isinstance(fleet, Direct):
         from push.rollout.driver import Driver
 
-        r = Driver(fleet.ctx).follow(r.id, FOLLOW_INTERVAL, on_round)
+        r = Driver.straight(fleet.ctx).follow(r.id, FOLLOW_INTERVAL, on_round)
     else:
         while r.active:
             time.sleep(FOLLOW_INTERVAL)

@@ -125,9 +125,8 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
         from push.rollout.driver import Driver
 
         driving = threading.Event()
-        driver = Driver(ctx, ttl=rollout_lease)
+        driver = Driver(ctx, view, look=hub.poll_soon, ttl=rollout_lease)  # the triggers refresh the view
         app.state.rollout_driver = driver
-        hub.on_changed = lambda servers: driver.wake()
         driver_thread = threading.Thread(target=driver.run, args=(driving, rollout_interval), name="push-rollouts",
                                          daemon=True)
         if rollout_interval > 0:
