@@ -407,3 +407,18 @@ def test_zsh_completion(world):
     active = rollouts_of(world)[1]
     assert offered("rollout", "pause", "") == [active]
     assert offered("deploy", "") == ["web-1", "web-2", "db-1", *FRESH, "b1", "b2", "c1", "c2"]
+
+
+def test_rollout_commands_on_a_bad_day(cli):
+    """A typo'd rollout id, and a control of an ended rollout: one clear line and the code."""
+    ended, active = rollouts_of(cli.world)
+    code, out, err = cli("rollout", "abort", ended)
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"push: error: rollout {ended} has ended (aborted): nothing to abort"), err
+    typo = active[:-1] + ("0" if active[-1] != "0" else "1")
+    for argv in (("rollout", "status", typo), ("rollout", "pause", typo), ("rollout", "status", active[:-3])):
+        code, out, err = cli(*argv)
+        assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert f"did you mean {active}?" in err, err
+    code, _, err = cli("rollout", "status", "nonsense")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "ids look like" in err, err

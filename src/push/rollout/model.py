@@ -10,6 +10,7 @@ which is what makes "one active rollout per app" hold across push servers and CL
 
 from __future__ import annotations
 
+import difflib
 import math
 import random
 import time
@@ -19,7 +20,8 @@ from typing import Literal
 from pydantic import Field
 
 from push import layout, timestamps
-from push.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
+from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
+from push.lookup import did_you_mean
 from push.model import Model
 from push.store import Store
 
@@ -159,16 +161,32 @@ def read(store: Store, rollout_id: str) -> Rollout:
     try:
         key = layout.rollout_key(rollout_id)
     except ValueError:
-        raise NotFound(f"no rollout {rollout_id!r} (ids look like 01764648000000000000-0a1b2c3d)") from None
+        near = did_you_mean(_near_ids(store, rollout_id))
+        raise NotFound(f"no rollout {rollout_id!r}" + (near or " (ids look like 01764648000000000000-0a1b2c3d)")) \
+            from None
     try:
         got = store.get(key)
     except NotFound:
-        raise NotFound(f"no rollout {rollout_id}", key=key) from None
+        raise NotFound(f"no rollout {rollout_id}{did_you_mean(_near_ids(store, rollout_id))}", key=key) from None
     assert got is not None
     data, info = got
     r = Rollout.from_bytes(data, key)
     r.generation = info.generation
     return r
+
+
+def _near_ids(store: Store, rollout_id: str) -> list[str]:
+    """The rollout a typo'd or shortened id most likely meant: those it begins (if few), else
+    the one closest (one listing; only after a miss)."""
+    try:
+        ids = list_ids(store)
+    except PushError:
+        return []
+    given = rollout_id.strip().lower()
+    starting = [i for i in ids if given and i.startswith(given)]
+    if 0 < len(starting) <= 3:
+        return starting
+    return difflib.get_close_matches(given, ids, n=1, cutoff=0.9)
 
 
 def write(store: Store, r: Rollout) -> Rollout:
