@@ -219,3 +219,33 @@ def test_a_wave_waiting_on_health_costs_few_bucket_operations_straight_to_the_bu
     finally:
         control.control(ctx, "ann", rid, "abort") if seen and seen[-1].active else None
         thread.join(10)
+
+
+def test_the_rollouts_listing_reads_only_what_changed(tmp_path, started: tuple[Context, list[ReleaseInfo]]) -> None:
+    """GET /api/v1/rollouts and /rollouts: one listing, and a read only of the rollouts whose
+    generation changed since the last request (not up to 50 reads a request)."""
+    ctx, rels = started
+    ids = []
+    for _ in range(5):
+        r = control.start(ctx, "ann", RolloutRequest(app="hello", release=rels[1].name, servers=["web-1"]))
+        model.update(ctx.store, r.id, lambda x: setattr(x, "state", "aborted"))
+        ids.append(r.id)
+    counted = CountingStore(ctx.store)
+    app = create_app(counted, ctx.config, auth=AuthSettings(no_auth=True), rollout_interval=0, poll_interval=600,
+                     catalog_interval=600)
+    with TestClient(app) as client:
+        client.get("/api/v1/fleet")  # the first look at the bucket made
+
+        def reads_of(path: str) -> tuple[int, int]:
+            before = counted.counts()
+            assert client.get(path).status_code == 200
+            after = counted.counts()
+            return after["read"] - before["read"], after["list"] - before["list"]
+
+        assert [x["id"] for x in client.get("/api/v1/rollouts").json()] == ids[::-1]
+        assert reads_of("/api/v1/rollouts") == (0, 1)
+        assert reads_of("/rollouts")[0] == 0
+        model.update(ctx.store, ids[2], lambda x: x.note("2026-12-02 05:00:00Z", "a note"))
+        assert reads_of("/api/v1/rollouts") == (1, 1)
+        assert client.get("/api/v1/rollouts?limit=2").json()[1]["id"] == ids[3]
+        assert "a note" in client.get("/api/v1/rollouts").json()[2]["events"][-1]

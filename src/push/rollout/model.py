@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Literal
@@ -233,6 +234,41 @@ def recent(store: Store, limit: int = 50) -> Iterator[Rollout]:
             continue
         except Exception:
             continue
+
+
+class RecentRollouts:
+    """`recent()` for a process that lists rollouts again and again (the push server's
+    rollouts page and API): one listing of rollouts/ a call, and a read only of the rollouts
+    whose generation changed since (a cache keyed by id and generation, of the `limit`
+    newest). The rollouts it answers are shared: read them, never change them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._cache: dict[str, Rollout] = {}
+
+    def __call__(self, limit: int = 50) -> list[Rollout]:
+        listed = {rid: info.generation for info in self.store.list(layout.ROLLOUTS)
+                  if (rid := layout.rollout_of_key(info.key)) is not None}
+        newest = sorted(listed)[-limit:][::-1]
+        with self._lock:
+            cache = dict(self._cache)
+        out = []
+        for rid in newest:
+            r = cache.get(rid)
+            if r is None or not listed[rid] or r.generation != listed[rid]:
+                try:
+                    r = read(self.store, rid)
+                except Exception:  # unreadable: skipped, as recent() skips it
+                    cache.pop(rid, None)
+                    continue
+                cache[rid] = r
+            out.append(r)
+        with self._lock:
+            # Kept: the newest, of the largest `limit` asked lately (the page's and the API's).
+            keep = set(sorted(listed)[-max(limit, 50):])
+            self._cache = {rid: r for rid, r in cache.items() if rid in keep}
+        return out
 
 
 # -- rollouts/active/{app}.json: one active rollout per app --------------------------------------

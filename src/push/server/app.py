@@ -32,6 +32,7 @@ from push.fleet import ChangedMeanwhile, Context, Refusal
 from push.fleetview import FULL_INTERVAL, FleetView
 from push.history import History
 from push.notify import SERVER_FLUSH_SECONDS, Notifier
+from push.rollout.model import RecentRollouts
 from push.server.auth import Auth, AuthSettings
 from push.server.bodies import BodyTooLarge
 from push.server.metrics import Metrics, MetricsMiddleware
@@ -57,6 +58,7 @@ class PushServer:
     templates: Environment
     metrics: Metrics
     store: CountingStore
+    rollouts: RecentRollouts | None = None   # the rollouts page and API's listing, read only when changed
 
 
 def server_of(request: Request) -> PushServer:
@@ -116,7 +118,8 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
     metrics = Metrics()
-    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics, counted)
+    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics, counted,
+                      RecentRollouts(store))
     metrics.watch(push)
 
     @contextlib.asynccontextmanager
