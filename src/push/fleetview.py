@@ -357,7 +357,11 @@ class FleetView:
             self.on_news(only)
         if prev is None:
             return set(new.revs)
-        return {s for s in new.revs.keys() | prev.revs.keys() if new.rev(s) != prev.rev(s)}
+        # Only the servers the look re-read can have a new revision (_build carries the
+        # others' over): comparing every server made each write of a fleet-wide deploy
+        # cost O(fleet), 14 of 36 CPU-seconds of a 3,000-server deploy-all.
+        changed = new.revs.keys() | prev.revs.keys() if only is None else only
+        return {s for s in changed if new.rev(s) != prev.rev(s)}
 
     def _build(self, prev: Snapshot | None, seen: Seen, only: frozenset[str] | None) -> Snapshot:
         now = timestamps.now()
