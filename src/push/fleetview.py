@@ -245,6 +245,9 @@ class FleetView:
         # What the push server knows of each agent that watches it (push.server.watch): set
         # from the event loop, read by the builder (a whole value per key, swapped at once).
         self._watchers: dict[str, Watcher] = {}
+        # Told of each new snapshot, with the servers the look re-read (None: a full look): the
+        # rollout driver judges its waves from the view and steps on news (push.rollout.driver).
+        self.on_news: Callable[[frozenset[str] | None], None] | None = None
         # For /metrics and the benchmarks.
         self.refreshes = 0
         self.full_refreshes = 0
@@ -350,6 +353,8 @@ class FleetView:
                 raise
             new = self._build(prev, seen, only)
             self._snapshot = new
+        if new is not prev and self.on_news is not None:
+            self.on_news(only)
         if prev is None:
             return set(new.revs)
         # Only the servers the look re-read can have a new revision (_build carries the

@@ -41,6 +41,7 @@ from push.fleet import ChangedMeanwhile, Context, Refusal
 from push.fleetview import FULL_INTERVAL, FleetView
 from push.history import History
 from push.notify import SERVER_FLUSH_SECONDS, Notifier
+from push.rollout.model import RecentRollouts
 from push.server.auth import Auth, AuthSettings
 from push.server.bodies import BodyTooLarge
 from push.server.metrics import Metrics, MetricsMiddleware
@@ -66,6 +67,7 @@ class PushServer:
     templates: Environment
     metrics: Metrics
     store: CountingStore
+    rollouts: RecentRollouts | None = None   # the rollouts page and API's listing, read only when changed
 
 
 def server_of(request: Request) -> PushServer:
@@ -125,7 +127,8 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
     metrics = Metrics()
-    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics, counted)
+    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics, counted,
+                      RecentRollouts(store))
     metrics.watch(push)
 
     @contextlib.asynccontextmanager
@@ -134,9 +137,8 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
         from push.rollout.driver import Driver
 
         driving = threading.Event()
-        driver = Driver(ctx, ttl=rollout_lease)
+        driver = Driver(ctx, view, look=hub.poll_soon, ttl=rollout_lease)  # the triggers refresh the view
         app.state.rollout_driver = driver
-        hub.on_changed = lambda servers: driver.wake()
         driver_thread = threading.Thread(target=driver.run, args=(driving, rollout_interval), name="push-rollouts",
                                          daemon=True)
         if rollout_interval > 0:
