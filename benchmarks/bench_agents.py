@@ -8,8 +8,11 @@ conditional read of `server/{server}.json` (`Store.get(..., if_generation_not_ma
 pure) written by pulld's `Publisher` (on change, and as the 60 s heartbeat), the unit
 requests looked for after a trigger (`unitrequests.pending`), and the 300 s failsafe poll.
 "Installing" is recording the release's package and version as installed: no download,
-no dpkg, no units. Agents run as asyncio tasks in a few worker processes; their store
-calls go through a thread pool per worker (the store clients are synchronous).
+no dpkg, no units. Agents run as asyncio tasks in a few worker processes (one per 5,000
+agents), cheap enough that 10,000 fit beside the push server on two cores: each worker
+sends its agents' HTTP through one small keep-alive connection pool (`HttpPool`, HTTP/1.1
+on asyncio streams), makes their store calls on its event loop (the local store in tmpfs
+answers in ~0.1 ms, less than a hop to a thread), and writes their heartbeats from one task.
 
 The push server is the real `push serve` on the real local store. Per fleet size:
 
@@ -20,7 +23,8 @@ The push server is the real `push serve` on the real local store. Per fleet size
    call to each agent having read its new file (p50, last), the call's own duration, and
    the operations per minute until the last agent has reported the release installed.
 
-    .venv/bin/python benchmarks/bench_agents.py --sizes 1000,5000,10000 [--idle 60] [--workers 4]
+    .venv/bin/python benchmarks/bench_agents.py --sizes 1000,5000,10000 [--idle 60] [--workers N]
+        [--rate 500] [--workdir /dev/shm] [--no-agents] [--no-deploy]
 
 Prints one JSON object per size (and writes them to --out). A benchmark, not a test:
 run it once per size on a quiet machine; tests/test_bench_agents.py smoke-tests it.
@@ -30,8 +34,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
+import heapq
 import json
 import os
 import random
@@ -44,9 +48,9 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -72,7 +76,6 @@ APP = "hello"
 POLL = 300.0             # pulld's failsafe poll with a trigger
 REPORT_INTERVAL = 60.0   # pulld's heartbeat
 DEBOUNCE = 0.02          # pulld's wait after a wake-up
-AGENTS_PER_CLIENT = 20
 
 
 # -- one simulated agent ---------------------------------------------------------------------
@@ -157,73 +160,150 @@ class SimAgent:
                             step=self.steps, generation=self.generation, failures={}, unit_errors={},
                             units={APP: {f"{APP}.service": "active"}}, working=working)
 
-    async def run(self, client: httpx.AsyncClient) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.step, ("start",))
-        heartbeat = asyncio.create_task(self._heartbeats())
+    async def run(self, pool: HttpPool) -> None:
+        """The watch loop: pulld's WatchTrigger over the worker's connection pool, a step
+        when it fires (or when the failsafe poll is due)."""
+        self.step(("start",))
         failures = 0
         last_step = time.monotonic()
-        try:
-            while True:
-                try:
-                    resp = await client.get(self.trigger.url, params=self.trigger.params())
-                    resp.raise_for_status()
-                    fired = self.trigger.answered(resp.json())
-                    failures = 0
-                except (httpx.HTTPError, ValueError, KeyError):
-                    self.errors += 1
-                    failures += 1
-                    await asyncio.sleep(RECONNECT.delay(failures))
-                    continue
-                if fired or time.monotonic() - last_step >= POLL:
-                    await asyncio.sleep(DEBOUNCE)
-                    last_step = time.monotonic()
-                    await loop.run_in_executor(None, self.step, ("watch",) if fired else ("poll",))
-        finally:
-            heartbeat.cancel()
-
-    async def _heartbeats(self) -> None:
-        loop = asyncio.get_running_loop()
+        query = self.trigger.url.split("/api/", 1)[1]
+        path = f"/api/{query}"
         while True:
-            await asyncio.sleep(max(0.5, self.publisher.due_in()))
-            if self.publisher.due_in() <= 0:
-                await loop.run_in_executor(None, self.heartbeat)
+            try:
+                body = await pool.get_json(path, self.trigger.params(), self.trigger.read_timeout())
+                fired = self.trigger.answered(body)
+                failures = 0
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, HttpError, ValueError, KeyError) as e:
+                self.errors += 1
+                kind = str(e) if isinstance(e, HttpError) else type(e).__name__
+                ERRORS[kind] = ERRORS.get(kind, 0) + 1
+                failures += 1
+                await asyncio.sleep(RECONNECT.delay(failures))  # pulld's backoff, with its jitter
+                continue
+            if fired or time.monotonic() - last_step >= POLL:
+                await asyncio.sleep(DEBOUNCE)
+                last_step = time.monotonic()
+                self.step(("watch",) if fired else ("poll",))
+
+
+class HttpError(Exception):
+    """An answer that is not 200 (or not HTTP)."""
+
+
+class HttpPool:
+    """One process's HTTP/1.1 keep-alive connections to the push server, on asyncio streams:
+    a request takes an idle connection (or opens one) and gives it back after the answer.
+    A long-poll holds its connection while it waits, so the pool grows to about the number
+    of agents waiting, and no further. Far cheaper per request than a general client (no
+    per-request objects beyond the bytes), which is what lets a few processes carry
+    thousands of agents on two cores."""
+
+    def __init__(self, url: str) -> None:
+        u = urlsplit(url)
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
+        self._head = f"Host: {u.netloc}\r\nAccept: application/json\r\n\r\n".encode()
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.opened = 0
+        self.requests = 0
+
+    async def get_json(self, path: str, params: dict[str, str], timeout: float) -> dict[str, object]:
+        target = f"{path}?{urlencode(params)}".encode()
+        while True:
+            reused = bool(self._idle)
+            conn = self._idle.pop() if reused else await self._open()
+            try:
+                status, body = await asyncio.wait_for(self._exchange(conn, target), timeout)
+            except (OSError, asyncio.IncompleteReadError) as e:
+                conn[1].close()
+                # The server closes a keep-alive connection idle for a few seconds: a
+                # reused one that fails before its answer is retried on a new one.
+                if reused and (not isinstance(e, asyncio.IncompleteReadError) or not e.partial):
+                    continue
+                raise
+            except BaseException:
+                conn[1].close()
+                raise
+            self._idle.append(conn)
+            if status != 200:
+                raise HttpError(f"HTTP {status}")
+            got = json.loads(body)
+            if not isinstance(got, dict):
+                raise HttpError("not a JSON object")
+            return got
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        conn = await asyncio.open_connection(self.host, self.port)
+        self.opened += 1
+        return conn
+
+    async def _exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                        target: bytes) -> tuple[int, bytes]:
+        reader, writer = conn
+        writer.write(b"GET " + target + b" HTTP/1.1\r\n" + self._head)
+        self.requests += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = None
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+            elif name.strip().lower() == "transfer-encoding":
+                raise HttpError(f"{value.strip()} answer: only Content-Length is read")
+        if length is None:
+            raise HttpError("no Content-Length")
+        return status, await reader.readexactly(length)
 
 
 _METRICS = Metrics()
+ERRORS: dict[str, int] = {}  # a worker's failed watch requests, by kind (an HTTP status, an exception)
 
 
-async def worker(store_url: str, push_url: str, servers: list[str], target: str, out: Path, threads: int) -> None:
+async def heartbeats(agents: list[SimAgent]) -> None:
+    """pulld's heartbeats for all of a worker's agents from one task: each agent's report is
+    rewritten when its Publisher says it is due (every 54-60 s, its own jitter)."""
+    due = [(a.publisher.due_in() + time.monotonic(), i) for i, a in enumerate(agents)]
+    heapq.heapify(due)
+    while True:
+        at, i = due[0]
+        wait = at - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(min(wait, 1.0))
+            continue
+        a = agents[i]
+        if a.publisher.due_in() <= 0:
+            a.heartbeat()
+        heapq.heapreplace(due, (time.monotonic() + max(0.5, a.publisher.due_in()), i))
+
+
+async def worker(store_url: str, push_url: str, servers: list[str], target: str, out: Path, rate: float) -> None:
     store = CountingStore(open_store(store_url))
     first = make_release(1)[0]
     generations = json.loads((out.parent / "generations.json").read_text())
-    loop = asyncio.get_running_loop()
-    loop.set_default_executor(ThreadPoolExecutor(threads))
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     agents = [SimAgent(s, store, push_url, target) for s in servers]
     for a in agents:
         a.prime(first, generations[a.server])
-    async with contextlib.AsyncExitStack() as stack:
-        # A client per AGENTS_PER_CLIENT agents: httpcore's pool looks through all its
-        # connections for each request, which with thousands of long-polls in one pool costs
-        # the load generator more CPU than the push server spends answering them.
-        clients = [await stack.enter_async_context(httpx.AsyncClient(
-            trust_env=False, limits=limits, timeout=httpx.Timeout(30.0, read=agents[0].trigger.read_timeout())))
-            for _ in range(0, len(agents), AGENTS_PER_CLIENT)]
-        tasks = []
-        for i, a in enumerate(agents):  # started over ~1 s per 1,000, as a fleet's agents never start at one instant
-            tasks.append(asyncio.create_task(a.run(clients[i // AGENTS_PER_CLIENT])))
-            await asyncio.sleep(0.001)
-        while True:
-            state = {"ready": sum(1 for a in agents if a.trigger.rev is not None),
-                     "read": {a.server: a.read_target_at for a in agents if a.read_target_at is not None},
-                     "reported": {a.server: a.reported_target_at for a in agents if a.reported_target_at},
-                     "ops": store.counts(), "errors": sum(a.errors for a in agents),
-                     "failed": sum(1 for t in tasks if t.done())}
-            tmp = out.with_suffix(".tmp")
-            tmp.write_text(json.dumps(state))
-            tmp.replace(out)
-            await asyncio.sleep(1.0)
+    pool = HttpPool(push_url)
+    tasks = []
+    for a in agents:  # started at `rate` a second, as a fleet's agents never start at one instant
+        tasks.append(asyncio.create_task(a.run(pool)))
+        await asyncio.sleep(1 / rate)
+    tasks.append(asyncio.create_task(heartbeats(agents)))
+    loop_lag = 0.0
+    while True:
+        state = {"ready": sum(1 for a in agents if a.trigger.rev is not None),
+                 "read": {a.server: a.read_target_at for a in agents if a.read_target_at is not None},
+                 "reported": {a.server: a.reported_target_at for a in agents if a.reported_target_at},
+                 "ops": store.counts(), "errors": sum(a.errors for a in agents),
+                 "failed": sum(1 for t in tasks if t.done()), "connections": pool.opened,
+                 "requests": pool.requests, "loop_lag_s": round(loop_lag, 3), "error_kinds": ERRORS}
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(out)
+        t = time.monotonic()
+        await asyncio.sleep(1.0)
+        loop_lag = max(0.0, time.monotonic() - t - 1.0)  # how late the event loop woke us: its backlog
 
 
 # -- the coordinator -------------------------------------------------------------------------
@@ -308,6 +388,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -334,14 +418,18 @@ def worker_states(outs: list[Path]) -> list[dict[str, object]]:
 
 
 def summed_ops(states: list[dict[str, object]]) -> dict[str, float]:
+    return summed(states, "ops")
+
+
+def summed(states: list[dict[str, object]], what: str) -> dict[str, float]:
     total: dict[str, float] = {}
     for st in states:
-        for k, v in dict(st.get("ops") or {}).items():  # type: ignore[call-overload]
+        for k, v in dict(st.get(what) or {}).items():  # type: ignore[call-overload]
             total[k] = total.get(k, 0) + v
     return total
 
 
-def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: float | None,
+def run_size(n: int, *, workers: int, rate: float, idle: float, poll_interval: float | None,
              timeout: float, workdir: Path | None, agents: bool = True, deploy: bool = True) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="bench-agents-", dir=workdir) as tmp:
         work = Path(tmp)
@@ -367,7 +455,7 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
                 share = servers[i::workers]
                 procs.append(subprocess.Popen(
                     [sys.executable, __file__, "--worker", "--store", store_url, "--push-url", fleet.url,
-                     "--target", target, "--out", str(outs[i]), "--threads", str(threads), "--servers",
+                     "--target", target, "--out", str(outs[i]), "--rate", str(rate), "--servers",
                      ",".join(share)],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=open(work / f"worker-{i}.log", "wb")))  # noqa: SIM115 - closed with the process
@@ -386,13 +474,20 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
             # Idle.
             ops0, cpu0, agents0, t0 = metric_ops(fleet.url), cpu_seconds(pid), summed_ops(worker_states(outs)), \
                 time.monotonic()
+            gen0 = sum(cpu_seconds(p.pid) for p in procs)
             time.sleep(idle)
             ops1, cpu1, agents1, t1 = metric_ops(fleet.url), cpu_seconds(pid), summed_ops(worker_states(outs)), \
                 time.monotonic()
+            gen1 = sum(cpu_seconds(p.pid) for p in procs)
+            states = worker_states(outs)
             result["idle"] = {"server_ops_per_min": per_minute(ops1, ops0, t1 - t0),
                               "agent_ops_per_min": per_minute(agents1, agents0, t1 - t0),
                               "server_cpu_pct": round(100 * (cpu1 - cpu0) / (t1 - t0), 1),
-                              "server_rss_mb": round(rss_mb(pid), 1)}
+                              "server_rss_mb": round(rss_mb(pid), 1), "server_fds": open_fds(pid),
+                              "generator_cpu_pct": round(100 * (gen1 - gen0) / (t1 - t0), 1),
+                              "generator_loop_lag_s": max((float(s.get("loop_lag_s", 0)) for s in states),  # type: ignore[arg-type]
+                                                          default=0.0),
+                              "watch_errors": sum(int(s.get("errors", 0)) for s in states)}  # type: ignore[call-overload]
             if heartbeats is not None:
                 result["idle"]["heartbeats_per_min"] = round((heartbeats.written - written0) * 60 / (t1 - t0), 1)  # type: ignore[index]
 
@@ -408,6 +503,7 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
             r.raise_for_status()
             ok = sum(1 for o in r.json()["outcomes"] if o["ok"])
             rss_peak = rss_mb(pid)
+            lag_peak = 0.0
             if not agents:
                 time.sleep(10)  # the polls after the last write
             states = worker_states(outs)
@@ -415,6 +511,7 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
                 states = worker_states(outs)
                 reported = sum(len(dict(s.get("reported") or {})) for s in states)  # type: ignore[call-overload]
                 rss_peak = max(rss_peak, rss_mb(pid))
+                lag_peak = max([lag_peak, *(float(s.get("loop_lag_s", 0)) for s in states)])  # type: ignore[arg-type]
                 if reported >= n or time.monotonic() - m0 > timeout:
                     break
                 time.sleep(0.5)
@@ -433,6 +530,9 @@ def run_size(n: int, *, workers: int, threads: int, idle: float, poll_interval: 
                 "agent_ops": {k: agents2.get(k, 0) - agents1.get(k, 0) for k in agents2},
                 "server_cpu_s": round(cpu2 - cpu1, 1), "server_rss_peak_mb": round(rss_peak, 1),
                 "watch_errors": sum(int(s.get("errors", 0)) for s in states),  # type: ignore[call-overload]
+                "watch_error_kinds": summed(states, "error_kinds"),
+                "generator_loop_lag_peak_s": lag_peak,
+                "connections_opened": sum(int(s.get("connections", 0)) for s in states),  # type: ignore[call-overload]
             }
             result["load_after"] = loadavg()
             return result
@@ -455,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1000,5000,10000")
     p.add_argument("--workers", type=int, default=0, help="agent processes (default: one per 2,500 agents, 1 to 4)")
-    p.add_argument("--threads", type=int, default=8, help="store threads per agent process")
+    p.add_argument("--rate", type=float, default=500.0, help="agents started a second, per agent process")
     p.add_argument("--idle", type=float, default=60.0, help="seconds of the idle measurement")
     p.add_argument("--poll-interval", type=float, help="the push server's --poll-interval")
     p.add_argument("--timeout", type=float, default=900.0)
@@ -476,12 +576,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         random.seed()
         signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # at once, whatever the event loop is doing
-        asyncio.run(worker(args.store, args.push_url, args.servers.split(","), args.target, args.out, args.threads))
+        asyncio.run(worker(args.store, args.push_url, args.servers.split(","), args.target, args.out, args.rate))
         return 0
     results = []
     for n in (int(s) for s in args.sizes.split(",")):
-        workers = args.workers or max(1, min(4, n // 2500))
-        result = run_size(n, workers=workers, threads=args.threads, idle=args.idle,
+        workers = args.workers or max(1, min(4, -(-n // 5000)))
+        result = run_size(n, workers=workers, rate=args.rate, idle=args.idle,
                           poll_interval=args.poll_interval, timeout=args.timeout, workdir=args.workdir,
                           agents=not args.no_agents, deploy=not args.no_deploy)
         print(json.dumps(result), flush=True)

@@ -46,6 +46,8 @@ from push.store.local import LocalStore
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+from healthz import wait_until_healthy  # noqa: E402
+
 from emulators import free_port  # noqa: E402
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
@@ -311,16 +313,8 @@ def main() -> int:
                              "--config", str(conf), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     try:
+        wait_until_healthy(url, proc, timeout=600, interval=0.2, log=root / "serve.log")
         with httpx.Client(base_url=url, timeout=600, trust_env=False) as client:
-            while True:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if proc.poll() is not None:
-                    raise SystemExit(f"push serve exited: {(root / 'serve.log').read_text()[-2000:]}")
-                time.sleep(0.2)
             results.append(("push serve: start until /healthz is 200 (catalogue from its index)",
                             f"{time.perf_counter() - t:.1f} s"))
             client.get("/api/v1/fleet", headers=headers)  # compute once

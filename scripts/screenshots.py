@@ -2,8 +2,10 @@
 """Screenshots of the push server's main pages, for the README and docs/push-server.md.
 
 Builds a small demo fleet in a temporary local store (releases, deploys with history,
-agent reports with drift, a failure and a stale agent), runs `push serve --no-auth` on
-127.0.0.1, and photographs it with Debian's Chromium:
+agent reports with drift, a failure, a release reverted by its agent with its reason and
+log lines, one still proving its health, and a stale agent), runs `push serve --no-auth` on
+127.0.0.1, and photographs it with Debian's Chromium (the fleet, a server, an app, a
+reverted app, a narrow window, the search box):
 
     .venv/bin/python scripts/screenshots.py          # writes docs/screenshots/*.png
 """
@@ -87,24 +89,43 @@ def build(store_dir: Path) -> None:
     now = datetime.now(timezone.utc)
 
     def agent(server: str, installed: dict[str, str], age: timedelta = timedelta(seconds=20),
-              failed: dict[str, str] | None = None) -> None:
+              failed: dict[str, str] | None = None, health: dict[str, dict[str, str]] | None = None,
+              desired: dict[str, str] | None = None) -> None:
         failed = failed or {}
         st = status.AgentStatus(server=server, agent_version="0.1.0",
                                 time=(now - age).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), hostname=server,
                                 in_sync=not failed)
         for app, name in installed.items():
+            fields: dict[str, str] = {"health": "healthy", **(health or {}).get(app, {})}
             st.apps[app] = status.AppStatus(
-                desired=name, installed=name, state="failed" if app in failed else "ok", error=failed.get(app),
-                units={f"{app}.service": "failed" if app in failed else "active"})
+                desired=(desired or {}).get(app, name), installed=name, state="failed" if app in failed else "ok",
+                error=failed.get(app),
+                units={f"{app}.service": "failed" if app in failed else "active"}, **fields)
         status.write(store, st)
 
     sf = {s: fleet.serverfile.read(store, s) for s in ("web-1", "web-2", "skia-push", "db-1")}
     agent("web-1", {a: r.name for a, r in sf["web-1"].releases.items()})
     web2 = {a: r.name for a, r in sf["web-2"].releases.items()}
     web2["hello"] = rels["hello"][2].name  # the install of the newest failed: still on the old one
-    agent("web-2", web2, failed={"hello": "dpkg: error processing archive hello.deb (--install): "
-                                           "trying to overwrite '/etc/hello/tls.conf'"})
-    agent("skia-push", {a: r.name for a, r in sf["skia-push"].releases.items()})
+    agent("web-2", web2, desired={"hello": rels["hello"][0].name},
+          failed={"hello": "dpkg: error processing archive hello.deb (--install): "
+                           "trying to overwrite '/etc/hello/tls.conf'"})
+    # skia-push: logserver's newest release crashed at start; its agent reverted it.
+    dep("alice@example.com", "skia-push", "logserver", 0, "rotate daily")
+    sf["skia-push"] = fleet.serverfile.read(store, "skia-push")
+    skia = {a: r.name for a, r in sf["skia-push"].releases.items()}
+    skia["logserver"] = rels["logserver"][1].name
+    deadline = (now + timedelta(seconds=25)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    agent("skia-push", skia, desired={"logserver": rels["logserver"][0].name},
+          failed={"logserver": "not healthy within 30s: reverted to the release before"}, health={
+        "logserver": {"health": "unhealthy", "reverted_from": rels["logserver"][0].name,
+                      "health_detail": "logserver.service is failed (exit code 1, 5 restarts)\n"
+                                       "-- last lines of its log --\n"
+                                       "logserver: reading /etc/logserver/rotate.conf\n"
+                                       "logserver: rotate.conf:3: unknown key 'daily'\n"
+                                       "logserver.service: Main process exited, code=exited, status=1/FAILURE"},
+        "push": {"health": "progressing", "health_deadline": deadline,
+                 "health_detail": "waiting for http://127.0.0.1:8000/healthz (503)"}})
     agent("db-1", {a: r.name for a, r in sf["db-1"].releases.items()}, age=timedelta(hours=3))
 
 
@@ -142,10 +163,27 @@ def main() -> int:
                     print(OUT / name)
 
                 shot("/", "fleet.png", full=True)
+                shot("/servers/skia-push", "server.png", full=True)
+                shot("/apps/hello", "app.png", full=True)
+                shot("/servers/skia-push/apps/logserver", "reverted.png", full=True)
                 shot("/servers/web-1/apps/hello", "picker.png")
                 shot(f"/servers/web-1/apps/hello/confirm?release={hello[0]}", "confirm.png")
                 shot("/servers/web-1/apps/hello/rollback", "rollback.png")
                 shot("/history", "history.png")
+                shot("/nope", "not-found.png")
+                # The search box, as you type (focused with "/").
+                page.goto(url + "/")
+                page.wait_for_load_state("networkidle")
+                page.keyboard.press("/")
+                page.keyboard.type("web")
+                page.wait_for_selector("#search-results a")
+                page.screenshot(path=str(OUT / "search.png"))
+                print(OUT / "search.png")
+                narrow = browser.new_page(viewport={"width": 420, "height": 900})
+                narrow.goto(url + "/")
+                narrow.wait_for_load_state("networkidle")
+                narrow.screenshot(path=str(OUT / "narrow.png"), full_page=True)
+                print(OUT / "narrow.png")
                 browser.close()
         finally:
             server.terminate()

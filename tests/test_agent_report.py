@@ -125,3 +125,21 @@ def test_a_backing_off_app_is_failed_not_pending() -> None:
     r = build(decide([h1.name], metadata=[meta(h1)], failures={"hello": f}), failures={"hello": f})
     assert r.apps["hello"].state == "failed" and r.apps["hello"].next_retry == f.retry_wall
     assert f.retry_at == NOW + 30
+
+
+def test_the_report_says_its_interval_so_readers_know_when_it_is_stale(monkeypatch) -> None:
+    from push.agent.main import build_parser
+
+    r = report.build(in_sync_plan(), server="s1", hostname="h", time=TIME, step=1, generation=None, failures={},
+                     unit_errors={}, units={}, report_interval=20.0)
+    assert (r.report_interval, r.stale_after) == (20.0, 60.0)
+    assert build(in_sync_plan()).stale_after == 15 * 60  # no interval said (pulld before liveness)
+    monkeypatch.setenv("PULLD_REPORT_INTERVAL", "45")
+    assert build_parser().parse_args([]).report_interval == 45.0
+    monkeypatch.setenv("PULLD_REPORT_INTERVAL", "-1")
+    try:
+        build_parser()
+    except SystemExit as e:
+        assert "PULLD_REPORT_INTERVAL='-1' is not a number of seconds" in str(e)
+    else:
+        raise AssertionError("a bad PULLD_REPORT_INTERVAL was accepted")

@@ -238,7 +238,10 @@ def test_status_problems_exit_code(cli):
     report(cli.world.bucket, server, {})  # a fresh report, nothing desired: no problem
     # Through a push server, the report written straight to the bucket shows at its next poll.
     wait_for(lambda: cli("status", server, "--problems")[:2] == (0, ""), what="the fresh report, no problems")
-    assert cli("deploy", server, "hello", "latest")[0] == 0  # desired, not installed: drift
+    assert cli("deploy", server, "hello", "latest")[0] == 0  # desired, not installed yet: converging, no problem
+    assert cli("status", server, "--problems")[:2] == (0, "")
+    report(cli.world.bucket, server, {"hello": cli.world.rels[2].name}, failed={"hello": "dpkg: error"})
+    wait_for(lambda: cli("status", server, "--problems")[0] == 7, what="the failure seen")
     code, out, _ = cli("status", server, "--problems", "--json")
     assert code == 7 and json.loads(out)["servers"][0]["server"] == server
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -54,7 +55,9 @@ def test_demo_runs_deploys_rolls_back_and_stops_cleanly(tmp_path: Path) -> None:
             time.sleep(0.5)
 
         # Through the push server, which signs the server file with the demo's deploy key.
-        subprocess.run([push_bin, "deploy", "demo-1", "hello", "--latest", "--push-url", url], check=True,
+        # (Version 2 by its hash: the latest, version 3, is the broken one.)
+        v2 = hashlib.sha1(b"hello 2").hexdigest()[:7]
+        subprocess.run([push_bin, "deploy", "demo-1", "hello", v2, "--push-url", url], check=True,
                        capture_output=True, timeout=30)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -67,6 +70,21 @@ def test_demo_runs_deploys_rolls_back_and_stops_cleanly(tmp_path: Path) -> None:
         else:
             pytest.fail("hello did not answer with version 2 after the deploy")
         assert "Push" in http_get(url + "/").decode()
+
+        # The "Try:" step that deploys the broken version 3, as printed: it reverts by itself.
+        printed = re.search(r"push deploy demo-3 hello ([0-9a-f]{7}) --wait --push-url (\S+)", out)
+        assert printed is not None, out
+        broken = subprocess.run([push_bin, "deploy", "demo-3", "hello", printed.group(1), "--wait",
+                                 "--push-url", printed.group(2)], capture_output=True, text=True, timeout=120)
+        assert broken.returncode == 8, broken.stdout + broken.stderr
+        last = broken.stdout.strip().splitlines()[-1]
+        assert last.startswith("demo-3  hello  failed: ") and "was not healthy and was reverted" in last, last
+        assert "/healthz: HTTP 503: cannot reach the database" in broken.stdout, broken.stdout
+        status = subprocess.run([push_bin, "status", "demo-3", "--json", "--push-url", url], capture_output=True,
+                                text=True, timeout=30)
+        hello3 = next(a for a in json.loads(status.stdout)["servers"][0]["apps"] if a["app"] == "hello")
+        assert {"reverted", "unhealthy"} <= set(hello3["marks"]) and hello3["actual"].endswith(".deb")
+        assert hello3["reverted_from"] == hello3["desired"] and hello3["progress"] == "failed"
     finally:
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=60)

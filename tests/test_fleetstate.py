@@ -8,7 +8,18 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from push.fleetstate import AppState, ReleaseEntry, ReleaseState, ServerState, filter_apps, server_state
+from push.fleetstate import (
+    CONVERGE_GRACE,
+    AppState,
+    ReleaseEntry,
+    ReleaseState,
+    ServerState,
+    Watcher,
+    expires,
+    filter_apps,
+    liveness,
+    server_state,
+)
 from push.release import Release, ReleaseInfo
 from push.serverfile import ServerFile
 from push.status import AgentStatus, AppStatus, TrustStatus
@@ -41,10 +52,13 @@ def report(apps: Mapping[str, str | None], *, age: timedelta = timedelta(minutes
 
 def state(*entries: str, allowed: Sequence[str] = ("hello", "pulld"), rep: AgentStatus | None = None,
           file_error: str | None = None, known: Mapping[str, ReleaseInfo] = KNOWN,
-          newest: Mapping[str, str] = NEWEST) -> ServerState:
-    file = None if file_error else ServerFile("web-1", tuple(entries), "g1")
+          newest: Mapping[str, str] = NEWEST, written: timedelta | None = None, watcher: Watcher | None = None,
+          report_written: datetime | None = None) -> ServerState:
+    """`written`: how long ago the server file was written (None: unknown)."""
+    file = None if file_error else ServerFile("web-1", tuple(entries), "g1",
+                                              NOW - written if written is not None else None)
     return server_state("web-1", allowed=allowed, file=file, file_error=file_error, report=rep,
-                        releases=known, newest=newest, now=NOW)
+                        releases=known, newest=newest, now=NOW, watcher=watcher, report_written=report_written)
 
 
 def app(s: ServerState, name: str) -> AppState:
@@ -234,3 +248,209 @@ def test_health_unhealthy_and_reverted_are_problems_progressing_is_not() -> None
     assert hello.reverted_from == HELLO2.name and {"drift", "failed", "unhealthy", "reverted"} <= set(hello.marks)
     assert s.problems == 1
     assert app(state(HELLO2.name, PULLD1.name), "hello").health is None  # no report: not known
+
+
+# -- progress: done, converging, failed, stuck (issue 12) ------------------------------------
+
+
+def judged(rep: AgentStatus, app_name: str, health: str, detail: str | None = None,
+           deadline: timedelta | None = None) -> AgentStatus:
+    st = rep.apps[app_name]
+    st.health, st.health_detail = health, detail or health
+    st.health_deadline = (NOW + deadline).strftime("%Y-%m-%dT%H:%M:%S.%fZ") if deadline is not None else None
+    return rep
+
+
+def test_done_is_the_desired_release_installed_and_healthy() -> None:
+    rep = judged(report({"hello": HELLO2.name}), "hello", "healthy")
+    s = state(HELLO2.name, "pulld/", rep=rep, written=timedelta(hours=1))
+    assert [(a.app, a.progress, a.progress_reason) for a in s.apps] == [("hello", "done", None),
+                                                                        ("pulld", "done", None)]
+    assert (s.progress, s.progress_reason, s.problems) == ("done", None, 0)
+
+
+def test_an_agent_from_before_health_is_done_once_installed() -> None:
+    s = state(HELLO2.name, rep=report({"hello": HELLO2.name}), written=timedelta(hours=1))
+    assert app(s, "hello").progress == "done"
+
+
+def test_converging_within_its_deadline_is_not_a_problem() -> None:
+    """A routine deploy: the file names a new release the agent has not picked up yet."""
+    s = state(HELLO2.name, PULLD1.name, rep=report({"hello": HELLO1.name, "pulld": PULLD1.name}),
+              written=timedelta(seconds=10))
+    hello = app(s, "hello")
+    assert (hello.progress, hello.marks, s.problems, s.progress) == ("converging", [], 0, "converging")
+    assert hello.progress_reason == f"waiting for the agent to pick up {HELLO2.name}"
+    assert hello.progress_deadline == "2026-03-04T12:04:50.000000Z"  # written + CONVERGE_GRACE
+    assert s.progress_reason == f"hello: waiting for the agent to pick up {HELLO2.name}"
+
+
+def test_installing_and_health_progressing_are_converging() -> None:
+    rep = report({"hello": HELLO1.name})
+    rep.apps["hello"].desired, rep.apps["hello"].state = HELLO2.name, "installing"
+    hello = app(state(HELLO2.name, rep=rep, written=timedelta(seconds=5)), "hello")
+    assert (hello.progress, hello.progress_reason, hello.marks) == ("converging", f"installing {HELLO2.name}", [])
+    # Installed, proving its health: the health deadline (plus a margin) may outlast the grace.
+    rep = judged(report({"hello": HELLO2.name}), "hello", "progressing", "units settling", timedelta(seconds=600))
+    hello = app(state(HELLO2.name, rep=rep, written=timedelta(seconds=250)), "hello")
+    assert (hello.progress, hello.marks) == ("converging", [])
+    assert hello.progress_reason == f"{HELLO2.name} installed, health progressing: units settling"
+    assert hello.progress_deadline == "2026-03-04T12:10:30.000000Z"
+
+
+def test_past_its_deadline_is_stuck_and_a_problem() -> None:
+    s = state(HELLO2.name, rep=report({"hello": HELLO1.name}), written=timedelta(seconds=CONVERGE_GRACE + 1))
+    hello = app(s, "hello")
+    assert (hello.progress, hello.marks, hello.progress_deadline, s.problems) == ("stuck", ["drift"], None, 1)
+    assert hello.progress_reason == (f"not done {CONVERGE_GRACE + 1:.0f} s after the server file named it: "
+                                     f"waiting for the agent to pick up {HELLO2.name}")
+    # Installed but never healthy, past the health deadline: stuck, and a problem without drift.
+    rep = judged(report({"hello": HELLO2.name}), "hello", "progressing", deadline=timedelta(seconds=-60))
+    s = state(HELLO2.name, rep=rep, written=timedelta(hours=1))
+    assert (app(s, "hello").progress, app(s, "hello").marks, s.problems) == ("stuck", [], 1)
+
+
+def test_an_unknown_write_time_is_long_past() -> None:
+    assert app(state(HELLO2.name, rep=report({"hello": HELLO1.name})), "hello").progress == "stuck"
+
+
+def test_a_stale_agent_makes_what_is_not_done_stuck() -> None:
+    rep = report({"hello": HELLO1.name, "pulld": PULLD1.name}, age=timedelta(minutes=20))
+    s = state(HELLO2.name, PULLD1.name, rep=rep, written=timedelta(seconds=5))
+    hello = app(s, "hello")
+    assert hello.progress == "stuck" and "its agent is stale (no report for 1200 s)" in str(hello.progress_reason)
+    assert app(s, "pulld").progress == "done"  # as last reported
+    assert (s.progress, s.stale) == ("stuck", True)
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("agent_failed", "dpkg: error processing package"),
+    ("unhealthy", "GET http://127.0.0.1:8001/: HTTP 503"),
+    ("reverted", f"{HELLO2.name} was not healthy and was reverted to {HELLO1.name}"),
+    ("not_allowed", "skiapush.conf does not allow hello on this server"),
+    ("unknown_release", f"{HELLO2.name} is not in the bucket"),
+    ("untrusted", "the agent refuses it: no valid signature"),
+])
+def test_failed(case: str, reason: str) -> None:
+    rep = report({"hello": HELLO2.name})
+    allowed: tuple[str, ...] = ("hello", "pulld")
+    known = KNOWN
+    if case == "agent_failed":
+        rep = report({"hello": HELLO1.name}, failed={"hello": reason})
+        rep.apps["hello"].desired = HELLO2.name
+    elif case == "unhealthy":
+        judged(rep, "hello", "unhealthy", reason)
+    elif case == "reverted":
+        rep = report({"hello": HELLO1.name}, failed={"hello": "not healthy"})
+        rep.apps["hello"].desired, rep.apps["hello"].reverted_from = HELLO2.name, HELLO2.name
+        judged(rep, "hello", "unhealthy", reason)
+    elif case == "not_allowed":
+        allowed = ("pulld",)
+    elif case == "unknown_release":
+        known = {}
+    else:
+        rep.trust = TrustStatus(releases="verified", refused=[{"subject": HELLO2.name, "reason": "unsigned",
+                                                               "message": "no valid signature", "app": "hello"}])
+    s = state(HELLO2.name, rep=rep, allowed=allowed, known=known, written=timedelta(seconds=5))
+    hello = app(s, "hello")
+    assert (hello.progress, hello.progress_reason, hello.progress_deadline) == ("failed", reason, None)
+    assert (s.progress, s.progress_reason, s.problems) == ("failed", f"hello: {reason}", 1)
+
+
+def test_a_failure_reported_for_an_earlier_release_does_not_fail_the_new_one() -> None:
+    """A fix deployed over a failed release converges: the report is about the file before."""
+    rep = report({"hello": HELLO1.name}, failed={"hello": "dpkg: error"})
+    s = state(HELLO2.name, rep=rep, written=timedelta(seconds=3))
+    assert app(s, "hello").progress == "converging" and app(s, "hello").marks == ["failed"]
+
+
+def test_removal_is_done_when_nothing_is_installed() -> None:
+    rep = report({"hello": HELLO1.name})
+    rep.apps["hello"].desired, rep.apps["hello"].state = None, "removing"
+    hello = app(state("hello/", rep=rep, written=timedelta(seconds=2)), "hello")
+    assert (hello.progress, hello.progress_reason) == ("converging", f"removing {HELLO1.name}")
+    hello = app(state("hello/", rep=report({"hello": None}), written=timedelta(seconds=2)), "hello")
+    assert hello.progress == "done"
+
+
+def test_no_report_yet_converges_until_the_deadline() -> None:
+    hello = app(state(HELLO2.name, written=timedelta(seconds=2)), "hello")
+    assert (hello.progress, hello.progress_reason) == ("converging", "no report from its agent yet")
+    assert app(state(HELLO2.name, written=timedelta(hours=1)), "hello").progress == "stuck"
+
+
+# -- liveness (issue 12 point 5) ------------------------------------------------------------------
+
+
+def test_stale_after_three_report_intervals() -> None:
+    rep = report({"hello": HELLO2.name}, age=timedelta(seconds=31))
+    rep.report_interval = 10
+    s = state(HELLO2.name, rep=rep)
+    assert (s.stale, s.stale_reason) == (True, "no report for 31 s (it reports every 10 s or more often)")
+    assert s.last_contact == rep.time and s.problems == 1
+    rep = report({"hello": HELLO2.name}, age=timedelta(seconds=29))
+    rep.report_interval = 10
+    live = liveness(rep, None, None, NOW)
+    assert (live.stale, live.until) == (False, NOW + timedelta(seconds=1))
+    assert state(HELLO2.name, rep=rep).stale is False
+
+
+def test_a_heartbeat_listed_but_not_read_keeps_the_agent_alive() -> None:
+    rep = report({"hello": HELLO2.name}, age=timedelta(minutes=9))
+    rep.report_interval = 60
+    s = state(HELLO2.name, rep=rep, report_written=NOW - timedelta(seconds=40))
+    assert (s.stale, s.last_contact) == (False, "2026-03-04T11:59:20.000000Z")
+
+
+def test_a_watching_agent_is_judged_by_its_watch() -> None:
+    rep = report({"hello": HELLO2.name}, age=timedelta(minutes=14))
+    back = Watcher(last=NOW - timedelta(seconds=70), back_by=NOW - timedelta(seconds=1))
+    s = state(HELLO2.name, rep=rep, watcher=back)
+    assert (s.stale, s.stale_reason) == (True, "its watch of the push server not renewed for 70 s")
+    assert s.last_contact == "2026-03-04T11:58:50.000000Z"
+    # Watching, the report's age does not matter (a long step does not look like a stop).
+    rep = report({"hello": HELLO2.name}, age=timedelta(minutes=30))
+    live = Watcher(last=NOW - timedelta(seconds=5), back_by=NOW + timedelta(seconds=70))
+    s = state(HELLO2.name, rep=rep, watcher=live)
+    assert (s.stale, s.stale_reason, s.problems) == (False, None, 0)
+
+
+def test_expires_is_the_first_moment_the_clock_changes_the_state() -> None:
+    rep = report({"hello": HELLO1.name}, age=timedelta(seconds=1))
+    rep.report_interval = 100
+    s = state(HELLO2.name, rep=rep, written=timedelta(seconds=10))
+    assert expires(s, liveness(rep, None, None, NOW)) == NOW + timedelta(seconds=CONVERGE_GRACE - 10)
+    s = state(HELLO2.name, rep=judged(report({"hello": HELLO2.name}), "hello", "healthy"), written=timedelta(hours=1))
+    assert expires(s, liveness(None, None, None, NOW)) is None
+
+
+def test_unhealthy_in_its_install_window_converges_to_the_revert() -> None:
+    """The agent reverts a release unhealthy for good in its window at its next step: the
+    change is still moving (to `failed`, reverted), unless the window passes without it."""
+    rep = judged(report({"hello": HELLO2.name}), "hello", "unhealthy", "hello.service is failed",
+                 timedelta(seconds=20))
+    hello = app(state(HELLO2.name, rep=rep, written=timedelta(seconds=15)), "hello")
+    assert hello.progress == "converging" and "its agent reverts it" in str(hello.progress_reason)
+    rep = judged(report({"hello": HELLO2.name}), "hello", "unhealthy", "hello.service is failed",
+                 timedelta(seconds=-40))
+    hello = app(state(HELLO2.name, rep=rep, written=timedelta(seconds=100)), "hello")
+    assert (hello.progress, hello.progress_reason) == ("failed", "hello.service is failed")
+
+
+def test_unhealthy_with_revert_false_fails_at_once() -> None:
+    """`revert = false` (the release's declared health): the agent keeps it, so no revert is awaited."""
+    keep = ReleaseInfo(HELLO2.release, note="hello 2", extra={"health": '{"revert":false}'})
+    rep = judged(report({"hello": HELLO2.name}), "hello", "unhealthy", "health check failed: HTTP 503",
+                 timedelta(seconds=20))
+    hello = app(state(HELLO2.name, rep=rep, known={**KNOWN, HELLO2.name: keep}, written=timedelta(seconds=15)),
+                "hello")
+    assert (hello.progress, hello.progress_reason) == ("failed", "health check failed: HTTP 503")
+
+
+def test_an_agent_that_reports_after_its_last_watch_here_watches_elsewhere() -> None:
+    """Behind a load balancer its watch moved to another push server: the report rule."""
+    rep = report({"hello": HELLO2.name}, age=timedelta(seconds=30))
+    rep.report_interval = 60
+    moved = Watcher(last=NOW - timedelta(seconds=100), back_by=NOW - timedelta(seconds=25))
+    s = state(HELLO2.name, rep=rep, watcher=moved)
+    assert (s.stale, s.last_contact) == (False, rep.time)

@@ -233,3 +233,28 @@ def test_a_bad_server_file_is_shown_not_fatal(ctx, bucket, rels):
     assert view.refresh(full=True) == {"web-2"} and view.rev("web-2") != rev
     assert view.snapshot.state("web-2").file_error is None
     assert fleet.deploy(fleet_ctx, "a", "web-2", "hello", rels[0].name).changed
+
+
+def test_the_clock_and_a_watch_change_a_state_without_a_change_in_the_bucket(ctx, bucket, rels):
+    """A watcher overdue, a deadline passed: the next poll recomputes that server alone."""
+    from push import timestamps
+    from push.fleetstate import Watcher
+
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[3].name)
+    report(bucket, "web-1", {"hello": rels[3].name})
+    view = FleetView(ctx)
+    now = timestamps.now()
+    view.watched("web-1", Watcher(last=now, back_by=now + timedelta(seconds=0.3)))
+    view.refresh()
+    state = view.snapshot.state("web-1")
+    assert state is not None and state.stale is False and state.last_contact is not None
+    web2 = view.snapshot.servers["web-2"]
+    threading.Event().wait(0.4)  # past back_by
+    view.refresh()  # the journal says nothing new
+    state = view.snapshot.state("web-1")
+    assert state is not None and state.stale is True
+    assert state.stale_reason is not None and state.stale_reason.startswith("its watch of the push server")
+    assert view.snapshot.servers["web-2"] is web2  # the others are carried over
+    view.watched("web-1", Watcher(last=timestamps.now(), back_by=timestamps.now() + timedelta(seconds=30)))
+    view.refresh()
+    assert view.snapshot.state("web-1").stale is False

@@ -145,7 +145,7 @@ def test_records_in_todays_format_read_unchanged(tmp_path, name):
     assert {k: written[k] for k in doc} == doc
     # What Push writes now names every field, whatever their values.
     assert set(written) == {"id", "time", "who", "server", "app", "action", "from", "to", "note", "result",
-                            "unit", "via", "extra"}
+                            "unit", "via", "extra", "rollout"}
 
 
 def test_old_records_without_via_and_with_extra_still_read():

@@ -69,6 +69,12 @@ class Fleet:
             raise AssertionError(f"push {' '.join(args)} exited {proc.returncode}: {proc.stderr[-3000:]}")
         return proc.stdout
 
+    def push_code(self, *args: str, timeout: float = 600) -> tuple[int, str, str]:
+        """`push ARGS` whatever its exit code: (code, stdout, stderr)."""
+        proc = subprocess.run([sys.executable, "-m", "push.cli", *args], capture_output=True, text=True,
+                              env=self.env, timeout=timeout, cwd=REPO)
+        return proc.returncode, proc.stdout, proc.stderr
+
     def status(self) -> dict[str, Any]:
         """This server's entry of `push status --json`."""
         servers = json.loads(self.push("status", SERVER, "--json"))["servers"]
@@ -386,6 +392,49 @@ def test_health_reverts_a_crashing_release_and_a_hung_check(fleet: Fleet, server
 
     fleet.remove("quotes")  # leave the server in sync for the tests after this one
     converge(fleet, server, lambda st: app_of(st, "quotes")["actual"] is None, "quotes removed")
+
+
+def test_wait_sees_a_failing_http_check_reverted_and_revert_false_kept(fleet: Fleet, server: RealServer,
+                                                                         joined: dict[str, Any]) -> None:
+    """`push deploy --wait` through the push server, under systemd: a release whose HTTP check
+    answers 503 is reverted (exit 8, with the check's words); one that says `revert = false`
+    stays installed and unhealthy (exit 8 at once, its unit left running); a good one exits 0."""
+    port = fleet.ports["clock"] = free_port()
+    server.copy_in(f"PORT={port}\n", "/etc/default/clock")
+    check = ("--health-http", "http://127.0.0.1:${PORT}/healthz", "--health-within", "5", "--no-lintian")
+    good = release_app(fleet, "clock", "1", *check, tree=stage("clock", "1", fleet.workdir / "src/clock-good"))
+    failing = release_app(fleet, "clock", "2", *check,
+                          tree=stage("clock", "2", fleet.workdir / "src/clock-503", healthy=False))
+    kept = release_app(fleet, "clock", "3", *check, "--no-revert",  # ("3": its own hash, its own name)
+                       tree=stage("clock", "2", fleet.workdir / "src/clock-keep", healthy=False))
+    url = ("--push-url", fleet.server.url)
+
+    code, out, err = fleet.push_code("deploy", SERVER, "clock", good, "--wait", "--timeout", "120", *url)
+    assert code == 0 and out.splitlines()[-1].endswith("installed, healthy"), out + err
+
+    code, out, err = fleet.push_code("deploy", SERVER, "clock", failing, "--wait", "--timeout", "120", *url)
+    assert code == 8, out + err
+    last = out.splitlines()[-1]
+    assert last.startswith(f"{SERVER}  clock  failed: {failing} was not healthy and was reverted to {good}"), last
+    assert "/healthz: HTTP 503: cannot reach the database" in last, last
+    state = converge(fleet, server, lambda st: app_of(st, "clock")["actual"] == good
+                     and app_of(st, "clock")["health"] == "unhealthy", "clock reverted to v1")
+    assert {"unhealthy", "reverted"} <= set(app_of(state, "clock")["marks"])
+    wait_for(lambda: (answer(port) or {}).get("version") == "1", "clock v1 answering again", server, fleet)
+
+    code, out, err = fleet.push_code("deploy", SERVER, "clock", kept, "--wait", "--timeout", "120", *url)
+    assert code == 8, out + err
+    assert out.splitlines()[-1].startswith(f"{SERVER}  clock  failed: not healthy within 5s: health check "
+                                           "failed: "), out
+    state = fleet.status()
+    clock = app_of(state, "clock")
+    assert (clock["actual"], clock["reverted_from"], clock["health"]) == (kept, None, "unhealthy")
+    assert "unhealthy" in clock["marks"] and "reverted" not in clock["marks"]
+    assert server.unit_state("clock.service") == "active"  # kept running, as it said
+    assert (answer(port) or {}).get("version") == "2"
+
+    code, out, err = fleet.push_code("deploy", SERVER, "clock", good, "--wait", "--timeout", "120", *url)
+    assert code == 0, out + err
 
 
 def test_a_debian_dependency_is_installed_with_apt(fleet: Fleet, server: RealServer,

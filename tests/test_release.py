@@ -106,3 +106,34 @@ def test_wrong_metadata_is_refused(change):
             md[k] = v
     with pytest.raises(InvalidRelease):
         ReleaseInfo.from_metadata("debs/" + ORIGINAL, md)
+
+
+def test_the_one_pattern_for_valid_names_agrees_with_the_checks_one_by_one(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    h = "0123456789abcdef0123456789abcdef01234567"
+    t = "2026-01-01T05:00:00Z"
+    names = [f"web/web:u@h:{t}:{h}.deb", f"a.b+c-d_e/a.b+c-d_e:u!~;?@h.example-1:2026-12-31T23:59:59Z:{h}.deb",
+             f"{'a' * 64}/{'a' * 64}:{'u' * 64}@h:{t}:{h}.deb",
+             f"{'a' * 65}/{'a' * 65}:u@h:{t}:{h}.deb", f"web/web:{'u' * 65}@h:{t}:{h}.deb",
+             f"web/web:u@{'h' * 253}:{t}:{h}.deb", f"web/web:u@{'h' * 254}:{t}:{h}.deb",
+             f"web/web:{'u' * 60}@{'h' * 200}:{t}:{h}.deb",  # the file name over 255 bytes
+             f"web/db:u@h:{t}:{h}.deb", f"web/web:u@h:{t}:{h[:-1]}.deb",
+             f"web/web:u@h:{t}:{h.upper()}.deb", f"web/web:u@h:2026-13-01T05:00:00Z:{h}.deb",
+             f"web/web:u@h:2026-02-30T05:00:00Z:{h}.deb", f"web/web:u@h:0999-01-01T05:00:00Z:{h}.deb",
+             f"web/web:u u@h:{t}:{h}.deb", f"web/web:u@h..x:{t}:{h}.deb",
+             f"web/web:u@h\u00e9:{t}:{h}.deb", f"-web/-web:u@h:{t}:{h}.deb",
+             f"web/web:u@h:{t}:{h}.deb\n", f"web/web:u\\x@h:{t}:{h}.deb",
+             f"web/web:u@h:\uff12026-01-01T05:00:00Z:{h}.deb", "", "web", "web/web"]
+
+    def parsed(name: str) -> Release | str:
+        try:
+            return Release.parse(name)
+        except InvalidRelease as e:
+            return type(e).__name__
+
+    fast = [parsed(n) for n in names]
+    monkeypatch.setattr(Release, "_parse_valid", classmethod(lambda cls, name: None))
+    checked = [parsed(n) for n in names]
+    assert fast == checked
+    assert [r.name for r in fast if isinstance(r, Release)] == [r.name for r in checked if isinstance(r, Release)]
+    # Valid: the first three, the year 999 and the non-ASCII host (both by the checks one by one).
+    assert [n for n, r in zip(names, fast, strict=True) if isinstance(r, Release)] == [*names[:3], names[13], names[16]]

@@ -146,7 +146,11 @@ def test_fleet_state(client, rels):
     state = client.get("/api/v1/fleet", headers=token("dash")).json()
     assert [s["server"] for s in state["servers"]] == ["web-1", "web-2", "db-1"]
     hello = state["servers"][0]["apps"][0]
-    assert hello["desired"] == rels[1].name and set(hello["marks"]) == {"out_of_date", "drift"}
+    # Deployed a moment ago: converging within its deadline, so no drift (not a problem).
+    assert hello["desired"] == rels[1].name and set(hello["marks"]) == {"out_of_date"}
+    assert (hello["progress"], hello["progress_reason"]) == (
+        "converging", f"waiting for the agent to pick up {rels[1].name}")
+    assert hello["progress_deadline"] is not None and state["servers"][0]["progress"] == "converging"
     assert hello["latest"] == rels[3].name
     filtered = client.get("/api/v1/fleet?server=web-2&app=pull", headers=token("dash")).json()
     assert [(s["server"], [a["app"] for a in s["apps"]]) for s in filtered["servers"]] == [("web-2", ["pulld"])]
@@ -321,7 +325,7 @@ def test_form_posts_need_csrf_token(client, rels):
                     follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"].startswith("/servers/web-1/apps/hello?done=")
     page = client.get(r.headers["location"], headers=hdr)
-    assert "Deployed <b>hello</b> on <b>web-1</b>" in page.text
+    assert "Requested: <b>hello " + rels[0].release.short_hash + "</b> on <b>web-1</b>" in page.text
     # The same form again, as if a second user had looked before the first deploy: 409 page.
     r = client.post("/servers/web-1/apps/hello/deploy", data={**form, "release": rels[1].name, "csrf_token": csrf},
                     headers=hdr, follow_redirects=False)

@@ -89,7 +89,7 @@ def test_deploy_rollback_and_history_in_a_browser(browser, world):
     page.fill("input[name=note]", "first deploy")
     page.click("#confirm")
     page.wait_for_url(re.compile(r"done="))
-    assert "Deployed hello on web-1" in page.inner_text("#flash")
+    assert f"Requested: hello {rels[1].release.short_hash} on web-1" in page.inner_text("#flash")
     assert page.locator("tr.release.current").get_attribute("data-release") == rels[1].name
 
     # Deploy the newest one too.
@@ -105,7 +105,7 @@ def test_deploy_rollback_and_history_in_a_browser(browser, world):
     assert "deployer@example.com changed it" in page.inner_text("main")
     page.click("#confirm")
     page.wait_for_url(re.compile(r"done="))
-    assert "Rolled back hello on web-1" in page.inner_text("#flash")
+    assert f"Requested: hello {rels[1].release.short_hash} on web-1 (roll back" in page.inner_text("#flash")
     assert page.locator("tr.release.current").get_attribute("data-release") == rels[1].name
 
     # History: who, when, from -> to, note.
@@ -146,7 +146,9 @@ def test_unit_restart_and_viewer_sees_no_buttons(browser, world):
     page.click("#confirm")
     page.wait_for_url(re.compile(r"done="))
     page.goto(f"{server.url}/servers/web-1")
-    page.click("tr[data-unit='hello.service'] button:text('restart')")
+    page.click("tr[data-unit='hello.service'] a:text('restart…')")
+    assert "Restart hello.service on web-1?" in page.inner_text("h1")  # a restart asks first
+    page.click("#confirm")
     page.wait_for_url(re.compile(r"/servers/web-1\?done="))
     assert "restart" in page.inner_text("#flash") and "hello.service" in page.inner_text("#flash")
     assert "pending" in page.inner_text("main")
@@ -156,7 +158,7 @@ def test_unit_restart_and_viewer_sees_no_buttons(browser, world):
     viewer.goto(f"{server.url}/servers/web-1/apps/hello")
     assert viewer.locator("a.deploy").count() == 0 and viewer.locator("#rollback").count() == 0
     viewer.goto(f"{server.url}/servers/web-1")
-    assert viewer.locator("button:text('restart')").count() == 0
+    assert viewer.locator("a:text('restart…')").count() == 0
     stranger = page_as(browser, "stranger@example.net")
     response = stranger.goto(server.url + "/")
     assert response.status == 403 and "may not view" in stranger.inner_text("#error")

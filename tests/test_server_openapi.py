@@ -124,6 +124,24 @@ def test_every_answer_matches_the_openapi_document(world):
     changed = check("GET", f"/api/v1/watch/web-1?since={watch['rev']}&timeout=0", 200)
     assert changed["changed"] is True
 
+    # Rollouts.
+    rplan = check("GET", "/api/v1/rollouts/plan?app=hello&release=latest&servers=web-2", 200, headers=DASH)
+    assert rplan["release"] == r3 and rplan["plan"]["servers"] == ["web-2"] and rplan["before"] == {"web-2": r1}
+    started = check("POST", "/api/v1/rollouts", 200, headers=CI,
+                    json={"app": "hello", "release": r3, "servers": ["web-2"], "bake": 0, "waves": "1"})
+    assert started["state"] == "running" and started["plan"]["servers"] == ["web-2"]
+    rid = started["id"]
+    assert [r["id"] for r in check("GET", "/api/v1/rollouts", 200, headers=DASH)] == [rid]
+    check("GET", f"/api/v1/rollouts/{rid}", 200, headers=DASH)
+    refused = check("POST", "/api/v1/servers/web-2/apps/hello/deploy", 409, headers=CI, json={"release": r0})
+    assert refused["type"] == "RolloutActive" and rid in refused["error"]
+    check("POST", "/api/v1/rollouts", 409, headers=CI, json={"app": "hello", "release": r3, "servers": ["web-2"]})
+    check("POST", f"/api/v1/rollouts/{rid}/pause", 200, headers=CI)
+    check("POST", f"/api/v1/rollouts/{rid}/rewind", 400, headers=CI)
+    check("POST", f"/api/v1/rollouts/{rid}/abort", 403, headers=DASH, json={"rollback": False})
+    assert check("POST", f"/api/v1/rollouts/{rid}/abort", 200, headers=CI, json={"rollback": False})["abort"] == "stop"
+    check("GET", "/api/v1/rollouts/01764676800000000000-0a1b2c3d", 404, headers=DASH)
+
     # Refusals.
     check("GET", "/api/v1/fleet", 401)
     check("GET", "/api/v1/fleet", 403, headers={"X-Forwarded-Email": "stranger@example.net"})

@@ -95,7 +95,8 @@ def test_a_report_in_todays_format_reads_unchanged() -> None:
     # (at their defaults: the old agent did not know them; `journaled`: push.changes).
     written = got.to_json()
     assert {k: v for k, v in written.items() if k in json.loads(data)} == {**json.loads(data), "apps": written["apps"]}
-    assert {k: v for k, v in written.items() if k not in json.loads(data)} == {"trust": None, "journaled": False}
+    assert {k: v for k, v in written.items() if k not in json.loads(data)} == {"trust": None, "journaled": False,
+                                                                                     "report_interval": None}
     health = {"health": "unknown", "health_detail": None, "reverted_from": None, "health_since": None,
               "health_deadline": None}
     assert written["apps"] == {app: {**fields, **health} for app, fields in json.loads(data)["apps"].items()}

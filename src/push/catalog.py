@@ -819,8 +819,13 @@ class Catalog:
         changed = set(by_app) | {app_of(n) for n in gone} | shadowed
         apps = sorted(set(base.apps() if base is not None else ()) | set(by_app))
         blocks: list[tuple[str, bytes | memoryview, int]] = []
+        newest: dict[str, Row] = {}  # each app's first row, repeated in the header
         for app in apps:
             if base is not None and app not in changed:
+                with contextlib.suppress(InvalidData):  # a damaged block is copied as it is, as before
+                    first = base.newest(app)
+                    if first is not None:
+                        newest[app] = first
                 blocks.extend(base.blocks(app))
                 continue
             rows: list[tuple[ReleaseInfo, Row]] = []
@@ -838,7 +843,8 @@ class Catalog:
                 continue
             rows.sort(key=lambda r: newest_first_key(r[0]), reverse=True)
             blocks.extend((app, data, count) for data, count in blocks_of([r for _, r in rows]))
-        return encode(meta, blocks)
+            newest[app] = rows[0][1]
+        return encode(meta, blocks, newest)
 
     def _readable_rows(self, base: CatalogIndex, app: str) -> list[Row]:
         try:

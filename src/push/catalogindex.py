@@ -9,14 +9,18 @@ read, trusted, folded and written; this module only knows the format, version 1,
     member 1, the header, one line:
       {"format": "push-catalog-index", "version": 1, "written": TIME, "writer": WHO,
        "journal_ns": NS, "listed_ns": NS, "releases": N, "skipped": {KEY: [GENERATION, WHY]},
-       "blocks": [[APP, COMPRESSED BYTES, RELEASES], ...]}
+       "blocks": [[APP, COMPRESSED BYTES, RELEASES], ...],
+       "newest": {APP: [NAME, GENERATION, METADATA], ...}}
     then one member per block: up to BLOCK_RELEASES releases of one app, newest first, one
     line each: [NAME, GENERATION, METADATA], the object's metadata less what the name says
     (appname, userid, hash, datetime).
 
 Blocks follow in the header's order: apps sorted, an app's blocks newest first. A reader
 keeps the compressed bytes and inflates a block only when one of its releases is asked
-for, so loading a million releases costs one download and a header parse.
+for, so loading a million releases costs one download and a header parse. "newest" repeats
+each app's first row (its newest release), so that the first question a push server asks of
+every app at start-up inflates nothing; an index written without it (by an older Push) is
+read as before, the newest row taken from the first block.
 """
 
 from __future__ import annotations
@@ -101,8 +105,10 @@ def blocks_of(rows: Sequence[Row]) -> list[tuple[bytes, int]]:
             for i in range(0, len(rows), BLOCK_RELEASES)]
 
 
-def encode(meta: IndexMeta, blocks: Iterable[tuple[str, bytes | memoryview, int]]) -> bytes:
-    """The index file: `blocks` are (app, compressed block, releases), in the order to keep."""
+def encode(meta: IndexMeta, blocks: Iterable[tuple[str, bytes | memoryview, int]],
+           newest: dict[str, Row] | None = None) -> bytes:
+    """The index file: `blocks` are (app, compressed block, releases), in the order to keep;
+    `newest`, each app's first row (the header repeats it)."""
     table: list[list[Any]] = []
     parts: list[bytes | memoryview] = []
     for app, data, count in blocks:
@@ -112,6 +118,8 @@ def encode(meta: IndexMeta, blocks: Iterable[tuple[str, bytes | memoryview, int]
               "journal_ns": meta.journal_ns, "listed_ns": meta.listed_ns,
               "releases": sum(t[2] for t in table),
               "skipped": {k: list(v) for k, v in sorted(meta.skipped.items())}, "blocks": table}
+    if newest is not None:
+        header["newest"] = {app: list(row) for app, row in sorted(newest.items())}
     return b"".join([_compress(json.dumps(header, separators=(",", ":")) + "\n"), *parts])
 
 
@@ -119,12 +127,13 @@ class CatalogIndex:
     """An index as read: its header, and its blocks still compressed. Immutable; thread-safe."""
 
     def __init__(self, meta: IndexMeta, data: bytes, blocks: dict[str, tuple[Block, ...]], size: int,
-                 source: str) -> None:
+                 source: str, newest: dict[str, object] | None = None) -> None:
         self.meta = meta
         self.size = size          # bytes of the object
         self.source = source      # where it was read, for messages
         self._data = memoryview(data)
         self._blocks = blocks
+        self._newest = newest or {}  # app -> its first row as the header has it, checked when read
         self.releases = sum(b.count for bs in blocks.values() for b in bs)
         # The blocks last inflated: a fleet view asks for the newest release and the deployed
         # ones of the same app one after the other.
@@ -155,6 +164,9 @@ class CatalogIndex:
                              skipped={str(k): (str(v[0]), str(v[1])) for k, v in header["skipped"].items()})
             table = [(str(app), int(length), int(count)) for app, length, count in header["blocks"]]
             total = int(header["releases"])
+            newest = header.get("newest")
+            if newest is not None and not isinstance(newest, dict):
+                raise TypeError("newest is not an object")
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             raise bad(f"its header lacks or mangles a field ({type(e).__name__}: {e})") from None
         start = len(data) - len(d.unused_data)
@@ -176,7 +188,7 @@ class CatalogIndex:
             raise bad(f"its blocks add up to {start} bytes, the file has {len(data)}")
         if sum(c for _, _, c in table) != total:
             raise bad(f"its blocks hold {sum(c for _, _, c in table)} releases, its header says {total}")
-        return cls(meta, data, {a: tuple(b) for a, b in blocks.items()}, len(data), source)
+        return cls(meta, data, {a: tuple(b) for a, b in blocks.items()}, len(data), source, newest)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -211,8 +223,15 @@ class CatalogIndex:
 
     def newest(self, app: str) -> Row | None:
         """The newest row of `app`, inflating only the start of its first block (a fleet view
-        asks this of every app; the whole block, CRC checked, is read when more is asked)."""
+        asks this of every app; the whole block, CRC checked, is read when more is asked).
+        From the header when it has the app's newest row: nothing is inflated."""
         for block in self._blocks.get(app, ())[:1]:
+            head_row = self._newest.get(app)
+            if isinstance(head_row, list) and len(head_row) == 3:
+                try:
+                    return str(head_row[0]), str(head_row[1]), _metadata(head_row[2])
+                except TypeError:
+                    pass  # damaged: the block says
             try:
                 head = zlib.decompressobj(31).decompress(self._data[block.start:block.start + block.length], 1024)
                 end = head.index(b"\n")

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "push.commands",
     "push.builder.command",
     "push.fleetcli",
+    "push.rolloutcli",
     "push.server.command",
     "push.demo.command",
     "push.keyscli",

@@ -19,6 +19,9 @@ from push.errors import (
 
 USAGE = 2  # also argparse's own code for a bad command line
 PROBLEMS = 7  # `push status --problems` found some: not an error of the command itself
+WAIT_FAILED = 8  # --wait: the change was made, and then failed on a server (push.follow)
+WAIT_STUCK = 9  # --wait: the change was made, and is not done in time on a server
+ROLLOUT_NOT_COMPLETED = 10  # `push rollout ... --wait`: it ended failed, rolled back or aborted
 INTERRUPTED = 130
 
 EXIT_CODES: dict[type[PushError], int] = {
@@ -52,5 +55,10 @@ MEANINGS: tuple[tuple[int, str], ...] = (
     (5, "access denied: not signed in, not allowed by a role or skiapush.conf"),
     (6, "untrusted: a signature or statement that does not hold"),
     (PROBLEMS, "push status --problems found problems"),
+    (WAIT_FAILED, "--wait: changed, then failed on a server (the agent failed, refused or reverted it, "
+                  "or it is unhealthy)"),
+    (WAIT_STUCK, "--wait: changed, but not done in time on a server (past its deadline, its agent stale, "
+                 "or --timeout)"),
+    (ROLLOUT_NOT_COMPLETED, "push rollout ... --wait: the rollout failed, was rolled back or aborted"),
     (INTERRUPTED, "interrupted"),
 )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -28,6 +29,7 @@ from push.model import Model
 from push.names import check_note, check_server, check_unit
 from push.notify import DISABLED, Notifier, change_fields
 from push.release import Release, ReleaseInfo
+from push.rollout import model as rollouts
 from push.serverfile import ServerFile
 from push.signing import SigningKey
 from push.status import AgentStatus
@@ -232,9 +234,12 @@ def _sign(ctx: Context, after: ServerFile) -> PushError | None:
 
 
 def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseInfo | None,
-                 action: str, expected_from: Any, note: str) -> Change:
-    """The one write path for deploy, rollback and remove: CAS on the server file. A removal
-    writes the placeholder "APP/"; an entry is never dropped."""
+                 action: str, expected_from: Any, note: str, rollout: str | None = None) -> Change:
+    """The one write path for deploy, rollback and remove, plain or by a rollout: CAS on the
+    server file. A removal writes the placeholder "APP/"; an entry is never dropped. A plain
+    change of a server in an active rollout of the app is refused (RolloutActive)."""
+    if rollout is None:
+        rollouts.check_not_in_rollout(ctx.store, server, app)
 
     def change(sf: ServerFile) -> ServerFile:
         current = _current(sf, app)
@@ -254,7 +259,7 @@ def _set_release(ctx: Context, who: str, server: str, app: str, target: ReleaseI
     if before.entries == after.entries:
         return Change(server=server, app=app, action=action, from_=from_, to=to, changed=False)
     unsigned = _sign(ctx, after)  # before the trigger: a woken agent finds the statement
-    record = new_record(who, server, app, action, from_=from_, to=to, note=note, via=ctx.via)
+    record = new_record(who, server, app, action, from_=from_, to=to, note=note, via=ctx.via, rollout=rollout)
     try:
         _record(ctx, record)
     finally:
@@ -286,6 +291,19 @@ def deploy(ctx: Context, who: str, server: str, app: str, release: str | None = 
     info = lookup.release(ctx.catalog, app, lookup.LATEST if latest else str(release),
                           previous=lambda: rollback_target(ctx, server, app).to)
     return _set_release(ctx, who, server, app, info, "deploy", _expected_name(ctx, app, expected_from), note)
+
+
+def rollout_change(ctx: Context, who: str, server: str, app: str, to: str | None, action: str,
+                   expected_from: str | None, rollout: str) -> Change:
+    """A rollout's write of one server: `to` (None: the placeholder) only if the app's entry
+    is still `expected_from`, with the same checks, signing, history (naming the rollout)
+    and triggers as a plain deploy. ChangedMeanwhile if someone else changed it."""
+    check_server(server)
+    if to is not None or action != "remove":
+        ctx.config.check_allowed(server, app)
+    info = ctx.catalog.get(to) if to is not None else None
+    return _set_release(ctx, who, server, app, info, action, expected_from,
+                        f"rollout {rollout}", rollout=rollout)
 
 
 def _expected_name(ctx: Context, app: str, expected_from: Any) -> Any:
@@ -343,6 +361,7 @@ def rollback(ctx: Context, who: str, server: str, app: str, *, expected_from: An
     require_app(ctx, app)
     check_note(note)
     ctx.config.check_allowed(server, app)
+    rollouts.check_not_in_rollout(ctx.store, server, app)  # before the target: that refusal says more
     plan = rollback_target(ctx, server, app)
     current, target = plan.from_, plan.to
     if expected_from is not ANY and expected_from != current:
@@ -388,6 +407,14 @@ class Refused(Refusal, frozen=True):
 
 # One server's part of a fleet-wide deploy.
 Outcome = Annotated[Deployed | Refused, Field(discriminator="ok")]
+
+
+# Servers a fleet-wide deploy writes at once. Writing one is a few round trips to the
+# bucket (read, compare-and-swap, statement, history, journal), mostly spent waiting on the
+# store (an fsync, a request), so threads overlap the waits. On the local store on disk, 16
+# was fastest of 4 to 32 (32 slower); where nothing waits (tmpfs) the count hardly matters
+# (docs/benchmarks.md, fleet scale, second round).
+DEPLOY_PARALLELISM = 16
 
 
 class FleetDeploy(Model, frozen=True):
@@ -443,14 +470,20 @@ def deploy_everywhere(ctx: Context, who: str, app: str, release: str, *,
     check_note(note)
     release = lookup.release(ctx.catalog, app, release).name
     servers = list(expected) if expected is not None else servers_running(ctx, app)
-    outcomes: list[Deployed | Refused] = []
-    for server in servers:
+
+    def one(server: str) -> Deployed | Refused:
         try:
             frm = expected[server] if expected is not None else ANY
             change = deploy(ctx, who, server, app, release, expected_from=frm, note=note)
-            outcomes.append(Deployed(**dict(change)))
+            return Deployed(**dict(change))
         except PushError as e:
-            outcomes.append(Refused(server=server, **dict(Refusal.of(e))))
+            return Refused(server=server, **dict(Refusal.of(e)))
+
+    # Each server is its own compare-and-swap, so they are written side by side; the
+    # outcomes keep the servers' order.
+    with ThreadPoolExecutor(max_workers=max(1, min(DEPLOY_PARALLELISM, len(servers))),
+                            thread_name_prefix="deploy-all") as pool:
+        outcomes = list(pool.map(one, servers))
     return FleetDeploy(app=app, release=release, outcomes=outcomes, ok=all(o.ok for o in outcomes))
 
 

@@ -64,6 +64,30 @@ def remote_options() -> argparse.ArgumentParser:
 RELEASE_HELP = "the release: its full name, 7+ hex digits of its git hash, latest or previous"
 
 
+def wait_options() -> argparse.ArgumentParser:
+    """--wait and --timeout: deploy, rollback and remove follow what they changed (push.follow)."""
+    wait = argparse.ArgumentParser(add_help=False)
+    wait.add_argument("--wait", action="store_true",
+                      help="then follow each server changed until its app is done (installed and healthy, or "
+                           "removed): exit 0; exit 8 if it fails (failed, refused, reverted, unhealthy), 9 if it "
+                           "is stuck (past its deadline, its agent stale) or --timeout passes. A live line per "
+                           "server on a terminal, a line per change otherwise")
+    wait.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                      help="with --wait: give up after this long (default: the progress deadline of each app, "
+                           "300 s after the change or its release's health deadline + 30 s)")
+    return wait
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
+    return value
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
     remote = remote_options()
     # Commands that write server files sign them when they go straight to the bucket
@@ -93,7 +117,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--limit", type=int, default=50, help="at most this many records (default: 50)")
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("deploy", parents=[common, remote, signer], help="deploy a release of an app to a server",
+    wait = wait_options()
+    p = sub.add_parser("deploy", parents=[common, remote, signer, wait], help="deploy a release of an app to a server",
                        usage="push deploy [options] SERVER APP (RELEASE | --latest)\n"
                              "       push deploy [options] --all-servers APP (RELEASE | --latest)",
                        description="Make SERVER run RELEASE of APP (or its newest release with --latest). "
@@ -115,15 +140,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--note", default="", help="why (kept in the history)")
     p.set_defaults(func=cmd_deploy, parser=p)
 
-    p = sub.add_parser("rollback", parents=[common, remote, signer], help="return an app to the release it ran before",
+    p = sub.add_parser("rollback", parents=[common, remote, signer, wait],
+                       help="return an app to the release it ran before",
                        description="Return APP on SERVER to the release it ran before the current one, as the "
                                    "history records it (not merely the second newest release).")
     p.add_argument("server")
     p.add_argument("app")
     p.add_argument("--note", default="", help="why (kept in the history)")
-    p.set_defaults(func=cmd_rollback)
+    p.set_defaults(func=cmd_rollback, parser=p)
 
-    p = sub.add_parser("remove", parents=[common, remote, signer], help="take an app off a server",
+    p = sub.add_parser("remove", parents=[common, remote, signer, wait], help="take an app off a server",
                        description='Take APP off SERVER: writes the placeholder "APP/" into its server file, '
                                    "and its agent then removes what it installed for APP. An app the file "
                                    "does not mention is left running (unmanaged); this is how to remove it. "
@@ -134,7 +160,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
     p.add_argument("--expect", metavar="RELEASE",
                    help="only if SERVER still runs this release ('none': nothing), else exit 3")
     p.add_argument("--note", default="", help="why (kept in the history)")
-    p.set_defaults(func=cmd_remove)
+    p.set_defaults(func=cmd_remove, parser=p)
 
     p = sub.add_parser("unit", parents=[common, remote], help="start, stop or restart a unit on a server",
                        description="Ask SERVER's agent to start, stop or restart UNIT (a unit of an app "
@@ -211,6 +237,7 @@ class Direct:
 
         self.ctx.notifier = Notifier.from_config(config)
         self.who = os.environ.get("PUSH_USER") or f"{getpass.getuser()}@{socket.gethostname()}"
+        self._view: Any = None  # the fleet view --wait keeps looking at
 
     def status(self, server: str | None, app: str | None) -> FleetState:
         from push.fleetview import FleetView
@@ -229,6 +256,18 @@ class Direct:
             first = next(iter(problems))
             print(f"push: warning: {len(problems)} object(s) in the bucket cannot be read and were skipped "
                   f"(first: {first}: {problems[first]})", file=sys.stderr)
+        return state
+
+    def progress(self, app: str, server: str | None) -> FleetState:
+        """The state of `app` (on `server`, else everywhere) now: one view, looked at again
+        through the change journal each time (one listing page when nothing changed)."""
+        from push.fleetview import FleetView
+
+        if self._view is None:
+            self._view = FleetView(self.ctx)
+        else:
+            self._view.refresh(include_catalog=False)
+        state: FleetState = self._view.state(server, app)
         return state
 
     def history(self, server: str | None, app: str | None, limit: int) -> list[Record]:
@@ -399,6 +438,13 @@ class Remote:
             self._call("GET", f"/api/v1/servers/{server}")  # UnknownServer unless skiapush.conf lists it
         return self._answer(FleetState, self._call("GET", "/api/v1/fleet", params={"app": app or ""}))
 
+    def progress(self, app: str, server: str | None) -> FleetState:
+        """The state of `app` (on `server`, else everywhere) as the push server sees it now."""
+        from push.fleetstate import FleetState
+
+        params = {"app": app, "server": server or ""}
+        return self._answer(FleetState, self._call("GET", "/api/v1/fleet", params=params))
+
     def history(self, server: str | None, app: str | None, limit: int) -> list[Record]:
         from push.history import Record
 
@@ -514,8 +560,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return outcome
     for s in servers:
         seen = f"last seen {s.last_seen[:19].replace('T', ' ')}Z" if s.last_seen else "no agent report"
-        flags = " STALE" if s.stale else ""
-        print(f"{s.server}  ({seen}{flags})")
+        flags = f" STALE: {s.stale_reason}" if s.stale else ""
+        print(f"{s.server}  ({seen}{flags})  {s.progress}")
         for err in (s.agent_error, s.file_error):
             if err:
                 print(f"  ! {err}")
@@ -527,7 +573,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {a.app:<16} desired {_short(a.desired):<38} actual {actual}{marks}")
             if units:
                 print(f"  {'':<16} units {units}")
-            if a.error:
+            if a.progress != "done":
+                print(f"  {'':<16} {a.progress}: {a.progress_reason}")
+            elif a.error:
                 print(f"  {'':<16} failed: {a.error}")
     return outcome
 
@@ -577,14 +625,16 @@ def _expectation(args: argparse.Namespace) -> Any:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        return _usage(args, "--timeout is for --wait")
     if args.all_servers:
         return _deploy_everywhere(args)
     if args.latest == bool(args.release):
         return _usage(args, "give a RELEASE or --latest (one of them)")
     with backend(args) as fleet:
         change = fleet.deploy(args.server, args.app, args.release, args.latest, _expectation(args), args.note)
-    _print_change(args, change)
-    return 0
+        _print_change(args, change)
+        return _wait(args, fleet, change.app, [change.server])
 
 
 def _confirmed(question: str) -> bool:
@@ -622,32 +672,51 @@ def _deploy_everywhere(args: argparse.Namespace) -> int:
             print("push: nothing deployed", file=sys.stderr)
             return 1
         result = fleet.deploy_everywhere(plan, args.note)
-    if args.json:
-        print_json(result.to_json())
-    code = 0
-    for o in result.outcomes:
-        if isinstance(o, Refused):
-            cls = error_class(o.type) or PushError
-            code = code or exit_code(cls(o.error))
-            if not args.json:
-                print(f"{o.server}: not deployed: {o.error}")
-        elif not args.json:
-            _print_change(args, o)
-    return code
+        if args.json:
+            print_json(result.to_json())
+        code = 0
+        for o in result.outcomes:
+            if isinstance(o, Refused):
+                cls = error_class(o.type) or PushError
+                code = code or exit_code(cls(o.error))
+                if not args.json:
+                    print(f"{o.server}: not deployed: {o.error}")
+            elif not args.json:
+                _print_change(args, o)
+        # The servers deployed to are followed; a refusal's own code wins.
+        waited = _wait(args, fleet, app, [o.server for o in result.outcomes if not isinstance(o, Refused)])
+        return code or waited
+
+
+def _wait(args: argparse.Namespace, fleet: Direct | Remote, app: str, servers: list[str]) -> int:
+    """With --wait: follow `app` on `servers` until each is done, failed or stuck (push.follow)."""
+    from push.follow import follow
+
+    if not args.wait:
+        return 0
+    out = sys.stderr if args.json else sys.stdout  # --json keeps stdout one JSON document
+    server = servers[0] if len(servers) == 1 else None
+    # (the server filter is a substring: follow picks the exact names out)
+    return follow([(s, app) for s in servers], lambda: fleet.progress(app, server), out=out,
+                  live=out.isatty() and os.environ.get("TERM") != "dumb", timeout=args.timeout)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        return _usage(args, "--timeout is for --wait")
     with backend(args) as fleet:
         change = fleet.rollback(args.server, args.app, args.note)
-    _print_change(args, change)
-    return 0
+        _print_change(args, change)
+        return _wait(args, fleet, change.app, [change.server])
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    if args.timeout is not None and not args.wait:
+        return _usage(args, "--timeout is for --wait")
     with backend(args) as fleet:
         change = fleet.remove(args.server, args.app, _expectation(args), args.note)
-    _print_change(args, change)
-    return 0
+        _print_change(args, change)
+        return _wait(args, fleet, change.app, [change.server])
 
 
 def cmd_unit(args: argparse.Namespace) -> int:

@@ -47,7 +47,18 @@ from push import changes, layout, serverfile, status, timestamps
 from push.catalog import Catalog
 from push.config import Config
 from push.errors import CorruptObject, InvalidData, NotFound, PushError
-from push.fleetstate import AppSummary, FleetFilter, FleetState, ReleaseState, ServerState, filter_apps, server_state
+from push.fleetstate import (
+    AppSummary,
+    FleetFilter,
+    FleetState,
+    ReleaseState,
+    ServerState,
+    Watcher,
+    expires,
+    filter_apps,
+    liveness,
+    server_state,
+)
 from push.names import check_server
 from push.release import ReleaseInfo
 from push.serverfile import ServerFile
@@ -98,10 +109,18 @@ class ServerView:
     facts: tuple[object, ...]
     json: bytes
     fragments: dict[str, str] = field(default_factory=dict)
+    # When the clock alone changes the state (a deadline passes, the agent turns stale).
+    expires: datetime | None = None
+    watcher: Watcher | None = None      # what the push server knew of the agent's watch
 
     @classmethod
-    def of(cls, state: ServerState, inputs: tuple[object, ...] = (), facts: tuple[object, ...] = ()) -> ServerView:
-        return cls(state, inputs, facts, state.to_bytes())
+    def of(cls, state: ServerState, inputs: tuple[object, ...] = (), facts: tuple[object, ...] = (),
+           expires: datetime | None = None, watcher: Watcher | None = None) -> ServerView:
+        return cls(state, inputs, facts, state.to_bytes(), expires=expires, watcher=watcher)
+
+    def current(self, now: datetime, watcher: Watcher | None) -> bool:
+        """Whether the clock and the agent's watch leave this view as it is."""
+        return (self.expires is None or now < self.expires) and self.watcher == watcher
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,6 +135,9 @@ class Seen:
     # Objects that cannot be read, by key: (generation, why). Each is skipped on its own;
     # everything else is read as if it were not there ("problems in the bucket").
     problems: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    # When the bucket says a report newer than the one read was written: a heartbeat not
+    # re-read (REPORT_REREAD) still says its agent is alive.
+    report_times: Mapping[str, datetime] = field(default_factory=dict)
 
 
 EMPTY = Seen({}, {}, {}, {})
@@ -220,6 +242,9 @@ class FleetView:
         self._journal = changes.Journal(sources.store)
         self._last_full = float("-inf")    # time.monotonic() of the last full re-list
         self._report_read_at: dict[str, float] = {}   # server -> when its report was last read
+        # What the push server knows of each agent that watches it (push.server.watch): set
+        # from the event loop, read by the builder (a whole value per key, swapped at once).
+        self._watchers: dict[str, Watcher] = {}
         # For /metrics and the benchmarks.
         self.refreshes = 0
         self.full_refreshes = 0
@@ -271,6 +296,13 @@ class FleetView:
             self.last_refresh = time.time()
             self.last_refresh_seconds = time.monotonic() - start
 
+    def watched(self, server: str, watcher: Watcher) -> None:
+        """An agent came for a watch (or was answered): its liveness, seen at the next build."""
+        self._watchers[server] = watcher
+
+    def watcher(self, server: str) -> Watcher | None:
+        return self._watchers.get(server)
+
     def refresh_server(self, server: str) -> set[str]:
         """Re-read one server's file and unit requests (after a write by this process);
         returns the servers whose watch revision changed."""
@@ -320,7 +352,11 @@ class FleetView:
             self._snapshot = new
         if prev is None:
             return set(new.revs)
-        return {s for s in new.revs.keys() | prev.revs.keys() if new.rev(s) != prev.rev(s)}
+        # Only the servers the look re-read can have a new revision (_build carries the
+        # others' over): comparing every server made each write of a fleet-wide deploy
+        # cost O(fleet), 14 of 36 CPU-seconds of a 3,000-server deploy-all.
+        changed = new.revs.keys() | prev.revs.keys() if only is None else only
+        return {s for s in changed if new.rev(s) != prev.rev(s)}
 
     def _build(self, prev: Snapshot | None, seen: Seen, only: frozenset[str] | None) -> Snapshot:
         now = timestamps.now()
@@ -333,7 +369,9 @@ class FleetView:
             check = config.servers
         else:
             servers = dict(old)
-            check = {s: config.servers[s] for s in only if s in config.servers}
+            # The servers the look re-read, and those the clock or a watch changed.
+            due = {s for s, v in old.items() if not v.current(now, self._watchers.get(s))}
+            check = {s: config.servers[s] for s in only | due if s in config.servers}
             generation = prev.catalog_generation  # the others were checked against that one
             catalog_changed = False
         for name, allowed in check.items():
@@ -363,17 +401,18 @@ class FleetView:
         file = seen.files.get(name)
         file_error = seen.file_errors.get(name)
         report = seen.reports.get(name)
-        stale = report[1].is_stale(now) if report is not None else None
+        watcher = self._watchers.get(name)
+        report_written = seen.report_times.get(name)
         inputs = (file.generation if file is not None else None, file_error, report[0] if report else None,
-                  stale, allowed)
-        if old is not None and old.inputs == inputs and not catalog_changed:
+                  report_written, allowed)
+        if old is not None and old.inputs == inputs and not catalog_changed and old.current(now, watcher):
             return old
         apps = allowed + tuple(a for a in (file.apps if file is not None else ()) if a not in allowed)
         newest = tuple(catalog.newest(a) for a in apps)
         # The release names the file lists (its entries, placeholders "app/" left out).
         desired = tuple(e for e in file.entries if not e.endswith("/")) if file is not None else ()
         facts = (newest, tuple(catalog.cached(d) for d in desired))
-        if old is not None and old.inputs == inputs and old.facts == facts:
+        if old is not None and old.inputs == inputs and old.facts == facts and old.current(now, watcher):
             return old
         infos: dict[str, ReleaseInfo] = {}
         for d in desired:
@@ -382,8 +421,10 @@ class FleetView:
                 infos[d] = catalog.get(d)
         state = server_state(name, allowed=allowed, file=file, file_error=file_error[1] if file_error else None,
                              report=report[1] if report else None, releases=infos,
-                             newest={i.app: i.name for i in newest if i is not None}, now=now)
-        return ServerView.of(state, inputs, facts)
+                             newest={i.app: i.name for i in newest if i is not None}, now=now, watcher=watcher,
+                             report_written=report_written)
+        live = liveness(report[1] if report else None, watcher, report_written, now)
+        return ServerView.of(state, inputs, facts, expires(state, live), watcher)
 
     # -- looking at the bucket ------------------------------------------------------------------
 
@@ -402,8 +443,9 @@ class FleetView:
         now = time.monotonic()
         file_gens = {server: i.generation for i in store.list(layout.SERVER)
                      if (server := layout.server_of_file_key(i.key)) is not None}
-        report_gens = {server: i.generation for i in store.list(layout.STATUS)
-                       if (server := layout.server_of_status_key(i.key)) is not None and not damaged(i)}
+        report_infos = {server: i for i in store.list(layout.STATUS)
+                        if (server := layout.server_of_status_key(i.key)) is not None and not damaged(i)}
+        report_gens = {server: i.generation for server, i in report_infos.items()}
         requests: dict[str, list[str]] = {}
         for info in store.list(layout.REQUESTS):
             request = layout.request_of_key(info.key)
@@ -435,11 +477,15 @@ class FleetView:
                 files[server] = sf
 
         reports: dict[str, tuple[str, AgentStatus]] = {}
+        report_times: dict[str, datetime] = {}
         for server, gen in report_gens.items():
             old_report = prev.reports.get(server)
             if old_report is not None and (old_report[0] == gen or (
                     old_report[1].journaled and now - self._report_read_at.get(server, 0.0) < self.report_reread)):
                 reports[server] = old_report
+                written = report_infos[server].updated
+                if old_report[0] != gen and written is not None:
+                    report_times[server] = written  # a heartbeat not re-read: its agent is alive
                 continue
             key = layout.status_key(server)
             bad = prev.problems.get(key)
@@ -452,7 +498,8 @@ class FleetView:
                     reports[server] = got_report
         for server, (gen, why) in file_errors.items():
             problems[layout.server_file_key(server)] = (gen, why)
-        return Seen(files, file_errors, reports, {s: tuple(sorted(k)) for s, k in requests.items()}, problems), None
+        return Seen(files, file_errors, reports, {s: tuple(sorted(k)) for s, k in requests.items()}, problems,
+                    report_times), None
 
     def _read_report(self, server: str, generation: str | None, problems: dict[str, tuple[str, str]],
                      listed_generation: str = "") -> tuple[str, AgentStatus] | None:
@@ -504,8 +551,8 @@ class FleetView:
             elif kind == changes.REQUESTS:
                 self._relist_requests(server, requests)
         servers = {s for k, s in entries if k == changes.SERVER}
-        return (Seen(files, file_errors, reports, requests, _file_problems(problems, file_errors, servers)),
-                frozenset(s for _, s in entries))
+        return (Seen(files, file_errors, reports, requests, _file_problems(problems, file_errors, servers),
+                     prev.report_times), frozenset(s for _, s in entries))
 
     def _reread_file(self, server: str, files: dict[str, ServerFile],
                      file_errors: dict[str, tuple[str, str]]) -> None:
@@ -544,7 +591,8 @@ class FleetView:
         files, file_errors, requests = dict(prev.files), dict(prev.file_errors), dict(prev.requests)
         self._reread_file(server, files, file_errors)
         self._relist_requests(server, requests)
-        return Seen(files, file_errors, prev.reports, requests, _file_problems(prev.problems, file_errors, [server]))
+        return Seen(files, file_errors, prev.reports, requests, _file_problems(prev.problems, file_errors, [server]),
+                    prev.report_times)
 
     # -- reading (each call reads one snapshot) --------------------------------------------------
 

@@ -55,6 +55,7 @@ class Record(Model, frozen=True):
     result: str = "ok"
     unit: str | None = None
     via: str = ""          # "push-server@HOST" or "cli@HOST": which front end wrote it
+    rollout: str | None = None  # the rollout that made the change (push.rollout), None for a plain one
     extra: dict[str, str] = Field(default_factory=dict)
 
     @property
@@ -69,7 +70,7 @@ class Record(Model, frozen=True):
 
 def new_record(who: str, server: str, app: str, action: str, *, from_: str | None = None,
                to: str | None = None, note: str = "", result: str = "ok", unit: str | None = None,
-               via: str = "", now_ns: int | None = None) -> Record:
+               via: str = "", now_ns: int | None = None, rollout: str | None = None) -> Record:
     if action not in ACTIONS:
         raise InvalidRequest(f"unknown history action {action!r}")
     check_server(server)
@@ -78,7 +79,7 @@ def new_record(who: str, server: str, app: str, action: str, *, from_: str | Non
     record_id = timestamps.new_id(now_ns)
     return Record(id=record_id, time=timestamps.format_time(timestamps.id_time(record_id)), who=who,
                   server=server, app=app, action=action, from_=from_, to=to, note=note, result=result,
-                  unit=unit, via=via)
+                  unit=unit, via=via, rollout=rollout)
 
 
 class History:

@@ -11,6 +11,9 @@
     catalog/index/v{version}.jsonl.gz                  the catalogue index (push.catalogindex)
     changes/{20-digit ns}-{rand}~{kind}~{server}       the fleet's change journal (push.changes)
     signatures/server/{server}.json                    the signed statement of a server file
+    rollouts/{id}.json                                 a rollout: plan, waves, each server's state (push.rollout)
+    rollouts/active/{app}.json                         the app's one active rollout (create-only: one per app)
+    leases/rollouts/{id}.json                          who drives a rollout, until when (push.rollout.lease)
 
 `debs/` and `server/` are the original Push's and keep its meaning; the others are Push's
 own. To add a prefix (rollouts/, leases/, signatures/ ...): add it to PREFIXES with what it
@@ -20,7 +23,7 @@ prefix (tests/test_layout.py looks).
 
 from __future__ import annotations
 
-from push.names import check_server
+from push.names import check_app, check_server
 from push.timestamps import id_parts
 
 DEBS = "debs/"
@@ -32,6 +35,8 @@ CATALOG_LOG = "catalog/log/"
 CATALOG_INDEX = "catalog/index/"
 SIGNATURES = "signatures/"
 CHANGES = "changes/"
+ROLLOUTS = "rollouts/"
+LEASES = "leases/"
 
 PREFIXES = {
     DEBS: "releases: the .deb, with the release metadata on the object",
@@ -43,6 +48,8 @@ PREFIXES = {
     CATALOG_INDEX: "the catalogue index: every release's metadata in one compressed object, one per format version",
     SIGNATURES: "signed statements (push.signing), e.g. of each server file",
     CHANGES: "the fleet's change journal: one empty object per write of a server's objects",
+    ROLLOUTS: "rollouts, one object each, and each app's active rollout (rollouts/active/)",
+    LEASES: "leases: which process drives a rollout, until when",
 }
 
 _JSON = ".json"
@@ -228,3 +235,41 @@ def change_entry(key: str) -> tuple[int, str, str] | None:
     if len(stamp) != 20 or not stamp.isdigit() or not rand or not parts[1] or not parts[2]:
         return None
     return int(stamp), parts[1], parts[2]
+
+
+# -- rollouts/ and leases/: staged deploys (push.rollout) ---------------------------------
+
+ACTIVE_ROLLOUTS = f"{ROLLOUTS}active/"
+ROLLOUT_LEASES = f"{LEASES}rollouts/"
+
+
+def rollout_key(rollout_id: str) -> str:
+    """A rollout (its id is a timestamps.new_id, so keys list oldest first)."""
+    id_parts(rollout_id)  # ValueError for anything that is not an id
+    return f"{ROLLOUTS}{rollout_id}{_JSON}"
+
+
+def rollout_of_key(key: str) -> str | None:
+    """The id of the rollout at `key` (None for any other key, e.g. under rollouts/active/)."""
+    rid = _name_under(ROLLOUTS, key)
+    if rid is None:
+        return None
+    try:
+        id_parts(rid)
+    except ValueError:
+        return None
+    return rid
+
+
+def active_rollout_key(app: str) -> str:
+    """The pointer to `app`'s active rollout: created only if absent, so an app has one."""
+    return f"{ACTIVE_ROLLOUTS}{check_app(app)}{_JSON}"
+
+
+def app_of_active_key(key: str) -> str | None:
+    return _name_under(ACTIVE_ROLLOUTS, key)
+
+
+def rollout_lease_key(rollout_id: str) -> str:
+    id_parts(rollout_id)
+    return f"{ROLLOUT_LEASES}{rollout_id}{_JSON}"

@@ -66,6 +66,10 @@ def require_app(catalog: Catalog, config: Config, app: str) -> str:
     """`app` if Push knows it (a release, or a server's appNames); UnknownApp otherwise,
     suggesting near names."""
     check_app(app)
+    # An app some server's appNames lists is known: found without sorting every app there
+    # is (a fleet-wide deploy asks once per server).
+    if any(app in apps for apps in config.servers.values()):
+        return app
     known = known_apps(catalog, config)
     if app in known:
         return app

@@ -14,6 +14,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from push import changes
 from push.errors import Conflict, InvalidInput, InvalidServerFile, NotFound, StoreUnavailable
@@ -39,6 +40,9 @@ class ServerFile:
     server: str
     entries: tuple[str, ...] = ()
     generation: str | None = None
+    # When the store says it was written (None: unknown, or no file). The fleet state counts
+    # an app's convergence deadline from it (push.fleetstate).
+    written: datetime | None = field(default=None, compare=False)
     _releases: dict[str, Release] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -61,7 +65,7 @@ class ServerFile:
         object.__setattr__(self, "_releases", releases)
 
     @classmethod
-    def parse(cls, server: str, data: bytes, generation: str | None) -> ServerFile:
+    def parse(cls, server: str, data: bytes, generation: str | None, written: datetime | None = None) -> ServerFile:
         try:
             entries = json.loads(data)
         except (ValueError, UnicodeDecodeError) as e:
@@ -70,7 +74,7 @@ class ServerFile:
             raise _invalid(server, "not a JSON array of release names (nested too deeply)") from None
         if not isinstance(entries, list):
             raise _invalid(server, "expected a JSON array of release names")
-        return cls(server=server, entries=tuple(entries), generation=generation)
+        return cls(server=server, entries=tuple(entries), generation=generation, written=written)
 
     def to_bytes(self) -> bytes:
         return (json.dumps(list(self.entries), indent=2) + "\n").encode()
@@ -127,7 +131,7 @@ def read(store: Store, server: str, if_generation_not_match: str | None = None) 
     if got is None:
         return None
     data, info = got
-    return ServerFile.parse(server, data, info.generation)
+    return ServerFile.parse(server, data, info.generation, info.updated)
 
 
 def write(store: Store, new: ServerFile) -> ServerFile:
@@ -139,7 +143,7 @@ def write(store: Store, new: ServerFile) -> ServerFile:
         info = store.put(key, new.to_bytes(), if_generation_match=new.generation,
                          content_type="application/json")
     changes.record(store, changes.SERVER, new.server)  # after the write: whoever sees it reads this one
-    return ServerFile(new.server, new.entries, info.generation)
+    return ServerFile(new.server, new.entries, info.generation, info.updated)
 
 
 # Backoff between compare-and-swap attempts: "full jitter" (a random wait up to a cap that

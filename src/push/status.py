@@ -17,8 +17,11 @@ from push.layout import status_key
 from push.model import Model
 from push.store import Store
 
-# An agent that has not reported for this long is flagged as stale.
+# An agent whose report does not say its interval (pulld before liveness) is flagged as
+# stale when it has not reported for this long.
 STALE_AFTER_SECONDS = 15 * 60
+# An agent that says its report interval is stale after this many intervals without one.
+STALE_INTERVALS = 3
 
 
 class AppStatus(Model):
@@ -88,6 +91,16 @@ class AgentStatus(Model):
     # The agent journals every report that says something new (push.changes), so a push
     # server need not re-read its heartbeats; pulld before the journal leaves it out.
     journaled: bool = False
+    # Seconds between heartbeats (pulld --report-interval): readers call the agent stale after
+    # STALE_INTERVALS of them without a report. None: pulld before liveness (15 minutes).
+    report_interval: float | None = None
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds without a report after which this agent is stale."""
+        if self.report_interval is None or self.report_interval <= 0:
+            return STALE_AFTER_SECONDS
+        return STALE_INTERVALS * self.report_interval
 
     @property
     def reported_at(self) -> datetime:
@@ -97,7 +110,7 @@ class AgentStatus(Model):
         return ((now or timestamps.now()) - self.reported_at).total_seconds()
 
     def is_stale(self, now: datetime | None = None) -> bool:
-        return self.age_seconds(now) > STALE_AFTER_SECONDS
+        return self.age_seconds(now) > self.stale_after
 
 
 def write(store: Store, status: AgentStatus) -> None:

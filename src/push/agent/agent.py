@@ -338,7 +338,8 @@ class Agent:
         return report.build(planned, server=self.server, hostname=self.options.hostname, time=timestamps.now_text(),
                             step=self.step_count, generation=self._generation, failures=self.failures.apps,
                             unit_errors=self.failures.units, units=units, error=error, working=working,
-                            trust=self.trust.status(self.failures.apps))
+                            trust=self.trust.status(self.failures.apps),
+                            report_interval=self.options.report_interval)
 
     def _finish(self, done: AgentStatus, started: float) -> bool:
         self._last_error = done.error

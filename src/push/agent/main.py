@@ -91,6 +91,20 @@ def _size(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500k, 10M)") from None
 
 
+def _env_seconds(name: str, default: float) -> float:
+    """A number of seconds from the environment (a bad value is one clear line, and exit 2)."""
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 86400 * 7:
+        raise SystemExit(f"pulld: {name}={text!r} is not a number of seconds (e.g. 60)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pulld",
@@ -126,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backoff", type=float, default=15.0,
                    help="first retry delay after a failure, seconds; doubles each time (default 15)")
     p.add_argument("--backoff-max", type=float, default=900.0, help="longest retry delay, seconds (default 900)")
-    p.add_argument("--report-interval", type=float, default=60.0,
-                   help="publish the status report at least this often, seconds (default 60); "
-                        "it is published at once whenever it changes")
+    p.add_argument("--report-interval", type=float, default=_env_seconds("PULLD_REPORT_INTERVAL", 60.0),
+                   help="publish the status report at least this often, seconds (default $PULLD_REPORT_INTERVAL, "
+                        "else 60): the heartbeat; readers call the agent stale after three intervals without "
+                        "one. It is published at once whenever it changes")
     p.add_argument("--settle", type=float, default=DEFAULT_SETTLE, metavar="S",
                    help="health without a declared check: units must be active this long without a restart "
                         f"(default {DEFAULT_SETTLE:g})")

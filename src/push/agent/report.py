@@ -20,7 +20,7 @@ from push.status import AgentStatus, AppStatus, TrustStatus
 def build(plan: Plan, *, server: str, hostname: str, time: str, step: int, generation: str | None,
           failures: Mapping[str, Failure], unit_errors: Mapping[str, str],
           units: Mapping[str, Mapping[str, str]], error: str | None = None, working: bool = False,
-          trust: TrustStatus | None = None) -> AgentStatus:
+          trust: TrustStatus | None = None, report_interval: float | None = None) -> AgentStatus:
     """The report of `plan`'s apps, in its order.
 
     `units` holds, per app whose package is fully installed, unit -> state. `error` is a
@@ -33,7 +33,7 @@ def build(plan: Plan, *, server: str, hostname: str, time: str, step: int, gener
     in_sync = error is None and plan.has_file and all(st.state == "ok" for st in apps.values())
     return AgentStatus(server=server, agent_version=__version__, time=time, hostname=hostname,
                        server_file_generation=generation, in_sync=in_sync, step=step, apps=apps, error=error,
-                       trust=trust, journaled=True)
+                       trust=trust, journaled=True, report_interval=report_interval)
 
 
 def _app(p: AppPlan, failure: Failure | None, unit_error: str | None, units: Mapping[str, str],

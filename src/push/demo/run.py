@@ -17,7 +17,7 @@ import time
 import webbrowser
 from pathlib import Path
 
-from push.demo.apps import APPS, stage
+from push.demo.apps import APPS, BROKEN, BROKEN_HEALTH, stage
 from push.demo.fleet import HOST, LocalFleet, bin_path, free_port, http_get, port_is_free
 from push.errors import PushError
 from push.signing import write_key_pair
@@ -73,18 +73,22 @@ def make_keys(workdir: Path) -> dict[str, Path]:
 
 
 def build_releases(workdir: Path, store: str, signing_key: Path) -> dict[str, list[str]]:
-    """Build every sample app in two versions with `push release`; returns app -> [v1, v2] names."""
+    """Build every sample app in each of its versions with `push release` (two; hello's third
+    fails its health check); returns app -> [v1, v2, ...] names."""
     names: dict[str, list[str]] = {app: [] for app in APPS}
-    for version in ("1", "2"):
-        if version == "2":
-            # Release names carry whole seconds: make version 2 strictly newer.
+    for version in ("1", "2", "3"):
+        if version != "1":
+            # Release names carry whole seconds: make each version strictly newer.
             time.sleep(1.05 - (time.time() % 1))
         for app in APPS:
+            if version not in APPS[app]:
+                continue
             tree = stage(app, version, workdir / "src" / f"{app}-{version}")
             fake_hash = hashlib.sha1(f"{app} {version}".encode()).hexdigest()
+            health = BROKEN_HEALTH if (app, version) == BROKEN else []
             out = run([bin_path("push"), "release", app, "--root", str(tree), "--note",
                        f"{app} version {version}: {APPS[app][version]}", "--hash", fake_hash, "--depends", "python3",
-                       "--store", store, "--signing-key", str(signing_key)], f"push release {app}")
+                       "--store", store, "--signing-key", str(signing_key), *health], f"push release {app}")
             names[app].append(out.strip().splitlines()[-1])
     return names
 
@@ -107,7 +111,8 @@ def setup(workdir: Path, server_port: int, app_port_base: int
         default.mkdir(parents=True, exist_ok=True)
         for app in APPS:
             (default / app).write_text(f"PORT={ports[(server, app)]}\nPUSH_SERVER_NAME={server}\n")
-    say("building the sample apps (two versions each) with push release ...")
+    say("building the sample apps (two versions each, and a third of hello that fails its health check) "
+        "with push release ...")
     names = build_releases(workdir, store, keys["release.key"])
     # Start with version 1 everywhere, so there is something to upgrade and roll back.
     for server in SERVERS:
@@ -118,6 +123,13 @@ def setup(workdir: Path, server_port: int, app_port_base: int
     return fleet, names, ports
 
 
+def _hash_of(name: str) -> str:
+    """The short git hash that names a release on the command line."""
+    from push.release import Release
+
+    return Release.parse(name).short_hash
+
+
 def main(workdir: Path | None, server_port: int, app_port_base: int, open_browser: bool) -> int:
     if workdir is None:
         import tempfile
@@ -125,7 +137,7 @@ def main(workdir: Path | None, server_port: int, app_port_base: int, open_browse
         workdir = Path(tempfile.mkdtemp(prefix="push-demo-"))
     if not port_is_free(server_port):
         raise DemoError(f"port {server_port} on {HOST} is in use: choose another with --port")
-    fleet, _, ports = setup(workdir, server_port, app_port_base)
+    fleet, names, ports = setup(workdir, server_port, app_port_base)
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -174,6 +186,11 @@ def main(workdir: Path | None, server_port: int, app_port_base: int, open_browse
         say("  - roll it back with one click, and read the history;")
         say(f"  - from a shell: {bin_path('push')} status --push-url {url}")
         say(f"                  {bin_path('push')} deploy demo-2 quotes --latest --push-url {url}")
+        say("  - deploy hello version 3, whose health check fails, and watch demo-3 revert it by itself:")
+        say(f"                  {bin_path('push')} deploy demo-3 hello {_hash_of(names['hello'][2])} --wait "
+            f"--push-url {url}")
+        say("    (it exits 8 about 10 s later: not healthy in time, reverted to version 1; the fleet page")
+        say("    shows it reverted, with its reason)")
         say(f"  work directory (bucket, keys, roots, logs): {workdir}")
         say("  signed end to end: the agents install only releases signed by keys/release.key, chosen by")
         say("  server files signed by keys/deploy.key (the push server's key); see docs/trust.md")

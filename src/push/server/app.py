@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from push import __version__
 from push.catalog import Catalog
@@ -33,7 +35,7 @@ from push.notify import SERVER_FLUSH_SECONDS, Notifier
 from push.server.auth import Auth, AuthSettings
 from push.server.bodies import BodyTooLarge
 from push.server.metrics import Metrics, MetricsMiddleware
-from push.server.watch import WatchHub
+from push.server.watch import WATCH_GRACE, WatchHub
 from push.serversigning import Resigner
 from push.signing import Keyring, SigningKey
 from push.store import Store
@@ -62,6 +64,10 @@ def server_of(request: Request) -> PushServer:
     return push
 
 
+class MethodNotAllowed(InvalidRequest):
+    """A method the path's routes do not take (405)."""
+
+
 # The HTTP status of each error, by class: the most specific listed ancestor wins.
 HTTP_STATUSES: dict[type[PushError], int] = {
     PushError: 400,          # invalid input, a failed check
@@ -69,6 +75,7 @@ HTTP_STATUSES: dict[type[PushError], int] = {
     AccessDenied: 403,
     NotFound: 404,
     Conflict: 409,
+    MethodNotAllowed: 405,
     BodyTooLarge: 413,
     StoreError: 503,         # the bucket cannot be used right now
 }
@@ -86,10 +93,14 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
                poll_interval: float = 2.0, catalog_interval: float = 10.0,
                catalog: Catalog | None = None, deploy_key: SigningKey | None = None,
                trusted_deploy_keys: Keyring | None = None, resign_interval: float = 10.0,
-               full_interval: float = FULL_INTERVAL) -> FastAPI:
+               full_interval: float = FULL_INTERVAL, watch_grace: float = WATCH_GRACE,
+               rollout_interval: float = 1.0, rollout_lease: float = 15.0) -> FastAPI:
     """`deploy_key` signs every server file this server writes, and renews statements at
     half-life every `resign_interval` seconds (those signed by it or by `trusted_deploy_keys`).
-    `full_interval`: the fleet view's full re-list (push.fleetview)."""
+    `full_interval`: the fleet view's full re-list (push.fleetview). `watch_grace`: how long
+    after its long-poll ends a watching agent may take to come back before it is stale.
+    `rollout_interval`: seconds between the rollout driver's rounds (push.rollout.driver; 0:
+    no driver); `rollout_lease`: how long its lease of a rollout lasts unrenewed (push.rollout.lease)."""
     settings = auth or AuthSettings()
     # Every bucket operation of this process is counted (/metrics: push_store_operations).
     counted = store if isinstance(store, CountingStore) else CountingStore(store)
@@ -99,7 +110,7 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     ctx = Context(store, config, catalog, History(store), None, via=f"push-server@{socket.gethostname()}",
                   deploy_key=deploy_key)
     view = FleetView(ctx, full_interval=full_interval)
-    hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval)
+    hub = WatchHub(view, poll_interval=poll_interval, catalog_interval=catalog_interval, watch_grace=watch_grace)
     ctx.triggers = Triggers(config, on_change=hub.wake_from_thread, background=True)
     ctx.notifier = Notifier.from_config(config)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
@@ -111,12 +122,25 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await hub.start()
+        from push.rollout.driver import Driver
+
+        driving = threading.Event()
+        driver = Driver(ctx, ttl=rollout_lease)
+        app.state.rollout_driver = driver
+        hub.on_changed = lambda servers: driver.wake()
+        driver_thread = threading.Thread(target=driver.run, args=(driving, rollout_interval), name="push-rollouts",
+                                         daemon=True)
+        if rollout_interval > 0:
+            driver_thread.start()
         resigning = (asyncio.create_task(_resign_loop(Resigner(store, deploy_key, trusted_deploy_keys), ctx,
                                                       resign_interval), name="push-resign")
                      if deploy_key is not None else None)
         try:
             yield
         finally:
+            driving.set()
+            if driver_thread.is_alive():
+                await asyncio.to_thread(driver_thread.join, 10)
             if resigning is not None:
                 resigning.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -142,15 +166,27 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
-    from push.server import routes_api, routes_ui
+    from push.server import routes_api, routes_rollouts, routes_ui
 
     app.include_router(routes_api.router)
+    app.include_router(routes_rollouts.router)  # before routes_ui: /rollouts/... pages are its own
+    app.include_router(routes_rollouts.pages)
     app.include_router(routes_ui.router)
     routes_ui.setup_filters(push)
 
     @app.exception_handler(PushError)
     async def push_error(request: Request, exc: PushError) -> Response:
         return error_response(request, exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_such_route(request: Request, exc: StarletteHTTPException) -> Response:
+        # A path no route serves (or a method it does not take): the API answers a Refusal as
+        # for every other error, a browser a page in the site's style, not Starlette's JSON.
+        if exc.status_code == 404:
+            return error_response(request, NotFound(f"no page at {request.url.path}"))
+        if exc.status_code == 405:
+            return error_response(request, MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+        return error_response(request, InvalidRequest(str(exc.detail)))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameter(request: Request, exc: RequestValidationError) -> Response:

@@ -40,12 +40,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                    help="seconds between full listings of the server files, reports and unit requests, "
                         "for writers that write no change journal: the original tools, older agents "
                         "(default: 60)")
+    p.add_argument("--watch-grace", type=float, default=20.0,
+                   help="seconds a watching agent has, after its long-poll ends, to come back before it is "
+                        "shown stale (default: 20; the poll's timeout is the agent's, 55 s by default)")
     p.add_argument("--deploy-key", metavar="FILE", default=os.environ.get("PUSH_DEPLOY_KEY") or None,
                    help="sign every server file written with this deploy key (NAME.key), and renew the statements "
                         "at half-life (default: $PUSH_DEPLOY_KEY; unset: nothing is signed). See docs/trust.md")
     p.add_argument("--trust-deploy-key", action="append", metavar="FILE", default=None,
                    help="also renew statements signed by this public key (NAME.pub): the old key during a "
                         "rotation; repeatable (default: $PUSH_TRUST_DEPLOY_KEYS, space-separated)")
+    p.add_argument("--rollout-interval", type=float, default=1.0, metavar="S",
+                   help="seconds between the rollout driver's rounds (default: 1; 0: this server drives no "
+                        "rollout). See docs/rollouts.md")
+    p.add_argument("--rollout-lease", type=float, default=15.0, metavar="S",
+                   help="how long this server's lease of a rollout lasts unless renewed: after it dies, another "
+                        "push server takes the rollout over within this (default: 15)")
     p.set_defaults(func=cmd_serve, env_proxies=env_proxies)
 
 
@@ -77,7 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trusted = Keyring.load([Path(f) for f in trusted_files]) if trusted_files else None
     store = open_store(args.store)
     app = create_app(store, config, auth=settings, poll_interval=args.poll_interval, deploy_key=deploy_key,
-                     trusted_deploy_keys=trusted, full_interval=args.relist_interval)
+                     trusted_deploy_keys=trusted, full_interval=args.relist_interval, watch_grace=args.watch_grace,
+                     rollout_interval=args.rollout_interval, rollout_lease=args.rollout_lease)
     mode = "no auth (everyone is admin)" if settings.no_auth else (
         f"proxy header {settings.user_header} from {', '.join(settings.trusted_proxies) or 'nobody'}"
         + (" or with PUSH_PROXY_SECRET" if settings.proxy_secret else "") + "; API tokens")

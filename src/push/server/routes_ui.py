@@ -1,15 +1,20 @@
 """The web pages: fleet, server, app, release picker, confirmations, history.
 
-Server-rendered with Jinja2; htmx (vendored) only refreshes the filtered tables in place.
-Every form posts a CSRF token and redirects back (post/redirect/get), so a reload never
-repeats a deploy. Permissions and skiapush.conf are enforced by the same calls as the API;
-the buttons shown merely mirror them.
+Server-rendered with Jinja2; htmx (vendored) refreshes what they show of the fleet in
+place (every page that shows fleet state polls it, and gets 204 while nothing changed) and
+follows a confirmed change in its banner (push.server.following); static/push.js only
+words times relatively and gives the search box its keys, so every page works without
+JavaScript. Every form posts a CSRF token and redirects back (post/redirect/get), so a
+reload never repeats a deploy. Permissions and skiapush.conf are enforced by the same
+calls as the API; the buttons shown merely mirror them.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,10 +25,13 @@ from markupsafe import Markup
 from push import fleet, lookup, serverfile, unitrequests
 from push.errors import InvalidRequest, NotFound, PushError, error_class
 from push.fleetview import ServerView
+from push.history import CHANGES, Record
 from push.names import check_app, check_server
 from push.release import Release
+from push.server import following
 from push.server.app import PushServer, RetryForm, error_response, http_status, server_of
 from push.server.auth import Identity
+from push.server.pagetimes import when
 from push.serverfile import ServerFile
 
 router = APIRouter(include_in_schema=False)
@@ -37,11 +45,6 @@ def _parse(name: str) -> Release | None:
         return None
 
 
-def rel_time(name: str | None) -> str:
-    r = _parse(name) if name else None
-    return r.time.strftime("%Y-%m-%d %H:%M") if r else ""
-
-
 def rel_hash(name: str | None) -> str:
     r = _parse(name) if name else None
     return r.short_hash if r else (name or "")
@@ -53,24 +56,47 @@ def rel_user(name: str | None) -> str:
 
 
 def iso_short(text: str | None) -> str:
+    """A timestamp as plain text (`2026-01-02 03:04:05Z`), for where markup cannot go; pages
+    show times with `when`."""
     return text[:19].replace("T", " ") + "Z" if text else ""
+
+
+def first_line(text: str | None) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
 def setup_filters(push: PushServer) -> None:
     env = push.templates
-    if "rel_time" not in env.filters:
-        env.filters.update(rel_time=rel_time, rel_hash=rel_hash, rel_user=rel_user, iso=iso_short,
-                           short=fleet.short)
+    if "when" not in env.filters:
+        env.filters.update(rel_hash=rel_hash, rel_user=rel_user, iso=iso_short,
+                           short=fleet.short, when=when, firstline=first_line)
 
 
 def _page(request: Request, template: str, identity: Identity | None, status: int = 200,
           **context: Any) -> HTMLResponse:
     push = server_of(request)
     setup_filters(push)
+    snapshot = push.view.snapshot
+
+    def desired_now(server: str, app: str) -> str | None:
+        """What `server`'s file names for `app` now (the history rows offer the others)."""
+        state = snapshot.state(server)
+        a = next((x for x in state.apps if x.app == app), None) if state is not None else None
+        return a.desired if a is not None else None
+
     html = push.templates.get_template(template).render(
         request=request, identity=identity, roles=push.auth.roles(identity),
-        csrf_token=push.auth.csrf_token(request), **context)
+        csrf_token=push.auth.csrf_token(request), desired_now=desired_now, **context)
     return HTMLResponse(html, status_code=status)
+
+
+def _live(request: Request, *inputs: object) -> tuple[str, bool]:
+    """The link a page polls to stay current, and whether this request is such a poll that
+    finds nothing changed (answer 204: htmx swaps nothing). `inputs` are what the page shows."""
+    digest = hashlib.sha1(repr(inputs).encode()).hexdigest()[:16]
+    unchanged = bool(request.headers.get("hx-request")) and request.query_params.get("since") == digest
+    params = {k: v for k, v in request.query_params.items() if k not in ("since", "done")}
+    return request.url.path + "?" + urlencode({**params, "since": digest}), unchanged
 
 
 def _viewer(request: Request) -> tuple[PushServer, Identity]:
@@ -104,17 +130,46 @@ def _back(url: str, **params: str | None) -> RedirectResponse:
     return RedirectResponse(url + ("?" + query if query else ""), status_code=303)
 
 
+DEPLOYER_LOOKUPS = 16
+
+
 def _fleet_rows(push: PushServer, views: list[ServerView]) -> Markup:
-    """Each server's rows, rendered once per state: the fleet view carries them over with it."""
+    """Each server's rows, rendered once per state: the fleet view carries them over with it
+    (so their times are absolute, made relative by push.js, and who deployed each desired
+    release is read from the history once per state)."""
     template = push.templates.get_template("_fleet_server.html")
+    fresh = [view for view in views if "fleet" not in view.fragments]
+    # Who deployed is a history lookup per app (a listing and a read): a round trip each on
+    # GCS or S3, so a page of servers not rendered yet looks them up in parallel.
+    if len(fresh) > 1:
+        with ThreadPoolExecutor(max_workers=DEPLOYER_LOOKUPS, thread_name_prefix="push-deployers") as pool:
+            deployers = dict(zip((id(v) for v in fresh), pool.map(lambda v: _deployed(push, v), fresh), strict=True))
+    else:
+        deployers = {id(v): _deployed(push, v) for v in fresh}
     parts = []
     for view in views:
         html = view.fragments.get("fleet")
         if html is None:
-            html = template.render(s=view.state)
+            html = template.render(s=view.state, deployed=deployers[id(view)])
             view.fragments["fleet"] = html
         parts.append(html)
     return Markup("".join(parts))
+
+
+def _deployed(push: PushServer, view: ServerView) -> dict[str, Record]:
+    """app -> the history record that made its desired release desired (none for a server file
+    written outside Push, or a history that does not reach that far)."""
+    out = {}
+    for a in view.state.apps:
+        if a.desired is None:
+            continue
+        try:
+            record = push.ctx.history.last_change(view.state.server, a.app)
+        except PushError:
+            continue
+        if record is not None and record.to == a.desired:
+            out[a.app] = record
+    return out
 
 
 def _after_change(push: PushServer, change: fleet.Change, url: str) -> RedirectResponse:
@@ -130,13 +185,27 @@ def _allowed(push: PushServer, server: str, app: str | None = None) -> None:
         check_app(app)
 
 
-def _flash(push: PushServer, done: str | None, server: str | None = None, app: str | None = None) -> Any:
+def _flash(push: PushServer, done: str | None, server: str | None = None, app: str | None = None) -> Flash | None:
+    """The record of the change `done` names, with how it stands now (`following.Outcome`):
+    the banner says what was requested and follows it (a unit request by its outcome)."""
     if not done:
         return None
     for record in push.ctx.history.records(server, app, limit=50):
         if record.id == done:
-            return record
+            if record.action in CHANGES:
+                return Flash(record, following.outcome(record, push.view.snapshot.state(record.server)))
+            request = next((r for r in unitrequests.list_requests(push.ctx.store, record.server)
+                            if r.history_id == record.id), None)
+            return Flash(record, following.unit_outcome(record, request))
     return None
+
+
+@dataclass(frozen=True)
+class Flash:
+    """A change just made (`record`) and what it has come to (`outcome`)."""
+
+    record: Record
+    outcome: following.Outcome
 
 
 def _fresh_file(push: PushServer, server: str) -> ServerFile:
@@ -188,6 +257,7 @@ def fleet_page(request: Request, server: str = "", app: str = "", problems: str 
                    live_link="/?" + urlencode({**live_params, "since": digest}),
                    problems=problems, total=len(push.ctx.config.servers),
                    with_problems=sum(1 for s in states if s.state.problems),
+                   in_progress=sum(1 for s in states if s.state.progress == "converging"),
                    first=(page - 1) * PER_PAGE + 1 if not all else 1,
                    last=(page - 1) * PER_PAGE + len(shown) if not all else len(states),
                    pages=1 if all else pages, page=page,
@@ -211,19 +281,42 @@ def server_page(request: Request, server: str, done: str | None = None) -> Respo
         for unit, st in app_state.units.items():
             states[unit] = st
     requests = list(reversed(unitrequests.list_requests(push.ctx.store, server)))[:20]
+    history = push.ctx.history.records(server, limit=20)
+    live_link, unchanged = _live(request, state, sorted(units.items()), [(r.id, r.state, r.result) for r in requests],
+                                 [r.id for r in history])
+    if unchanged:
+        return Response(status_code=204)
     return _page(request, "server.html", identity, s=state, units=sorted(units.items()),
                  unit_states=states, requests=requests, flash=_flash(push, done, server),
-                 history=push.ctx.history.records(server, limit=20))
+                 history=history, live_link=live_link)
+
+
+WHERE_ROWS = 100
 
 
 @router.get("/apps/{app}", response_class=HTMLResponse)
 def app_page(request: Request, app: str, done: str | None = None) -> Response:
     push, identity = _viewer(request)
-    check_app(app)
+    fleet.require_app(push.ctx, app)  # an unknown app is 404 (with near names), not an empty page
+    snapshot = push.view.snapshot
     servers = [s for s, apps in push.ctx.config.servers.items() if app in apps]
-    return _page(request, "app.html", identity, app=app, releases=push.view.releases(app)[:200],
-                 servers=servers, history=push.ctx.history.records(app=app, limit=30),
-                 flash=_flash(push, done, None, app))
+    # Every server that may run it or whose file or agent has it, with its state there (the
+    # first WHERE_ROWS; the fleet view filtered by the app shows them all).
+    where = []
+    for view in snapshot.select(None, app):
+        a = next((x for x in view.state.apps if x.app == app), None)
+        if a is not None and (view.state.server in servers or a.desired or a.actual):
+            where.append((view.state, a))
+    more = max(0, len(where) - WHERE_ROWS)
+    where = where[:WHERE_ROWS]
+    releases = push.view.releases(app)[:200]
+    history = push.ctx.history.records(app=app, limit=30)
+    live_link, unchanged = _live(request, where, [(r.name, r.desired_on, r.running_on) for r in releases],
+                                 [r.id for r in history])
+    if unchanged:
+        return Response(status_code=204)
+    return _page(request, "app.html", identity, app=app, releases=releases, servers=servers, where=where, more=more,
+                 history=history, flash=_flash(push, done, None, app), live_link=live_link)
 
 
 # -- the release picker and deploying -------------------------------------------------------
@@ -237,9 +330,38 @@ def picker(request: Request, server: str, app: str, done: str | None = None) -> 
     app_state = next((a for a in state.apps if a.app == app), None)
     if app_state is None:
         raise NotFound(f"{app} is not allowed on {server} (see {push.ctx.config.source})")
+    releases = push.view.releases(app)
+    history = push.ctx.history.records(server, app, limit=10)
+    live_link, unchanged = _live(request, state, [(r.name, r.desired_on, r.running_on) for r in releases],
+                                 [r.id for r in history])
+    if unchanged:
+        return Response(status_code=204)
     return _page(request, "picker.html", identity, server=server, app=app, a=app_state, s=state,
-                 releases=push.view.releases(app), flash=_flash(push, done, server, app),
-                 history=push.ctx.history.records(server, app, limit=10))
+                 releases=releases, flash=_flash(push, done, server, app), history=history,
+                 rollback_to=_rollback_to(push, server, app, app_state.desired), live_link=live_link)
+
+
+def _rollback_to(push: PushServer, server: str, app: str, desired: str | None) -> str | None:
+    """The release a rollback would return to, or None when there is nothing to roll back to
+    (no earlier release in the history): the page then offers no "Roll back…"."""
+    if desired is None:
+        return None
+    try:
+        return fleet.rollback_target(push.ctx, server, app).to
+    except PushError:
+        return None
+
+
+@router.get("/servers/{server}/apps/{app}/follow", response_class=HTMLResponse)
+def follow(request: Request, server: str, app: str, done: str) -> Response:
+    """The banner of a confirmed change, as it stands now (polled by the banner itself until
+    the change is installed and healthy, or failed)."""
+    push, identity = _viewer(request)
+    _allowed(push, server, app)
+    record = _flash(push, done, server, app)
+    if record is None:
+        raise NotFound(f"no change {done} of {app} on {server}")
+    return _page(request, "_flash.html", identity, flash=record)
 
 
 @router.get("/servers/{server}/apps/{app}/confirm", response_class=HTMLResponse)
@@ -369,6 +491,22 @@ async def post_deploy_all(request: Request, app: str) -> Response:
 # -- units ------------------------------------------------------------------------------------
 
 
+@router.get("/servers/{server}/units/{unit}/{action}", response_class=HTMLResponse)
+def confirm_unit(request: Request, server: str, unit: str, action: str) -> Response:
+    """Stop and restart ask first (a stop takes a service down; start is asked for by its button)."""
+    push, identity = _viewer(request)
+    _allowed(push, server)
+    if action not in ("start", "stop", "restart"):
+        raise NotFound(f"no unit action {action!r}: start, stop or restart")
+    units = fleet.units_of(push.ctx, server, push.view.report(server))
+    if unit not in units:
+        raise NotFound(f"no unit {unit!r} known on {server}")
+    state = push.view.snapshot.servers[server].state
+    unit_state = next((a.units[unit] for a in state.apps if unit in a.units), "unknown")
+    return _page(request, "unit.html", identity, server=server, unit=unit, app=units[unit], action=action,
+                 unit_state=unit_state)
+
+
 @router.post("/servers/{server}/units/{unit}/{action}", dependencies=DEPLOYER)
 def post_unit(request: Request, server: str, unit: str, action: str, note: str = Form(""),
               csrf_token: str = Form("")) -> Response:
@@ -376,6 +514,27 @@ def post_unit(request: Request, server: str, unit: str, action: str, note: str =
     change = fleet.unit_action(push.ctx, identity.name, server, unit, action, report=push.view.report(server),
                                note=note)
     return _after_change(push, change, f"/servers/{server}")
+
+
+# -- search -----------------------------------------------------------------------------------
+
+
+SEARCH_LIMIT = 20
+
+
+@router.get("/search", response_class=HTMLResponse)
+def search(request: Request, q: str = "") -> Response:
+    """Servers and apps whose name contains `q`: a page of its own, or (asked by the header's
+    search box as you type) the list of matches."""
+    push, identity = _viewer(request)
+    wanted = q.strip().lower()
+    servers = [s for s in push.ctx.config.servers if wanted and wanted in s.lower()]
+    apps = [a for a in lookup.known_apps(push.ctx.catalog, push.ctx.config) if wanted and wanted in a.lower()]
+    context: dict[str, Any] = dict(q=q, servers=servers[:SEARCH_LIMIT], apps=apps[:SEARCH_LIMIT],
+                                   more=max(0, len(servers) - SEARCH_LIMIT) + max(0, len(apps) - SEARCH_LIMIT))
+    if request.headers.get("hx-request"):
+        return _page(request, "_search_results.html", identity, **context)
+    return _page(request, "search.html", identity, **context)
 
 
 # -- history ----------------------------------------------------------------------------------

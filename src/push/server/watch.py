@@ -5,6 +5,12 @@ of idle agents cost a few hundred bytes each and no thread. Revisions change whe
 process writes (woken at once), and when anyone else writes: the bucket is listed every
 `poll_interval` seconds (server files, agent reports, unit requests) and the catalogue
 refreshed every `catalog_interval` seconds, each in a worker thread.
+
+The long-poll is also the agent's heartbeat: the hub records, in memory, when each server's
+agent came for a watch and by when it must come back (the poll's timeout plus
+`watch_grace`, or `watch_grace` after it was answered); the fleet view calls an agent that
+is not back by then stale (push.fleetstate.liveness), within 90 s of its stop with the
+defaults (55 + 20 s).
 """
 
 from __future__ import annotations
@@ -14,7 +20,11 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
+from datetime import timedelta
 
+from push import timestamps
+from push.fleetstate import Watcher
 from push.fleetview import FleetView
 
 log = logging.getLogger(__name__)
@@ -25,6 +35,9 @@ MAX_TIMEOUT = 300.0
 # that all connected at once (a push server restart, a network blip) would otherwise come
 # back all at once every `timeout` seconds, forever in step.
 TIMEOUT_JITTER = 0.1
+# How long after its long-poll ends an agent has to come back before it is stale (the
+# network, a reconnect's first backoff; pulld's watch thread comes back at once).
+WATCH_GRACE = 20.0
 
 
 def jittered(timeout: float) -> float:
@@ -33,8 +46,10 @@ def jittered(timeout: float) -> float:
 
 
 class WatchHub:
-    def __init__(self, view: FleetView, *, poll_interval: float = 2.0, catalog_interval: float = 10.0) -> None:
+    def __init__(self, view: FleetView, *, poll_interval: float = 2.0, catalog_interval: float = 10.0,
+                 watch_grace: float = WATCH_GRACE) -> None:
         self.view = view
+        self.watch_grace = watch_grace
         self.poll_interval = poll_interval
         self.catalog_interval = catalog_interval
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
@@ -44,6 +59,8 @@ class WatchHub:
         self.poll_errors = 0
         self.last_poll_error: str | None = None
         self.wakeups = 0
+        # Told of every change the view sees (the rollout driver steps at once on news).
+        self.on_changed: Callable[[set[str]], None] | None = None
 
     @property
     def watchers(self) -> int:
@@ -100,6 +117,8 @@ class WatchHub:
                 log.warning("catalogue refresh failed: %s", self.last_poll_error)
 
     def _notify(self, servers: set[str]) -> None:
+        if servers and self.on_changed is not None:
+            self.on_changed(servers)
         for server in servers:
             waiters = self._waiters.pop(server, None)
             if not waiters:
@@ -123,8 +142,24 @@ class WatchHub:
         await self.ready()
         rev = self.view.rev(server)
         if since is None:
+            self._came(server, 0.0)
             return rev, False
-        deadline = time.monotonic() + jittered(max(0.0, min(timeout, MAX_TIMEOUT)))
+        wait = jittered(max(0.0, min(timeout, MAX_TIMEOUT)))
+        self._came(server, wait)
+        try:
+            return await self._wait(server, since, rev, wait)
+        finally:
+            self._came(server, 0.0)  # answered (or the agent went away): back within the grace
+
+    def _came(self, server: str, wait: float) -> None:
+        """Record the agent's watch: it must be back `wait` seconds plus the grace from now."""
+        if server not in self.view.sources.config.servers:
+            return  # only servers of the fleet: a stranger's names cost no memory
+        now = timestamps.now()
+        self.view.watched(server, Watcher(last=now, back_by=now + timedelta(seconds=wait + self.watch_grace)))
+
+    async def _wait(self, server: str, since: str, rev: str, wait: float) -> tuple[str, bool]:
+        deadline = time.monotonic() + wait
         loop = asyncio.get_running_loop()
         while rev == since:
             remaining = deadline - time.monotonic()
