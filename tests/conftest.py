@@ -188,3 +188,19 @@ def ctx(bucket: LocalStore, tmp_path: Path) -> fleet.Context:
 @pytest.fixture
 def rels(bucket: LocalStore) -> list[ReleaseInfo]:
     return [make_release(bucket, "hello", n) for n in range(1, 5)]
+
+
+# -- order: the long modules first ---------------------------------------------------------
+
+# Modules built around one long setup (booted real servers, Push's own packages built with
+# pip and lintian, a fleet of agents, a browser), longest first. Under pytest-xdist
+# (scripts/test runs `--dist loadfile --no-loadscope-reorder`) each module runs whole on one
+# worker in this order, so the longest start at once while the other worker takes the short
+# ones, rather than ending the run on one busy worker. Serially the order changes nothing.
+LONG_MODULES = ("test_realserver.py", "test_builder_push_packages.py", "test_agent_main.py", "test_e2e.py",
+                "test_demo.py", "test_server_browser.py", "test_fuzz.py", "test_builder_lintian.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_MODULES)))  # stable: each module's order kept
