@@ -196,11 +196,13 @@ def rels(bucket: LocalStore) -> list[ReleaseInfo]:
 # pip and lintian, a fleet of agents, a browser), longest first. Under pytest-xdist
 # (scripts/test runs `--dist loadfile --no-loadscope-reorder`) each module runs whole on one
 # worker in this order, so the longest start at once while the other worker takes the short
-# ones, rather than ending the run on one busy worker. Serially the order changes nothing.
+# ones, rather than ending the run on one busy worker. A serial run keeps the files' order.
 LONG_MODULES = ("test_realserver.py", "test_builder_push_packages.py", "test_agent_main.py", "test_e2e.py",
                 "test_demo.py", "test_server_browser.py", "test_fuzz.py", "test_builder_lintian.py")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not getattr(config.option, "numprocesses", None):
+        return
     rank = {name: i for i, name in enumerate(LONG_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONG_MODULES)))  # stable: each module's order kept
