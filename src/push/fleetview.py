@@ -143,6 +143,17 @@ class Seen:
 EMPTY = Seen({}, {}, {}, {})
 
 
+@dataclass(eq=False)
+class _Batch:
+    """Servers written by this process, re-read by one look (FleetView.refresh_servers).
+    Its servers grow under the view's `_pending_lock` until a builder takes it; the
+    builder sets `changed` (or `error`) under the builder's lock, where its callers read it."""
+
+    servers: set[str] = field(default_factory=set)
+    changed: frozenset[str] | None = None
+    error: PushError | None = None
+
+
 @dataclass(frozen=True, eq=False)
 class Snapshot:
     """The fleet at one moment: never changed once built (see the module docstring)."""
@@ -237,6 +248,9 @@ class FleetView:
         self.full_interval = full_interval
         self.report_reread = report_reread
         self._lock = threading.Lock()      # one builder at a time
+        # The servers written by this process waiting for their look (refresh_servers).
+        self._pending_lock = threading.Lock()
+        self._pending = _Batch()
         self._first = threading.Lock()     # one first load, however many readers wait for it
         self._snapshot: Snapshot | None = None
         self._journal = changes.Journal(sources.store)
@@ -247,6 +261,8 @@ class FleetView:
         self._watchers: dict[str, Watcher] = {}
         # For /metrics and the benchmarks.
         self.refreshes = 0
+        self.builds = 0                    # snapshots built (a batch of local writes is one)
+        self.batched_writes = 0            # servers re-read by refresh_servers, over all batches
         self.full_refreshes = 0
         self.object_reads = 0
         self.last_refresh: float | None = None
@@ -305,10 +321,42 @@ class FleetView:
 
     def refresh_server(self, server: str) -> set[str]:
         """Re-read one server's file and unit requests (after a write by this process);
-        returns the servers whose watch revision changed."""
-        check_server(server)
+        returns the servers whose watch revision changed (those of the whole batch it went
+        in, see `refresh_servers`)."""
+        return self.refresh_servers((server,))
+
+    def refresh_servers(self, servers: Iterable[str]) -> set[str]:
+        """Re-read these servers' files and unit requests (after writes by this process);
+        returns the servers whose watch revision changed, of the whole batch.
+
+        Calls from several threads at once (a fleet-wide deploy's writers, each after its
+        own write) are batched: while one snapshot is being built, the servers of every
+        call that arrives go into the next batch, and that batch is one look and one
+        snapshot for all of them. Building a snapshot copies the fleet's maps, so one
+        build per server made a fleet-wide deploy quadratic (23 ms a write at 10,000
+        servers). Each call still returns only after a look that started after it came,
+        so a read that starts after it returns sees its write."""
+        wanted = frozenset(servers)
+        for server in wanted:
+            check_server(server)
         self.ensure_loaded()  # (a first load that listed before the write is followed by this look)
-        return self._advance(lambda seen: (self._look_at_server(seen, server), frozenset((server,))))
+        with self._pending_lock:
+            batch = self._pending
+            batch.servers |= wanted
+        with self._lock:
+            if batch.changed is None and batch.error is None:  # not built by another caller yet
+                with self._pending_lock:
+                    self._pending = _Batch()  # who comes from now on waits for the next look
+                only = frozenset(batch.servers)
+                try:
+                    batch.changed = frozenset(self._advance_locked(lambda seen: (self._look_at_servers(seen, only), only)))
+                except PushError as e:
+                    batch.error = e
+                self.batched_writes += len(only)
+        if batch.error is not None:
+            raise batch.error
+        assert batch.changed is not None
+        return set(batch.changed)
 
     def refresh_catalog(self) -> bool:
         """The catalogue's incremental refresh; True if there are new releases."""
@@ -339,17 +387,22 @@ class FleetView:
         the fleet's size); every other server is carried over as the last snapshot had it,
         and the next full re-list re-checks them all."""
         with self._lock:
-            prev = self._snapshot
-            prev_seen = prev.seen if prev is not None else EMPTY
-            only: frozenset[str] | None = None
-            try:
-                seen, only = look(prev_seen)
-            except PushError:
-                if prev is not None:
-                    self._snapshot = self._build(prev, prev_seen, only)
-                raise
-            new = self._build(prev, seen, only)
-            self._snapshot = new
+            return self._advance_locked(look)
+
+    def _advance_locked(self, look: Callable[[Seen], tuple[Seen, frozenset[str] | None]]) -> set[str]:
+        """`_advance` with the builder's lock held."""
+        prev = self._snapshot
+        prev_seen = prev.seen if prev is not None else EMPTY
+        only: frozenset[str] | None = None
+        try:
+            seen, only = look(prev_seen)
+        except PushError:
+            if prev is not None:
+                self._snapshot = self._build(prev, prev_seen, only)
+            raise
+        new = self._build(prev, seen, only)
+        self._snapshot = new
+        self.builds += 1
         if prev is None:
             return set(new.revs)
         # Only the servers the look re-read can have a new revision (_build carries the
@@ -586,12 +639,14 @@ class FleetView:
         else:
             requests.pop(server, None)
 
-    def _look_at_server(self, prev: Seen, server: str) -> Seen:
-        """Re-read one server's file (if its generation changed) and list its unit requests."""
+    def _look_at_servers(self, prev: Seen, servers: frozenset[str]) -> Seen:
+        """Re-read these servers' files (each if its generation changed) and list their unit
+        requests: the maps are copied once for all of them."""
         files, file_errors, requests = dict(prev.files), dict(prev.file_errors), dict(prev.requests)
-        self._reread_file(server, files, file_errors)
-        self._relist_requests(server, requests)
-        return Seen(files, file_errors, prev.reports, requests, _file_problems(prev.problems, file_errors, [server]),
+        for server in servers:
+            self._reread_file(server, files, file_errors)
+            self._relist_requests(server, requests)
+        return Seen(files, file_errors, prev.reports, requests, _file_problems(prev.problems, file_errors, servers),
                     prev.report_times)
 
     # -- reading (each call reads one snapshot) --------------------------------------------------
