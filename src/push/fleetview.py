@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import heapq
 import logging
 import threading
 import time
@@ -259,6 +260,11 @@ class FleetView:
         # What the push server knows of each agent that watches it (push.server.watch): set
         # from the event loop, read by the builder (a whole value per key, swapped at once).
         self._watchers: dict[str, Watcher] = {}
+        self._watch_lock = threading.Lock()
+        self._rewatched: set[str] = set()  # servers whose watcher was set since the last build
+        # (when, server): when a view the builder made stops being current by the clock
+        # alone; a heap, read and written by the builder only.
+        self._expiries: list[tuple[datetime, str]] = []
         # For /metrics and the benchmarks.
         self.refreshes = 0
         self.builds = 0                    # snapshots built (a batch of local writes is one)
@@ -315,6 +321,8 @@ class FleetView:
     def watched(self, server: str, watcher: Watcher) -> None:
         """An agent came for a watch (or was answered): its liveness, seen at the next build."""
         self._watchers[server] = watcher
+        with self._watch_lock:
+            self._rewatched.add(server)
 
     def watcher(self, server: str) -> Watcher | None:
         return self._watchers.get(server)
@@ -349,7 +357,8 @@ class FleetView:
                     self._pending = _Batch()  # who comes from now on waits for the next look
                 only = frozenset(batch.servers)
                 try:
-                    batch.changed = frozenset(self._advance_locked(lambda seen: (self._look_at_servers(seen, only), only)))
+                    changed = self._advance_locked(lambda seen: (self._look_at_servers(seen, only), only))
+                    batch.changed = frozenset(changed)
                 except PushError as e:
                     batch.error = e
                 self.batched_writes += len(only)
@@ -417,18 +426,31 @@ class FleetView:
         generation = self.sources.catalog.generation  # read before any lookup: a change meanwhile shows next time
         catalog_changed = prev is None or generation != prev.catalog_generation
         old = prev.servers if prev is not None else {}
-        if only is None or prev is None or config is not prev.config:
+        with self._watch_lock:
+            rewatched, self._rewatched = self._rewatched, set()
+        partial = not (only is None or prev is None or config is not prev.config)
+        if not partial:
             servers: dict[str, ServerView] = {}
             check = config.servers
+            self._expiries = []
         else:
+            assert only is not None and prev is not None
             servers = dict(old)
-            # The servers the look re-read, and those the clock or a watch changed.
-            due = {s for s, v in old.items() if not v.current(now, self._watchers.get(s))}
+            # The servers the look re-read, and those the clock or a watch changed: the
+            # views whose time has come (a heap of their expiry times) and the servers whose
+            # agent came for a watch since the last build. Asking every view whether it is
+            # still current made each local write cost O(fleet).
+            due = set(rewatched)
+            while self._expiries and self._expiries[0][0] <= now:
+                due.add(heapq.heappop(self._expiries)[1])
             check = {s: config.servers[s] for s in only | due if s in config.servers}
             generation = prev.catalog_generation  # the others were checked against that one
             catalog_changed = False
         for name, allowed in check.items():
-            servers[name] = self._view(name, allowed, seen, old.get(name), now, catalog_changed)
+            was = old.get(name)
+            view = servers[name] = self._view(name, allowed, seen, was, now, catalog_changed)
+            if view.expires is not None and (view is not was or not partial):
+                heapq.heappush(self._expiries, (view.expires, name))
         revs = {} if only is None or prev is None else dict(prev.revs)
         for server in (seen.files.keys() | seen.requests.keys() | seen.file_errors.keys()
                        if only is None or prev is None else only):
@@ -439,9 +461,12 @@ class FleetView:
                 continue
             revs[server] = watch_rev(sf.generation if sf is not None else err[0] if err is not None else None,
                                      seen.requests.get(server, ()))
-        if (prev is not None and _same(seen, prev.seen, only) and revs == prev.revs and config is prev.config
-                and generation == prev.catalog_generation
-                and servers.keys() == old.keys() and all(old[s] is v for s, v in servers.items())):
+        # (With `partial`, only the servers re-read or re-checked can differ from `prev`.)
+        same_revs = (len(revs) == len(prev.revs) and all(revs.get(s) == prev.revs.get(s) for s in only)
+                     if partial and prev is not None and only is not None else prev is not None and revs == prev.revs)
+        if (prev is not None and _same(seen, prev.seen, only) and same_revs and config is prev.config
+                and generation == prev.catalog_generation and servers.keys() == old.keys()
+                and all(old.get(s) is servers[s] for s in (check if partial else servers))):
             return prev  # nothing changed: keep what was computed from it (joined JSON, release map)
         return Snapshot(taken=now, config=config, catalog_generation=generation, seen=seen, servers=servers,
                         revs=revs)
