@@ -19,6 +19,8 @@ from the one before, after one of four looks at the bucket:
   `report_reread`);
 - `refresh_server(server)`, called after this process wrote to that server: re-reads its
   file and its request keys, so a read that starts after the write returned sees it;
+  calls from several threads at once (a fleet-wide deploy) share one look and one
+  snapshot (`refresh_servers`), so a fleet-wide write does not copy the fleet per server;
 - `refresh_catalog()`: new releases in the catalogue, the same objects.
 Being serialized, a poll that listed the bucket before a local write cannot swap in a
 snapshot older than the one that write made: the write's look waits for the poll and
