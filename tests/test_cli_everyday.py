@@ -246,6 +246,20 @@ def test_status_problems_exit_code(cli):
     assert code == 7 and json.loads(out)["servers"][0]["server"] == server
 
 
+def test_status_indents_every_line_of_a_reason(cli):
+    # A reason spans lines (the failing check, then the unit's log): each stays under its
+    # app, indented, so the output still reads as one block per server.
+    server = cli.fresh()
+    assert cli("deploy", server, "hello", "latest")[0] == 0
+    report(cli.world.bucket, server, {"hello": cli.world.rels[2].name},
+           failed={"hello": "dpkg: error\nlast lines of hello.service:\nhello 3 listening"})
+    wait_for(lambda: cli("status", server)[1].count("hello 3 listening") == 1, what="the failure seen")
+    out = cli("status", server)[1]
+    lines = out.splitlines()
+    assert lines[0].startswith(server) and all(line.startswith("  ") for line in lines[1:]), out
+    assert any(line.strip() == "last lines of hello.service:" for line in lines), out
+
+
 class _Page(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         body = b"<html><head><title>Welcome to nginx!</title></head><body>hello</body></html>"
@@ -282,6 +296,23 @@ def test_a_push_url_that_is_not_push(world, not_push, capsys):
         assert "answered HTTP 200, text/html" in err and "page 'Welcome to nginx!'" in err and "<html" not in err
 
 
+def test_a_push_url_with_a_wrong_path_or_no_scheme(world, capsys):
+    # The push server answers, but not at this path (an API or page URL given for its root):
+    # exit 4 saying to give the root, not "no page at /api/v1/api/v1/fleet" as a not-found (1).
+    for path in ("/api/v1", "/fleet"):
+        code = main(["status", "--push-url", world.server.url + path])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 4 and len(lines) == 1, err
+        assert f"{world.server.url}{path} is a Push server's page, not its root URL" in err, err
+        assert f"--push-url {world.server.url}" in err, err
+    # No scheme: a usage error (2, as a bad --store URL), quoting what was given.
+    host = world.server.url.removeprefix("http://")
+    code = main(["status", "--push-url", host])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == f"push: error: --push-url must be http(s)://HOST[:PORT], not {host!r}", err
+
+
 def test_typo_and_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["stauts"])
@@ -298,7 +329,28 @@ def test_typo_and_help(capsys):
 # -- 5. shell completion --------------------------------------------------------------------------
 
 
+def rollouts_of(world: World) -> tuple[str, str]:
+    """(an ended rollout, an active one) of batch on b1, made once per module: the active one
+    has no active pointer, so no driver drives it and no plain deploy is refused."""
+    if not hasattr(world, "rollout_ids"):
+        from push import config, fleet
+        from push.rollout import control, model
+        from push.rollout.control import RolloutRequest
+
+        ctx = fleet.Context.open(world.bucket, config.load(world.conf), via="test")
+        req = RolloutRequest(app="batch", release=world.batch["batch"][1].name, servers=["b1"])
+        ended = control.start(ctx, "ann", req)
+        model.update(world.bucket, ended.id, lambda r: setattr(r, "state", "aborted"))
+        active = control.start(ctx, "ann", req)
+        model.release_active(world.bucket, "batch", rollout_id=active.id)
+        world.rollout_ids = (ended.id, active.id)  # type: ignore[attr-defined]
+    return world.rollout_ids  # type: ignore[attr-defined,no-any-return]
+
+
 def test_completion_values(cli):
+    ended, active = rollouts_of(cli.world)
+    assert cli("completion", "--values", "rollouts")[1].split() == [active, ended]
+    assert cli("completion", "--values", "active-rollouts")[1].split() == [active]
     assert cli("completion", "--values", "servers")[1].split() == ["web-1", "web-2", "db-1", *FRESH,
                                                                    "b1", "b2", "c1", "c2"]
     apps = cli("completion", "--values", "apps")[1].split()
@@ -349,6 +401,18 @@ def test_bash_completion_for_real(world):
     assert bash_complete(world, "deploy", "--all-servers", "--note", "x y", "twin", "l") == ["latest"]
     assert bash_complete(world, "unit", "web-1", "hello.service", "st") == ["start", "stop"]
     assert bash_complete(world, "completion", "") == ["bash", "zsh"]
+    # push rollout: its commands, their options and arguments (rollout ids, apps, releases).
+    ended, active = rollouts_of(world)
+    assert bash_complete(world, "rollout", "") == ["start", "status", "pause", "resume", "abort", "promote"]
+    assert bash_complete(world, "rollout", "p") == ["pause", "promote"]
+    assert bash_complete(world, "rollout", "start", "--wa") == ["--wait", "--wave-deadline", "--waves"]
+    assert bash_complete(world, "rollout", "start", "--bake", "60", "tw") == ["twin"]
+    assert bash_complete(world, "rollout", "start", "--servers", "b1", "twin", "") == ["latest", "previous",
+                                                                                     "abcdef121", "abcdef120"]
+    assert bash_complete(world, "rollout", "status", "") == [active, ended]
+    assert bash_complete(world, "rollout", "abort", "--no-rollback", "") == [active]
+    assert bash_complete(world, "rollout", "status", active, "") == []
+    assert bash_complete(world, "keys", "") == ["generate", "show"]
     # Through the push server the line names (and only the names it answers).
     url = world.server.url
     assert bash_complete(world, "--push-url", url, "status", "b") == ["b1", "b2"]
@@ -371,4 +435,21 @@ def test_zsh_completion(world):
 
     assert "deploy" in offered("dep") and "completion" in offered("")
     assert offered("deploy", "web-1", "twin", "") == ["latest", "previous", "abcdef121", "abcdef120"]
+    active = rollouts_of(world)[1]
+    assert offered("rollout", "pause", "") == [active]
     assert offered("deploy", "") == ["web-1", "web-2", "db-1", *FRESH, "b1", "b2", "c1", "c2"]
+
+
+def test_rollout_commands_on_a_bad_day(cli):
+    """A typo'd rollout id, and a control of an ended rollout: one clear line and the code."""
+    ended, active = rollouts_of(cli.world)
+    code, out, err = cli("rollout", "abort", ended)
+    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"push: error: rollout {ended} has ended (aborted): nothing to abort"), err
+    typo = active[:-1] + ("0" if active[-1] != "0" else "1")
+    for argv in (("rollout", "status", typo), ("rollout", "pause", typo), ("rollout", "status", active[:-3])):
+        code, out, err = cli(*argv)
+        assert code == 1 and out == "" and len(err.strip().splitlines()) == 1, err
+        assert f"did you mean {active}?" in err, err
+    code, _, err = cli("rollout", "status", "nonsense")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "ids look like" in err, err

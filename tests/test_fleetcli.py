@@ -304,11 +304,11 @@ def test_remote_errors_come_back_as_the_same_class() -> None:
 
 def test_credentials_in_a_push_url_are_refused_and_never_printed(setup, capsys, monkeypatch):
     code, out, err = run(capsys, "status", "--push-url", "http://user:hunter2@127.0.0.1:9")
-    assert code == 1 and "hunter2" not in out + err and "user" not in err.replace("--push-url", "")
+    assert code == 2 and "hunter2" not in out + err and "user" not in err.replace("--push-url", "")
     assert "must not carry credentials (http://…@127.0.0.1:9)" in err and "PUSH_TOKEN" in err
     monkeypatch.setenv("PUSH_URL", "https://ops:hunter2@push.example:8443/")
     code, out, err = run(capsys, "history")
-    assert code == 1 and "hunter2" not in out + err and "…@push.example:8443" in err
+    assert code == 2 and "hunter2" not in out + err and "…@push.example:8443" in err
 
 
 def test_push_remove_writes_the_placeholder_both_ways(setup, server, capsys, monkeypatch):

@@ -318,7 +318,7 @@ def test_a_stale_agent_makes_what_is_not_done_stuck() -> None:
     rep = report({"hello": HELLO1.name, "pulld": PULLD1.name}, age=timedelta(minutes=20))
     s = state(HELLO2.name, PULLD1.name, rep=rep, written=timedelta(seconds=5))
     hello = app(s, "hello")
-    assert hello.progress == "stuck" and "its agent is stale (no report for 1200 s)" in str(hello.progress_reason)
+    assert hello.progress == "stuck" and "its agent is stale: no report for 1200 s" in str(hello.progress_reason)
     assert app(s, "pulld").progress == "done"  # as last reported
     assert (s.progress, s.stale) == ("stuck", True)
 

@@ -98,3 +98,37 @@ def test_live_lines_are_rewritten_in_place_on_a_terminal() -> None:
 
 def test_nothing_to_follow() -> None:
     assert run([fleet()], [])[0] == 0
+
+
+def _outage(down: int) -> tuple[int, str, Clock]:
+    """Follow web-1 through a push server that answers, is unreachable for `down` looks, then answers done."""
+    from push.errors import StoreUnavailable
+
+    answers: list[FleetState | None] = [fleet(("web-1", "converging", "installing x")), *[None] * down,
+                                        fleet(("web-1", "done", None))]
+
+    def fetch() -> FleetState:
+        answer = answers.pop(0) if len(answers) > 1 else answers[0]
+        if answer is None:
+            raise StoreUnavailable("cannot reach the push server http://127.0.0.1:1: [Errno 111] Connection refused")
+        return answer
+    out, clock = io.StringIO(), Clock()
+    try:
+        code = follow([("web-1", "hello")], fetch, out=out, live=False, clock=clock, sleep=clock.sleep)
+    except StoreUnavailable:
+        code = -1
+    return code, out.getvalue(), clock
+
+
+def test_a_push_server_restarted_meanwhile_is_waited_for() -> None:
+    # Restarting the push server (an upgrade of Push itself) must not end a wait on its agents.
+    code, out, _ = _outage(5)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[-1].startswith("web-1  hello  done: ")
+    assert sum("cannot reach the push server" in line for line in lines) == 1, out  # said once, not per look
+
+
+def test_a_push_server_gone_for_good_ends_the_wait_with_its_error() -> None:
+    code, out, clock = _outage(10_000)
+    assert code == -1 and 55 <= clock.now <= 65, clock.now

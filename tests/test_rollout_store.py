@@ -4,33 +4,36 @@ pages. The end-to-end tests with real agents are tests/test_rollouts.py."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
-from fleetdata import make_config
-from push import fleet, serverfile, status
+from fleetdata import make_config, make_release
+from push import changes, config, fleet, serverfile, status
 from push.fleet import Context
 from push.release import ReleaseInfo
 from push.rollout import control, model
 from push.rollout.control import RolloutRequest
 from push.rollout.driver import Driver
 from push.rollout.lease import Leases, holder_of
-from push.rollout.model import RolloutActive
+from push.rollout.model import Rollout, RolloutActive
 from push.server.app import create_app
 from push.server.auth import AuthSettings
+from push.store.counting import CountingStore
 from push.store.local import LocalStore
 
 
 def healthy(ctx: Context, server: str, app: str, installed: str | None, health: str = "healthy",
             reverted_from: str | None = None) -> None:
-    """An agent's report: `installed` of `app`, with `health`."""
+    """An agent's report: `installed` of `app`, with `health`; journaled, as pulld's are."""
     st = status.AgentStatus(server=server, agent_version="test", time=status.timestamps.now_text())
     st.apps[app] = status.AppStatus(desired=installed, installed=installed, health=health,
                                     reverted_from=reverted_from)
     status.write(ctx.store, st)
+    changes.record(ctx.store, changes.STATUS, server)
 
 
 @pytest.fixture
@@ -87,7 +90,7 @@ def test_bad_requests_are_refused_with_one_line(started: tuple[Context, list[Rel
 def test_the_driver_completes_a_healthy_rollout_and_rolls_back_a_reverted_canary(
         started: tuple[Context, list[ReleaseInfo]]) -> None:
     ctx, rels = started
-    one, two = Driver(ctx, holder="one"), Driver(ctx, holder="two")
+    one, two = Driver.straight(ctx, holder="one"), Driver.straight(ctx, holder="two")
     r = control.start(ctx, "ann", RolloutRequest(app="hello", release=rels[1].name, bake=0))
     assert r.plan.waves == [1, 2]
     two.leases.ttl = one.leases.ttl = 30
@@ -143,3 +146,106 @@ def test_the_pages_show_the_plan_start_it_and_control_it(bucket: LocalStore, tmp
         assert "Resume" in client.get(url).text
         history = client.get("/history?server=web-1").text
         assert f'href="/rollouts/{rid}"' in history
+
+
+WAITING = 100  # servers of one wave waiting on their health
+
+
+@pytest.fixture
+def waiting_wave(tmp_path) -> Iterator[tuple[Context, CountingStore, str]]:
+    """A rollout whose one wave of WAITING servers is written and waits on their health (their
+    agents report the release installed, health `starting`), on a counted local store."""
+    conf = tmp_path / "many.conf"
+    conf.write_text("".join(f'[servers.s{i:03}]\nappNames = ["hello"]\n\n' for i in range(WAITING)))
+    counted = CountingStore(LocalStore(tmp_path / "many-bucket"))
+    ctx = fleet.Context.open(counted, config.load(conf), via="test")
+    one, two = make_release(counted, "hello", 1), make_release(counted, "hello", 2)
+    servers = [f"s{i:03}" for i in range(WAITING)]
+    for s in servers:
+        fleet.deploy(ctx, "ann", s, "hello", one.name)
+    r = control.start(ctx, "ann", RolloutRequest(app="hello", release=two.name, waves="100%", bake=0,
+                                                 wave_deadline=600))
+    for s in servers:
+        healthy(ctx, s, "hello", two.name, health="starting")
+    yield ctx, counted, r.id
+
+
+def operations_per_second(counted: CountingStore, seconds: float) -> float:
+    before = sum(counted.counts().values())
+    time.sleep(seconds)
+    return (sum(counted.counts().values()) - before) / seconds
+
+
+def test_a_wave_waiting_on_health_costs_few_bucket_operations_in_push_serve(
+        waiting_wave: tuple[Context, CountingStore, str]) -> None:
+    """The push server's driver observes the wave through its fleet view (the change journal),
+    not by reading each server's report and file at every round."""
+    ctx, counted, rid = waiting_wave
+    app = create_app(counted, ctx.config, auth=AuthSettings(no_auth=True), rollout_interval=1.0)
+    with TestClient(app):
+        deadline = time.monotonic() + 20
+        while model.read(counted, rid).servers["s099"].phase != "changed" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert model.read(counted, rid).servers["s099"].phase == "changed"
+        time.sleep(0.5)
+        rate = operations_per_second(counted, 3.0)
+        print(f"push serve, a wave of {WAITING} waiting: {rate:.1f} store operations/s")
+        assert rate < 20, rate
+        healthy(ctx, "s000", "hello", model.read(counted, rid).release)  # news: seen within a poll
+        while model.read(counted, rid).servers["s000"].phase != "healthy" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert model.read(counted, rid).servers["s000"].phase == "healthy"
+
+
+def test_a_wave_waiting_on_health_costs_few_bucket_operations_straight_to_the_bucket(
+        waiting_wave: tuple[Context, CountingStore, str]) -> None:
+    ctx, counted, rid = waiting_wave
+    seen: list[Rollout] = []
+    driver = Driver.straight(ctx)
+    thread = threading.Thread(target=lambda: seen.append(driver.follow(rid, 0.5, seen.append)), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not (seen and seen[-1].servers["s099"].phase == "changed") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        rate = operations_per_second(counted, 3.0)
+        print(f"--wait straight to the bucket, a wave of {WAITING} waiting: {rate:.1f} store operations/s")
+        assert rate < 20, rate
+        for s in model.read(counted, rid).plan.servers:
+            healthy(ctx, s, "hello", model.read(counted, rid).release)
+        thread.join(20)
+        assert seen[-1].state == "completed"
+    finally:
+        control.control(ctx, "ann", rid, "abort") if seen and seen[-1].active else None
+        thread.join(10)
+
+
+def test_the_rollouts_listing_reads_only_what_changed(tmp_path, started: tuple[Context, list[ReleaseInfo]]) -> None:
+    """GET /api/v1/rollouts and /rollouts: one listing, and a read only of the rollouts whose
+    generation changed since the last request (not up to 50 reads a request)."""
+    ctx, rels = started
+    ids = []
+    for _ in range(5):
+        r = control.start(ctx, "ann", RolloutRequest(app="hello", release=rels[1].name, servers=["web-1"]))
+        model.update(ctx.store, r.id, lambda x: setattr(x, "state", "aborted"))
+        ids.append(r.id)
+    counted = CountingStore(ctx.store)
+    app = create_app(counted, ctx.config, auth=AuthSettings(no_auth=True), rollout_interval=0, poll_interval=600,
+                     catalog_interval=600)
+    with TestClient(app) as client:
+        client.get("/api/v1/fleet")  # the first look at the bucket made
+
+        def reads_of(path: str) -> tuple[int, int]:
+            before = counted.counts()
+            assert client.get(path).status_code == 200
+            after = counted.counts()
+            return after["read"] - before["read"], after["list"] - before["list"]
+
+        assert [x["id"] for x in client.get("/api/v1/rollouts").json()] == ids[::-1]
+        assert reads_of("/api/v1/rollouts") == (0, 1)
+        assert reads_of("/rollouts")[0] == 0
+        model.update(ctx.store, ids[2], lambda x: x.note("2026-12-02 05:00:00Z", "a note"))
+        assert reads_of("/api/v1/rollouts") == (1, 1)
+        assert client.get("/api/v1/rollouts?limit=2").json()[1]["id"] == ids[3]
+        assert "a note" in client.get("/api/v1/rollouts").json()[2]["events"][-1]

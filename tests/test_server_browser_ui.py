@@ -195,6 +195,24 @@ def test_the_fleet_fits_a_420_px_window(browser, world):
     page.context.close()
 
 
+def test_a_reason_naming_a_release_in_full_fits_a_420_px_window(browser, world):
+    # A failed or stuck app's reason names releases in full (~90 characters, no spaces):
+    # it wraps inside its cell instead of widening the page.
+    name = world.rels[2].name
+    world.agent("web-2", {"hello": world.rels[1].name}, health="unhealthy",
+                health_detail=f"{name} was not healthy and was reverted to {world.rels[1].name}")
+    try:
+        page = page_as(browser, "deployer@example.com", width=420)
+        for path in ("/", "/servers/web-2"):
+            page.goto(world.server.url + path)
+            page.wait_for_function(f"document.body.innerText.includes({name!r})", timeout=15_000)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 420, (path, width)
+        page.context.close()
+    finally:
+        world.agent("web-2", {"hello": world.rels[1].name})
+
+
 def test_the_search_box_filters_as_you_type_with_its_keys(browser, world):
     page = page_as(browser, "viewer@example.com")
     page.goto(world.server.url + "/history")

@@ -61,7 +61,8 @@ def test_unknown_pages_are_404_pages_and_the_api_keeps_json(site):
     viewer = user("viewer@example.com")
     for path, words in [("/nope", "no page at /nope"), ("/servers/nope", "nope"),
                         ("/servers/nope/apps/hello", "nope"), ("/apps/nope", "no such app"),
-                        ("/apps/helo", "no such app")]:
+                        ("/apps/helo", "no such app"), ("/history?server=nope", "&#39;nope&#39; is not in"),
+                        ("/history?app=nope", "no such app")]:
         r = client.get(path, headers=viewer)
         assert r.status_code == 404, (path, r.status_code)
         assert r.headers["content-type"].startswith("text/html") and '<header class="top">' in r.text, path
@@ -70,7 +71,7 @@ def test_unknown_pages_are_404_pages_and_the_api_keeps_json(site):
     for path in ("/api/v1/nope", "/api/v1/servers/nope", "/api/v1/apps/nope/releases"):
         r = client.get(path, headers={"X-Forwarded-Email": "viewer@example.com"})
         assert r.status_code == 404 and r.headers["content-type"] == "application/json", path
-        assert r.json()["type"] in ("NotFound", "UnknownServer", "UnknownApp") and r.json()["error"], path
+        assert r.json()["type"] in ("NoSuchPage", "UnknownServer", "UnknownApp") and r.json()["error"], path
     r = client.put("/api/v1/fleet", headers={"X-Forwarded-Email": "viewer@example.com"})
     assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowed"
     assert client.get("/apps/hello", headers=viewer).status_code == 200

@@ -2,12 +2,14 @@
 
 The script is generated from push's own argument parser (commands, their options, which
 options take a value), so it never lists a command or option push does not have. Servers,
-apps and releases change, so the script asks push for them as it completes:
-`push completion --values servers|apps|releases [APP]`, with the --store, --config,
+apps, releases and rollouts change, so the script asks push for them as it completes:
+`push completion --values servers|apps|releases [APP]|rollouts|active-rollouts`, with the --store, --config,
 --push-url and --token of the line being completed, straight to the bucket or through a
 push server as every other command (push.fleetcli's backend). Releases are offered as the
 names people type: `latest`, `previous` and the shortest unique prefix (7+ hex) of each
-git hash (full names hold ':', which shells split words on).
+git hash (full names hold ':', which shells split words on). A command with commands of its
+own (`push rollout start|status|...`, `push keys ...`) completes those, then their options
+and arguments (rollout ids: the recent ones for `status`, the active ones for the controls).
 
 Both shells run one function (`_push_complete`, on the line's words, 0-based: zsh with
 ksharrays), each with its own way to offer words (compgen into COMPREPLY; compadd).
@@ -30,13 +32,20 @@ POSITIONALS: dict[str, tuple[str, ...]] = {
     "releases": ("apps",),
     "release": ("apps",),
     "completion": ("shells",),
+    # A command's own commands are named "command.subcommand" (`push rollout start ...`).
+    "rollout.start": ("apps", "releases"),
+    "rollout.status": ("rollouts",),
+    "rollout.pause": ("active-rollouts",),
+    "rollout.resume": ("active-rollouts",),
+    "rollout.promote": ("active-rollouts",),
+    "rollout.abort": ("active-rollouts",),
 }
 # Options whose value is a file or directory (completed by the shell) or a kind of name.
 FILE_OPTIONS = ("--store", "--config", "--root", "--manifest", "--deb", "-o", "--output", "--signing-key", "--repo")
 NAME_OPTIONS = {"--app": "apps", "--expect": "releases"}
 # Passed on to `push completion --values`, so values come from where the line points.
 PASSED_ON = ("--store", "--config", "--push-url", "--token")
-KINDS = ("servers", "apps", "releases")
+KINDS = ("servers", "apps", "releases", "rollouts", "active-rollouts")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
@@ -49,7 +58,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], common: a
                                    "options, servers, apps and releases (asking push for the names).")
     p.add_argument("shell", nargs="?", choices=["bash", "zsh"])
     p.add_argument("--values", nargs="+", metavar=("KIND", "APP"),
-                   help="print the names the script offers: servers, apps, or releases APP")
+                   help="print the names the script offers: servers, apps, releases APP, rollouts "
+                        "(recent ids) or active-rollouts")
     p.set_defaults(func=cmd_completion, parser=p)
 
 
@@ -80,6 +90,10 @@ def _print_values(args: argparse.Namespace) -> int:
             names = fleet.servers()
         elif kind == "apps":
             names = fleet.apps()
+        elif kind in ("rollouts", "active-rollouts"):
+            from push.rolloutcli import recent_rollouts
+
+            names = [r.id for r in recent_rollouts(fleet) if r.active or kind == "rollouts"]
         else:
             if not rest:
                 args.parser.error("--values releases needs the APP")
@@ -109,9 +123,14 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 def script(parser: argparse.ArgumentParser, shell: str) -> str:
     """The completion script of `shell` (bash or zsh) for `parser`'s commands and options."""
     commands = _subcommands(parser)
+    nested = {name: _subcommands(sub) for name, sub in commands.items() if _subcommands(sub)}
+    nested_cases = [f"        {name}) echo {shlex.quote(' '.join(subs))} ;;" for name, subs in nested.items()]
+    everything = dict(commands)
+    for name, subs in nested.items():
+        everything.update({f"{name}.{sub}": p for sub, p in subs.items()})
     option_lists: list[str] = []
     value_options: set[str] = set()
-    for name, sub in commands.items():
+    for name, sub in everything.items():
         flags = sorted(f for a in sub._actions for f in a.option_strings if f.startswith("--"))
         option_lists.append(f"        {name}) echo {shlex.quote(' '.join(flags))} ;;")
         value_options.update(f for a in sub._actions if a.nargs != 0 for f in a.option_strings)
@@ -120,6 +139,7 @@ def script(parser: argparse.ArgumentParser, shell: str) -> str:
         positional_cases.append(f"        {name}) kinds=({' '.join(k or '-' for k in kinds)}) ;;")
     body = _BODY.format(
         commands=" ".join(commands),
+        nested_cases="\n".join(nested_cases),
         option_cases="\n".join(option_lists),
         value_options="|".join(sorted(value_options)),
         positional_cases="\n".join(positional_cases),
@@ -132,6 +152,13 @@ def script(parser: argparse.ArgumentParser, shell: str) -> str:
 _BODY = r"""_push_options() {{
     case "$1" in
 {option_cases}
+    esac
+}}
+
+# The commands of a command that has its own (push rollout start|status|...).
+_push_subcommands() {{
+    case "$1" in
+{nested_cases}
     esac
 }}
 
@@ -150,7 +177,9 @@ _push_complete() {{
             --all-servers) all=1 ;;
             {value_options}) skip=1 ;;
             -*) ;;
-            *) if [[ -z "$cmd" ]]; then cmd="$w"; else pos+=("$w"); fi ;;
+            *) if [[ -z "$cmd" ]]; then cmd="$w"
+               elif [[ "$cmd" != *.* && -n "$(_push_subcommands "$cmd")" ]]; then cmd="$cmd.$w"
+               else pos+=("$w"); fi ;;
         esac
     done
     if [[ -z "$cmd" ]]; then
@@ -159,6 +188,10 @@ _push_complete() {{
     fi
     if [[ "$cur" == -* ]]; then
         _push_offer "$(_push_options "$cmd")"
+        return 0
+    fi
+    if [[ "$cmd" != *.* && -n "$(_push_subcommands "$cmd")" ]]; then
+        _push_offer "$(_push_subcommands "$cmd")"
         return 0
     fi
     local kind="" app=""

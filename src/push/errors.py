@@ -141,6 +141,10 @@ class NotFound(PushError):
         self.key = key
 
 
+class NoSuchPage(NotFound):
+    """A path the push server serves nothing at (the CLI tells a --push-url with a wrong path by it)."""
+
+
 class UnknownServer(NotFound):
     """A server that skiapush.conf does not list."""
 

@@ -30,6 +30,8 @@ from push.errors import (
     AccessDenied,
     Conflict,
     InvalidInput,
+    InvalidStoreURL,
+    NoSuchPage,
     NotFound,
     PushError,
     StoreUnavailable,
@@ -357,13 +359,13 @@ def push_url(url: str) -> str:
         parts = urlsplit(url.strip())
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        raise InvalidInput("--push-url is not a URL: expected http(s)://HOST[:PORT]") from None
+        raise InvalidStoreURL("--push-url is not a URL: expected http(s)://HOST[:PORT]") from None
     host = parts.netloc.rpartition("@")[2]
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
-        raise InvalidInput(f"--push-url must not carry credentials ({parts.scheme}://…@{host}): "
-                             "send an API token with --token or PUSH_TOKEN instead")
+        raise InvalidStoreURL(f"--push-url must not carry credentials ({parts.scheme}://…@{host}): "
+                              "send an API token with --token or PUSH_TOKEN instead")
     if parts.scheme not in ("http", "https") or not host:
-        raise InvalidInput(f"--push-url must be http(s)://HOST[:PORT], not {parts.scheme or 'no scheme'}://{host}")
+        raise InvalidStoreURL(f"--push-url must be http(s)://HOST[:PORT], not {url.strip()!r}")
     return url.strip().rstrip("/")
 
 
@@ -379,6 +381,16 @@ def _what_answered(response: httpx.Response) -> str:
     if title and title.group(1).strip():
         parts.append(f"page {' '.join(title.group(1).split())!r}")
     return ", ".join(parts)
+
+
+def _root_of(url: str) -> str:
+    """The push server's root URL likely meant by `url`: before its API path, else its host."""
+    from urllib.parse import urlsplit
+
+    if "/api/" in url:
+        return url.split("/api/", 1)[0]
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 class NotAPushServer(StoreUnavailable):
@@ -418,7 +430,13 @@ class Remote:
             raise NotAPushServer(f"{self.url} is not a Push server: {method} {path} answered {_what_answered(r)}",
                                  store=self.url)
         if r.status_code >= 400:
-            raise _error_from_answer(r.status_code, body, self.url)
+            error = _error_from_answer(r.status_code, body, self.url)
+            root = _root_of(self.url)
+            if isinstance(error, NoSuchPage) and root != self.url:
+                # A page's or the API's URL given for the push server's own.
+                raise NotAPushServer(f"{self.url} is a Push server's page, not its root URL: "
+                                     f"give --push-url {root}", store=self.url)
+            raise error
         return r.content
 
     def _answer(self, kind: type[T], data: bytes) -> T:
@@ -564,7 +582,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{s.server}  ({seen}{flags})  {s.progress}")
         for err in (s.agent_error, s.file_error):
             if err:
-                print(f"  ! {err}")
+                print(_indented(f"  ! {err}", "    "))
         for a in s.apps:
             actual = "same" if a.actual and a.actual == a.desired else (
                 _short(a.actual) if a.actual else ("none" if s.last_seen else "?"))
@@ -574,10 +592,16 @@ def cmd_status(args: argparse.Namespace) -> int:
             if units:
                 print(f"  {'':<16} units {units}")
             if a.progress != "done":
-                print(f"  {'':<16} {a.progress}: {a.progress_reason}")
+                print(_indented(f"  {'':<16} {a.progress}: {a.progress_reason}", " " * 21))
             elif a.error:
-                print(f"  {'':<16} failed: {a.error}")
+                print(_indented(f"  {'':<16} failed: {a.error}", " " * 21))
     return outcome
+
+
+def _indented(text: str, indent: str) -> str:
+    """`text` with its later lines indented (a reason's log lines stay under their app)."""
+    first, *rest = text.splitlines() or [""]
+    return "\n".join([first, *(indent + line for line in rest)])
 
 
 def cmd_history(args: argparse.Namespace) -> int:

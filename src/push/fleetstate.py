@@ -348,7 +348,7 @@ def _progress(app: str, *, desired: str | None, actual: str | None, report: AppS
         health_by = timestamps.parse(report.health_deadline) + timedelta(seconds=HEALTH_MARGIN)
         deadline = max(deadline, health_by) if deadline is not None else health_by
     if stale_reason is not None:
-        return "stuck", f"{waiting}; its agent is stale ({stale_reason})", None
+        return "stuck", f"{waiting}; its agent is stale: {stale_reason}", None
     if deadline is None or now > deadline:
         since = f" {(now - written).total_seconds():.0f} s after the server file named it" if written else ""
         return "stuck", f"not done{since}: {waiting}", None

@@ -146,6 +146,10 @@ class Seen:
 EMPTY = Seen({}, {}, {}, {})
 
 
+# One build: (the snapshot before, the one built, the servers its look re-read; None: all).
+_Step = tuple["Snapshot | None", "Snapshot", "frozenset[str] | None"]
+
+
 @dataclass(eq=False)
 class _Batch:
     """Servers written by this process, re-read by one look (FleetView.refresh_servers).
@@ -267,6 +271,9 @@ class FleetView:
         # (when, server): when a view the builder made stops being current by the clock
         # alone; a heap, read and written by the builder only.
         self._expiries: list[tuple[datetime, str]] = []
+        # Told of each new snapshot, with the servers the look re-read (None: a full look): the
+        # rollout driver judges its waves from the view and steps on news (push.rollout.driver).
+        self.on_news: Callable[[frozenset[str] | None], None] | None = None
         # For /metrics and the benchmarks.
         self.refreshes = 0
         self.builds = 0                    # snapshots built (a batch of local writes is one)
@@ -353,17 +360,20 @@ class FleetView:
         with self._pending_lock:
             batch = self._pending
             batch.servers |= wanted
+        step: _Step | None = None
         with self._lock:
             if batch.changed is None and batch.error is None:  # not built by another caller yet
                 with self._pending_lock:
                     self._pending = _Batch()  # who comes from now on waits for the next look
                 only = frozenset(batch.servers)
                 try:
-                    changed = self._advance_locked(lambda seen: (self._look_at_servers(seen, only), only))
-                    batch.changed = frozenset(changed)
+                    step = self._advance_locked(lambda seen: (self._look_at_servers(seen, only), only))
+                    batch.changed = frozenset(_changed(step))
                 except PushError as e:
                     batch.error = e
                 self.batched_writes += len(only)
+        if step is not None:  # this call built the batch's snapshot
+            self._announce(step)
         if batch.error is not None:
             raise batch.error
         assert batch.changed is not None
@@ -398,10 +408,12 @@ class FleetView:
         the fleet's size); every other server is carried over as the last snapshot had it,
         and the next full re-list re-checks them all."""
         with self._lock:
-            return self._advance_locked(look)
+            step = self._advance_locked(look)
+        self._announce(step)
+        return _changed(step)
 
-    def _advance_locked(self, look: Callable[[Seen], tuple[Seen, frozenset[str] | None]]) -> set[str]:
-        """`_advance` with the builder's lock held."""
+    def _advance_locked(self, look: Callable[[Seen], tuple[Seen, frozenset[str] | None]]) -> _Step:
+        """`_advance` with the builder's lock held: (previous snapshot, new one, servers re-read)."""
         prev = self._snapshot
         prev_seen = prev.seen if prev is not None else EMPTY
         only: frozenset[str] | None = None
@@ -414,13 +426,13 @@ class FleetView:
         new = self._build(prev, seen, only)
         self._snapshot = new
         self.builds += 1
-        if prev is None:
-            return set(new.revs)
-        # Only the servers the look re-read can have a new revision (_build carries the
-        # others' over): comparing every server made each write of a fleet-wide deploy
-        # cost O(fleet), 14 of 36 CPU-seconds of a 3,000-server deploy-all.
-        changed = new.revs.keys() | prev.revs.keys() if only is None else only
-        return {s for s in changed if new.rev(s) != prev.rev(s)}
+        return prev, new, only
+
+    def _announce(self, step: _Step) -> None:
+        """Tell `on_news` of a new snapshot (outside the builder's lock)."""
+        prev, new, only = step
+        if new is not prev and self.on_news is not None:
+            self.on_news(only)
 
     def _build(self, prev: Snapshot | None, seen: Seen, only: frozenset[str] | None) -> Snapshot:
         now = timestamps.now()
@@ -721,6 +733,18 @@ class FleetView:
                                   latest=newest.name if newest else None,
                                   servers=[s for s, allowed in config.servers.items() if app in allowed]))
         return out
+
+
+def _changed(step: _Step) -> set[str]:
+    """The servers whose watch revision a build changed."""
+    prev, new, only = step
+    if prev is None:
+        return set(new.revs)
+    # Only the servers the look re-read can have a new revision (_build carries the
+    # others' over): comparing every server made each write of a fleet-wide deploy
+    # cost O(fleet), 14 of 36 CPU-seconds of a 3,000-server deploy-all.
+    changed = new.revs.keys() | prev.revs.keys() if only is None else only
+    return {s for s in changed if new.rev(s) != prev.rev(s)}
 
 
 def _file_problems(problems: Mapping[str, tuple[str, str]], file_errors: Mapping[str, tuple[str, str]],

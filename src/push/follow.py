@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from push.errors import StoreUnavailable
 from push.exits import WAIT_FAILED, WAIT_STUCK
 from push.fleet import short
 from push.fleetstate import AppState, FleetState
@@ -25,6 +26,10 @@ INTERVAL = 1.0
 # Without --timeout: the progress deadlines end the wait (300 s after the write, or a
 # release's health deadline); this only bounds a wait on a fleet state that never moves.
 DEFAULT_TIMEOUT = 3600.0
+# A push server (or bucket) that does not answer is looked at again for this long before the
+# wait ends with its error: a push server restarted meanwhile (an upgrade of Push itself)
+# must not end a wait on its agents, which carry on without it.
+OUTAGE_GRACE = 60.0
 
 
 @dataclass
@@ -72,8 +77,21 @@ def follow(targets: Sequence[tuple[str, str]], fetch: Callable[[], FleetState], 
     limit = clock() + (timeout if timeout is not None else DEFAULT_TIMEOUT)
     printed: dict[int, str] = {}
     drawn = False
+    down_since: float | None = None
     while True:
-        state = fetch()
+        try:
+            state = fetch()
+        except StoreUnavailable as e:
+            if down_since is None:
+                down_since = clock()
+                out.write(f"{e}; looking again for up to {OUTAGE_GRACE:.0f} s\n")
+                out.flush()
+                drawn = False  # live lines: drawn afresh below this one
+            elif clock() - down_since >= OUTAGE_GRACE or clock() >= limit:
+                raise
+            sleep(interval)
+            continue
+        down_since = None
         by_server = {s.server: s for s in state.servers}
         for f in followed:
             if f.finished:

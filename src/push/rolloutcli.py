@@ -115,7 +115,8 @@ def _get(fleet: Direct | Remote, rid: str) -> Rollout:
     return control.get(fleet.ctx, rid)
 
 
-def _list(fleet: Direct | Remote) -> list[Rollout]:
+def recent_rollouts(fleet: Direct | Remote) -> list[Rollout]:
+    """Recent rollouts, newest first (`push rollout status`, completion's rollout ids)."""
     if isinstance(fleet, Remote):
         from push.rollout.model import Rollout
 
@@ -185,7 +186,7 @@ def _follow(fleet: Direct | Remote, r: Rollout, args: argparse.Namespace) -> int
     if isinstance(fleet, Direct):
         from push.rollout.driver import Driver
 
-        r = Driver(fleet.ctx).follow(r.id, FOLLOW_INTERVAL, on_round)
+        r = Driver.straight(fleet.ctx).follow(r.id, FOLLOW_INTERVAL, on_round)
     else:
         while r.active:
             time.sleep(FOLLOW_INTERVAL)
@@ -226,7 +227,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     with backend(args) as fleet:
         if args.id is None:
-            rollouts = _list(fleet)
+            rollouts = recent_rollouts(fleet)
             if args.json:
                 print_json([r.to_json() for r in rollouts])
                 return 0

@@ -161,6 +161,7 @@ def control(ctx: Context, who: str, rollout_id: str, action: str, *, rollback: b
     return model.update(ctx.store, rollout_id, change)
 
 
-def listing(ctx: Context, limit: int = 50) -> list[Rollout]:
-    """Recent rollouts, newest first (the active ones among them)."""
-    return list(model.recent(ctx.store, limit))
+def listing(ctx: Context, limit: int = 50, recent: model.RecentRollouts | None = None) -> list[Rollout]:
+    """Recent rollouts, newest first (the active ones among them); through `recent`, reading
+    only those changed since its last call (the push server's)."""
+    return recent(limit) if recent is not None else list(model.recent(ctx.store, limit))

@@ -3,10 +3,11 @@
 the lease (push.rollout.lease) makes exactly one of them drive each rollout.
 
 One round, per active rollout: hold its lease (else leave it to its holder), read it,
-observe its servers (their server files by conditional reads, their agents' reports),
-`step()`, make the writes through push.fleet (the same operation as a deploy: config,
-compare-and-swap, signing, history naming the rollout, triggers), and save the rollout by
-compare-and-swap. A control request written meanwhile is merged in and the save retried.
+observe its servers in a fleet view (push.fleetview: their files and their agents' reports,
+followed through the change journal; no read per server per round), `step()`, make the
+writes through push.fleet (the same operation as a deploy: config, compare-and-swap,
+signing, history naming the rollout, triggers), and save the rollout by compare-and-swap.
+A control request written meanwhile is merged in and the save retried.
 A driver that dies between a write and the save loses nothing: its successor sees the
 server file already holds the release and counts the server as changed.
 """
@@ -22,27 +23,29 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from typing import Any
 
-from push import serverfile, status, timestamps
+from push import timestamps
 from push.errors import Conflict, PushError, StoreError
 from push.fleet import ChangedMeanwhile, Context, rollout_change
+from push.fleetstate import liveness
+from push.fleetview import FleetView, Snapshot
 from push.rollout import model
 from push.rollout.lease import TTL, Leases
 from push.rollout.model import Rollout
 from push.rollout.step import Observed, Write, applied, judge, step
-from push.serverfile import ServerFile
-from push.status import AgentStatus
 
 log = logging.getLogger(__name__)
 INTERVAL = 1.0
-# Between rounds while a wave waits on its servers' health: a wave is done this soon after its
-# last server reports healthy (about 20% of a core while 50 agents converge; docs/benchmarks.md).
-BUSY_INTERVAL = 0.1
-OBSERVERS = 8            # threads reading server files and reports
+# While a wave waits on its servers' health, the driver asks for a look at the change journal
+# this often (one listing, whatever the fleet's size) and steps when it names one of the
+# wave's servers: a wave is done within about this long after its last server reports healthy.
+BUSY_INTERVAL = 0.25
+# Straight to the bucket (`--wait`), the driver's own fleet view re-lists the bucket this
+# often: a heartbeat (not journaled) is seen within it, so an agent reporting every 5 s or more
+# is never called stale between two of its reports.
+STRAIGHT_FULL_INTERVAL = 5.0
 WRITERS = 8              # threads writing a wave's server files
-HEALTHY_RECHECK = 2.0    # seconds between re-reads of a report that said healthy
-
-ReportOf = Callable[[str], AgentStatus | None]
 
 
 def holder_name() -> str:
@@ -50,47 +53,72 @@ def holder_name() -> str:
 
 
 class Driver:
-    """Drives the active rollouts it holds the lease of. `report_of` reads an agent's report
-    (default: from the bucket, so a wave is judged on reports as fresh as they are written,
-    not at the fleet view's next poll). Its changes are recorded as made by whoever started
-    the rollout, via this process's front end."""
+    """Drives the active rollouts it holds the lease of, judging their servers from a fleet
+    view (push.fleetview: the servers' files and their agents' reports, followed through the
+    change journal), never by reading each server's objects at every round. Inside `push
+    serve` that is the push server's own view and `look` asks its watch hub for a poll now;
+    straight to the bucket (`Driver.straight`) the driver keeps a view of its own. Every
+    server file the driver writes must reach the view before its next round: push serve's
+    triggers refresh its view after every write of the push server's; else `after_write`. Its changes are recorded
+    as made by whoever started the rollout, via this process's front end."""
 
-    def __init__(self, ctx: Context, *, report_of: ReportOf | None = None, holder: str | None = None,
+    def __init__(self, ctx: Context, view: FleetView, *, look: Callable[[], object] | None = None,
+                 after_write: Callable[[str], object] | None = None, holder: str | None = None,
                  ttl: float = TTL, stale_after: float | None = None) -> None:
         self.ctx = ctx
+        self.view = view
+        self.own_view = look is None  # looked at by each round (else by its owner, push serve's hub)
+        self.look = look or (lambda: view.refresh(include_catalog=False))
+        self.after_write = after_write
         self.leases = Leases(ctx.store, holder or holder_name(), ttl)
-        self.report_of = report_of or (lambda server: status.read(ctx.store, server))
         self.stale_after = stale_after
-        self._files: dict[str, ServerFile] = {}
-        self._healthy: dict[str, tuple[str, float]] = {}  # server -> (rollout, when its report last said healthy)
         self._driving: set[str] = set()  # the rollouts this driver has held the lease of since it took it
+        self._waiting: set[str] = set()  # the servers of waves waiting on their health
         self._wake = threading.Event()
         self.rounds = 0
+        view.on_news = self.news
+
+    @classmethod
+    def straight(cls, ctx: Context, **kwargs: Any) -> Driver:
+        """A driver straight on the bucket (`push rollout ... --wait` without a push server):
+        its own fleet view, refreshed by each of its writes."""
+        view = FleetView(ctx, full_interval=STRAIGHT_FULL_INTERVAL)
+        return cls(ctx, view, after_write=view.refresh_server, **kwargs)
 
     def wake(self) -> None:
-        """Step now rather than at the next interval (news in the fleet view, a request)."""
+        """Step now rather than at the next interval (a start or control request)."""
         self._wake.set()
+
+    def news(self, servers: frozenset[str] | None) -> None:
+        """The fleet view saw news (None: a full look): step now if it concerns a waiting wave."""
+        if servers is None or not servers.isdisjoint(self._waiting):
+            self._wake.set()
 
     # -- one round ------------------------------------------------------------------------
 
     def round(self) -> bool:
         """One step of every active rollout this driver may drive; whether one of them waits
-        on its servers' health (then the next round comes after BUSY_INTERVAL)."""
+        on its servers' health (then the journal is looked at every BUSY_INTERVAL)."""
         self.rounds += 1
         busy = False
+        if self.own_view:
+            self._look_now()
         try:
             ids = model.active_ids(self.ctx.store)
         except PushError as e:
             log.warning("rollouts: cannot list the active ones: %s", e)
             return False
+        waiting: set[str] = set()
         for rid in ids:
             try:
                 r = self.drive(rid)
             except PushError as e:
                 log.warning("rollout %s: %s", rid, e)
                 continue
-            if r is not None and r.active and r.state != "paused" and r.waves[r.wave].healthy_at is None:
+            if r is not None and _waits(r):
                 busy = True
+                waiting.update(r.wave_servers(r.wave))
+        self._waiting = waiting
         return busy
 
     def drive(self, rollout_id: str) -> Rollout | None:
@@ -113,42 +141,26 @@ class Driver:
         return r
 
     def _observe(self, r: Rollout) -> dict[str, Observed]:
-        """What the bucket shows of the servers step() looks at: the current wave's and those
-        written, each read in a small pool of threads (a wave of hundreds on GCS is hundreds
-        of round trips). A server judged healthy has its report read again only every
-        HEALTHY_RECHECK seconds; the others at every round."""
+        """What the fleet view shows of the servers step() looks at: the current wave's and
+        those written. No read of the bucket: the view follows it."""
+        snapshot = self.view.snapshot
         now = timestamps.now()
         wanted = set(r.wave_servers(r.wave)) | {s.server for s in r.servers.values() if s.phase != "pending"}
-        with ThreadPoolExecutor(OBSERVERS) as pool:
-            return dict(zip(wanted, pool.map(lambda server: self._look(r, server, now), wanted), strict=True))
+        return {server: self._look(r, snapshot, server, now) for server in wanted}
 
-    def _look(self, r: Rollout, server: str, now: datetime) -> Observed:
-        try:
-            old = self._files.get(server)
-            sf = serverfile.read(self.ctx.store, server, old.generation if old and old.generation else None)
-            sf = sf if sf is not None else old
-            assert sf is not None
-            self._files[server] = sf
-            release = sf.release_of(r.app)
-            desired = release.name if release is not None else None
-        except PushError as e:
-            return Observed(desired=None, readable=False, detail=str(e))
+    def _look(self, r: Rollout, snapshot: Snapshot, server: str, now: datetime) -> Observed:
+        seen = snapshot.seen
+        error = seen.file_errors.get(server)
+        if error is not None:
+            return Observed(desired=None, readable=False, detail=error[1])
+        sf = seen.files.get(server)
+        release = sf.release_of(r.app) if sf is not None else None
+        desired = release.name if release is not None else None
         if desired != r.release:
             return Observed(desired=desired)
-        seen = self._healthy.get(server)
-        if seen is not None and seen[0] == r.id and time.monotonic() - seen[1] < HEALTHY_RECHECK:
-            return Observed(desired=desired, health="healthy")
-        detail = None
-        try:
-            report = self.report_of(server)
-        except PushError as e:
-            report, detail = None, str(e)
-        health, detail = judge(report, r.app, r.release, now, self.stale_after) if report or not detail \
-            else ("unknown", detail)
-        if health == "healthy":
-            self._healthy[server] = (r.id, time.monotonic())
-        else:
-            self._healthy.pop(server, None)
+        report = snapshot.report(server)
+        live = liveness(report, self.view.watcher(server), seen.report_times.get(server), now)
+        health, detail = judge(report, r.app, r.release, now, self.stale_after, live)
         return Observed(desired=desired, health=health, detail=detail)
 
     def _step(self, r: Rollout, save: bool = False) -> Rollout:
@@ -179,8 +191,6 @@ class Driver:
         for w, (record_id, current, refused, retry) in zip(writes, outcomes, strict=True):
             if retry:
                 continue
-            if refused is None:
-                self._files.pop(w.server, None)
             applied(r, w, now, record_id=record_id, current=current, refused=refused)
 
     def _write(self, r: Rollout, w: Write) -> tuple[str | None, str | None, str | None, bool]:
@@ -194,6 +204,11 @@ class Driver:
             return None, None, None, True
         except PushError as e:  # not allowed any more, release gone, ...: that server is left
             return None, None, str(e), False
+        if self.after_write is not None:
+            try:
+                self.after_write(w.server)
+            except PushError as e:  # seen at the view's next look
+                log.warning("rollout %s: re-reading %s failed: %s", r.id, w.server, e)
         return (change.record.id if change.record is not None else None), None, None, False
 
     def _save(self, before: Rollout, new: Rollout) -> Rollout:
@@ -212,27 +227,56 @@ class Driver:
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, interval: float = INTERVAL) -> None:
-        """Rounds every `interval` seconds until `stop` is set (push serve's thread)."""
+        """Rounds every `interval` seconds until `stop` is set (push serve's thread); while a
+        wave waits on health, a look at the journal every BUSY_INTERVAL and a round on news."""
+        last = float("-inf")
+        busy = False
         while not stop.is_set():
-            self._wake.clear()
-            busy = False
-            try:
-                busy = self.round()
-            except Exception:
-                log.exception("rollouts: a round failed")
-            self._wake.wait(min(interval, BUSY_INTERVAL) if busy else interval)
+            if self._wake.is_set() or time.monotonic() - last >= interval:
+                self._wake.clear()
+                last = time.monotonic()
+                try:
+                    busy = self.round()
+                except Exception:
+                    log.exception("rollouts: a round failed")
+                    busy = False
+            if busy and not self.own_view:
+                self._look_now()
+            self._wake.wait(max(0.0, min(BUSY_INTERVAL if busy else interval, last + interval - time.monotonic())))
+
+    def _look_now(self) -> None:
+        try:
+            self.look()
+        except PushError as e:
+            log.warning("rollouts: cannot look at the bucket: %s", e)
 
     def follow(self, rollout_id: str, interval: float, on_round: Callable[[Rollout], None]) -> Rollout:
         """Drive (or, while another driver holds the lease, watch) one rollout until it ends:
-        `push rollout ... --wait` straight to the bucket."""
+        `push rollout ... --wait` straight to the bucket. The driver's view is refreshed
+        every BUSY_INTERVAL while a wave waits, else every `interval`."""
+        self._look_now()
         while True:
+            self._wake.clear()
             r = self.drive(rollout_id)
             if r is None:
                 r = model.read(self.ctx.store, rollout_id)
             on_round(r)
             if not r.active:
                 return r
-            time.sleep(min(interval, BUSY_INTERVAL) if r.waves[r.wave].healthy_at is None else interval)
+            self._waiting = set(r.wave_servers(r.wave))
+            deadline = time.monotonic() + interval
+            while not self._wake.is_set() and time.monotonic() < deadline:
+                if _waits(r):
+                    self._look_now()
+                self._wake.wait(max(0.0, min(BUSY_INTERVAL if _waits(r) else interval,
+                                             deadline - time.monotonic())))
+            if not _waits(r):
+                self._look_now()
+
+
+def _waits(r: Rollout) -> bool:
+    """Whether `r` waits on its current wave's health (its driver then looks often)."""
+    return r.active and r.state != "paused" and r.waves[r.wave].healthy_at is None
 
 
 def announce(ctx: Context, before: Rollout, after: Rollout) -> None:

@@ -10,8 +10,10 @@ which is what makes "one active rollout per app" hold across push servers and CL
 
 from __future__ import annotations
 
+import difflib
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Literal
@@ -19,7 +21,8 @@ from typing import Literal
 from pydantic import Field
 
 from push import layout, timestamps
-from push.errors import Conflict, InvalidRequest, NotFound, StoreUnavailable
+from push.errors import Conflict, InvalidRequest, NotFound, PushError, StoreUnavailable
+from push.lookup import did_you_mean
 from push.model import Model
 from push.store import Store
 
@@ -159,16 +162,32 @@ def read(store: Store, rollout_id: str) -> Rollout:
     try:
         key = layout.rollout_key(rollout_id)
     except ValueError:
-        raise NotFound(f"no rollout {rollout_id!r} (ids look like 01764648000000000000-0a1b2c3d)") from None
+        near = did_you_mean(_near_ids(store, rollout_id))
+        raise NotFound(f"no rollout {rollout_id!r}" + (near or " (ids look like 01764648000000000000-0a1b2c3d)")) \
+            from None
     try:
         got = store.get(key)
     except NotFound:
-        raise NotFound(f"no rollout {rollout_id}", key=key) from None
+        raise NotFound(f"no rollout {rollout_id}{did_you_mean(_near_ids(store, rollout_id))}", key=key) from None
     assert got is not None
     data, info = got
     r = Rollout.from_bytes(data, key)
     r.generation = info.generation
     return r
+
+
+def _near_ids(store: Store, rollout_id: str) -> list[str]:
+    """The rollout a typo'd or shortened id most likely meant: those it begins (if few), else
+    the one closest (one listing; only after a miss)."""
+    try:
+        ids = list_ids(store)
+    except PushError:
+        return []
+    given = rollout_id.strip().lower()
+    starting = [i for i in ids if given and i.startswith(given)]
+    if 0 < len(starting) <= 3:
+        return starting
+    return difflib.get_close_matches(given, ids, n=1, cutoff=0.9)
 
 
 def write(store: Store, r: Rollout) -> Rollout:
@@ -215,6 +234,41 @@ def recent(store: Store, limit: int = 50) -> Iterator[Rollout]:
             continue
         except Exception:
             continue
+
+
+class RecentRollouts:
+    """`recent()` for a process that lists rollouts again and again (the push server's
+    rollouts page and API): one listing of rollouts/ a call, and a read only of the rollouts
+    whose generation changed since (a cache keyed by id and generation, of the `limit`
+    newest). The rollouts it answers are shared: read them, never change them."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._cache: dict[str, Rollout] = {}
+
+    def __call__(self, limit: int = 50) -> list[Rollout]:
+        listed = {rid: info.generation for info in self.store.list(layout.ROLLOUTS)
+                  if (rid := layout.rollout_of_key(info.key)) is not None}
+        newest = sorted(listed)[-limit:][::-1]
+        with self._lock:
+            cache = dict(self._cache)
+        out = []
+        for rid in newest:
+            r = cache.get(rid)
+            if r is None or not listed[rid] or r.generation != listed[rid]:
+                try:
+                    r = read(self.store, rid)
+                except Exception:  # unreadable: skipped, as recent() skips it
+                    cache.pop(rid, None)
+                    continue
+                cache[rid] = r
+            out.append(r)
+        with self._lock:
+            # Kept: the newest, of the largest `limit` asked lately (the page's and the API's).
+            keep = set(sorted(listed)[-max(limit, 50):])
+            self._cache = {rid: r for rid, r in cache.items() if rid in keep}
+        return out
 
 
 # -- rollouts/active/{app}.json: one active rollout per app --------------------------------------

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from push import timestamps
+from push.fleetstate import Liveness
 from push.rollout.model import WRITTEN, Rollout, ServerStep
 from push.status import AgentStatus
 
@@ -40,16 +41,20 @@ class Write:
 
 
 def judge(report: AgentStatus | None, app: str, release: str, now: datetime,
-          stale_after: float | None = None) -> tuple[str, str | None]:
+          stale_after: float | None = None, live: Liveness | None = None) -> tuple[str, str | None]:
     """(health, detail) of `release` of `app` on a server, by its agent's last report. A
-    missing or stale report (older than `stale_after`, by default the agent's own
-    `AgentStatus.stale_after`: three of its report intervals) is `unknown`, never healthy;
+    missing or stale report is `unknown`, never healthy: stale as `live` says (the fleet
+    view's liveness rules: the agent's watch of the push server, or its reports), else when
+    older than `stale_after` (by default the agent's own `AgentStatus.stale_after`: three of
+    its report intervals);
     a release the agent reverted, or failed to install, is `unhealthy`; installed and
     reported healthy is `healthy`; anything else is still `progressing`."""
     if report is None:
         return "unknown", "no report from its agent"
-    age = report.age_seconds(now)
-    if age > (report.stale_after if stale_after is None else stale_after):
+    if live is not None and stale_after is None:
+        if live.stale:
+            return "unknown", f"its agent is stale ({live.reason})"
+    elif (age := report.age_seconds(now)) > (report.stale_after if stale_after is None else stale_after):
         return "unknown", f"its agent is stale (last report {age:.0f} s ago)"
     st = report.apps.get(app)
     if st is None:

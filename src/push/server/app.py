@@ -27,11 +27,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from push import __version__
 from push.catalog import Catalog
 from push.config import Config
-from push.errors import AccessDenied, Conflict, InvalidRequest, NotFound, PushError, StoreError, Unauthenticated
+from push.errors import (
+    AccessDenied,
+    Conflict,
+    InvalidRequest,
+    NoSuchPage,
+    NotFound,
+    PushError,
+    StoreError,
+    Unauthenticated,
+)
 from push.fleet import ChangedMeanwhile, Context, Refusal
 from push.fleetview import FULL_INTERVAL, FleetView
 from push.history import History
 from push.notify import SERVER_FLUSH_SECONDS, Notifier
+from push.rollout.model import RecentRollouts
 from push.server.auth import Auth, AuthSettings
 from push.server.bodies import BodyTooLarge
 from push.server.metrics import Metrics, MetricsMiddleware
@@ -57,6 +67,7 @@ class PushServer:
     templates: Environment
     metrics: Metrics
     store: CountingStore
+    rollouts: RecentRollouts | None = None   # the rollouts page and API's listing, read only when changed
 
 
 def server_of(request: Request) -> PushServer:
@@ -116,7 +127,8 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
     metrics = Metrics()
-    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics, counted)
+    push = PushServer(ctx, view, hub, Auth(lambda: ctx.config, settings), templates, metrics, counted,
+                      RecentRollouts(store))
     metrics.watch(push)
 
     @contextlib.asynccontextmanager
@@ -125,9 +137,8 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
         from push.rollout.driver import Driver
 
         driving = threading.Event()
-        driver = Driver(ctx, ttl=rollout_lease)
+        driver = Driver(ctx, view, look=hub.poll_soon, ttl=rollout_lease)  # the triggers refresh the view
         app.state.rollout_driver = driver
-        hub.on_changed = lambda servers: driver.wake()
         driver_thread = threading.Thread(target=driver.run, args=(driving, rollout_interval), name="push-rollouts",
                                          daemon=True)
         if rollout_interval > 0:
@@ -183,7 +194,7 @@ def create_app(store: Store, config: Config, *, auth: AuthSettings | None = None
         # A path no route serves (or a method it does not take): the API answers a Refusal as
         # for every other error, a browser a page in the site's style, not Starlette's JSON.
         if exc.status_code == 404:
-            return error_response(request, NotFound(f"no page at {request.url.path}"))
+            return error_response(request, NoSuchPage(f"no page at {request.url.path}"))
         if exc.status_code == 405:
             return error_response(request, MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
         return error_response(request, InvalidRequest(str(exc.detail)))

@@ -48,7 +48,7 @@ def list_rollouts(request: Request, limit: int = Query(50, ge=1, le=500)) -> lis
     failed, rolled_back, aborted)."""
     push = server_of(request)
     push.auth.require(request, "view")
-    return control.listing(push.ctx, limit)
+    return control.listing(push.ctx, limit, push.rollouts)
 
 
 @router.get(f"{API}/rollouts/plan", tags=["rollouts"], responses=REFUSALS)
@@ -98,7 +98,7 @@ def control_rollout(request: Request, rollout_id: str, action: str, identity: De
 @pages.get("/rollouts", response_class=HTMLResponse)
 def rollouts_page(request: Request) -> Response:
     push, identity = _viewer(request)
-    rollouts = control.listing(push.ctx)
+    rollouts = control.listing(push.ctx, recent=push.rollouts)
     return _page(request, "rollouts.html", identity, active=[r for r in rollouts if r.active],
                  past=[r for r in rollouts if not r.active])
 

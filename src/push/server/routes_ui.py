@@ -543,10 +543,11 @@ def search(request: Request, q: str = "") -> Response:
 @router.get("/history", response_class=HTMLResponse)
 def history_page(request: Request, server: str = "", app: str = "", before: str = "") -> Response:
     push, identity = _viewer(request)
+    # An unknown server or app is a 404 page, as in the API, not an empty history.
     if server:
-        check_server(server)
+        push.ctx.config.require_server(check_server(server))
     if app:
-        check_app(app)
+        lookup.require_app(push.ctx.catalog, push.ctx.config, check_app(app))
     records = push.ctx.history.records(server or None, app or None, limit=100, before=before or None)
     older = None
     if len(records) == 100:

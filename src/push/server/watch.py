@@ -20,7 +20,6 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
 from datetime import timedelta
 
 from push import timestamps
@@ -59,8 +58,7 @@ class WatchHub:
         self.poll_errors = 0
         self.last_poll_error: str | None = None
         self.wakeups = 0
-        # Told of every change the view sees (the rollout driver steps at once on news).
-        self.on_changed: Callable[[set[str]], None] | None = None
+        self._soon: asyncio.Event | None = None  # set by poll_soon(): the next poll now
 
     @property
     def watchers(self) -> int:
@@ -68,6 +66,7 @@ class WatchHub:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._soon = asyncio.Event()
         self._tasks = [asyncio.create_task(self._poll_loop(), name="push-bucket-poll"),
                        asyncio.create_task(self._catalog_loop(), name="push-catalog-refresh")]
 
@@ -101,7 +100,18 @@ class WatchHub:
                 self.poll_errors += 1
                 self.last_poll_error = f"{type(e).__name__}: {e}"
                 log.warning("bucket poll failed: %s", self.last_poll_error)
-            await asyncio.sleep(self.poll_interval)
+            assert self._soon is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._soon.wait(), self.poll_interval)
+            self._soon.clear()
+
+    def poll_soon(self) -> None:
+        """Poll the bucket now rather than at the next interval (from any thread): the rollout
+        driver asks while a wave waits on its servers' health. A poll is one listing of the
+        change journal when nothing changed, whatever the fleet's size."""
+        loop, soon = self._loop, self._soon
+        if loop is not None and soon is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(soon.set)
 
     async def _catalog_loop(self) -> None:
         while True:
@@ -117,8 +127,6 @@ class WatchHub:
                 log.warning("catalogue refresh failed: %s", self.last_poll_error)
 
     def _notify(self, servers: set[str]) -> None:
-        if servers and self.on_changed is not None:
-            self.on_changed(servers)
         for server in servers:
             waiters = self._waiters.pop(server, None)
             if not waiters:
