@@ -302,6 +302,34 @@ def test_gce_pushrev_written_through_compute_api(bucket, tmp_path, rels, compute
     assert ctx.triggers.gce_failed == 1 and ctx.triggers.gce_ok == 2
 
 
+def test_triggers_fired_from_deploy_alls_threads(bucket, tmp_path, rels, compute):
+    """deploy-all's writers fire the triggers side by side: each server's watchers are
+    woken and its pushrev written once, counted exactly; a trigger pool closed while a
+    deploy writes (shutdown) fails no write."""
+    FakeCompute.instances["web-2"] = {"fingerprint": "1", "items": []}
+    gce = f'\n[gce]\nproject = "proj"\nzone = "us-a"\ncompute_endpoint = "{compute}"\n'
+    config = make_config(tmp_path, gce)
+    for background in (False, True):
+        woken: list[str] = []
+        triggers = Triggers(config, on_change=woken.append, background=background)
+        ctx = fleet.Context.open(bucket, config, triggers=triggers)
+        out = fleet.deploy_everywhere(ctx, "a", "hello", rels[int(background)].name,
+                                      expected={"web-1": rels[0].name if background else None,
+                                                "web-2": rels[0].name if background else None})
+        triggers.flush()
+        assert out.ok and sorted(woken) == ["web-1", "web-2"]
+        assert (triggers.gce_ok, triggers.gce_failed) == (2, 0), triggers.last_gce_error
+        for name in ("web-1", "web-2"):
+            items = {i["key"]: i["value"] for i in FakeCompute.instances[name]["items"]}
+            assert items["pushrev"].startswith(rels[int(background)].name + " ")
+        triggers.close()
+    triggers = Triggers(config, background=True)
+    assert triggers._pool is not None
+    triggers._pool.shutdown(wait=True)  # what close() does while a deploy-all may still write
+    triggers.changed("web-1", "x")  # logged, not raised
+    triggers.close()
+
+
 def test_concurrent_deploys_of_different_apps_to_one_server_all_go_through(bucket, tmp_path):
     """8 writers, each its own app, one server file: no 409 (ChangedMeanwhile or Conflict)
     for a change that conflicts with nothing, and no update lost."""

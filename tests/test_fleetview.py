@@ -258,3 +258,81 @@ def test_the_clock_and_a_watch_change_a_state_without_a_change_in_the_bucket(ctx
     view.watched("web-1", Watcher(last=timestamps.now(), back_by=timestamps.now() + timedelta(seconds=30)))
     view.refresh()
     assert view.snapshot.state("web-1").stale is False
+
+
+def test_writes_at_once_share_one_look_and_each_sees_its_own(bucket, rels, tmp_path, monkeypatch):
+    """A fleet-wide deploy's writers call refresh_server at once: the calls that come while
+    a snapshot is built go into one batch (one look, one snapshot), and each call returns
+    only once a snapshot shows its own write. A batch that dropped a server fails here."""
+    servers = [f"app-{i}" for i in range(8)]
+    ctx = fleet.Context.open(bucket, make_config(tmp_path, "".join(
+        f'\n[servers.{s}]\nappNames = ["hello"]\n' for s in servers)), via="test")
+    view = FleetView(ctx)
+    view.refresh()
+    before = view.snapshot
+    frozen = (dict(before.servers), dict(before.revs), dict(before.seen.files), dict(before.seen.requests))
+    builds = view.builds
+    # The first look waits until every other writer has called: they all queue for the next.
+    first, others_in = threading.Event(), threading.Event()
+    real = view._look_at_servers
+
+    def slow_look(seen, only):
+        if not first.is_set():
+            first.set()
+            assert others_in.wait(10)
+        return real(seen, only)
+
+    monkeypatch.setattr(view, "_look_at_servers", slow_look)
+    seen_after: dict[str, str | None] = {}
+    errors: list[BaseException] = []
+
+    def write(server: str) -> None:
+        try:
+            fleet.deploy(ctx, "a", server, "hello", rels[1].name)
+            view.refresh_server(server)
+            seen_after[server] = apps_of(view, server)["hello"].desired
+        except BaseException as e:  # reported by the test thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(servers[0],))]
+    threads[0].start()
+    assert first.wait(10)
+    for s in servers[1:]:
+        threads.append(threading.Thread(target=write, args=(s,)))
+        threads[-1].start()
+    # Each has written and is queued for the next look (the batch holds all seven).
+    deadline = threading.Event()
+    for _ in range(200):
+        if len(view._pending.servers) == len(servers) - 1:
+            break
+        deadline.wait(0.05)
+    assert view._pending.servers == set(servers[1:])
+    others_in.set()
+    for t in threads:
+        t.join(10)
+    assert not errors
+    assert seen_after == {s: rels[1].name for s in servers}  # read-your-writes, each writer
+    assert view.builds - builds == 2 and view.batched_writes == len(servers)  # one look for the seven
+    # The snapshot taken before is as it was: a batch builds a new one, never edits one.
+    assert frozen == (dict(before.servers), dict(before.revs), dict(before.seen.files), dict(before.seen.requests))
+    assert all(before.state(s).apps[0].desired is None for s in servers)  # type: ignore[union-attr]
+    assert {s for s in servers if view.rev(s) != before.rev(s)} == set(servers)
+
+
+def test_a_failed_batch_fails_every_call_in_it(ctx, bucket, rels, monkeypatch):
+    """A look that cannot list the bucket fails the calls whose servers it held (none is
+    told its write is shown when it is not); the next call looks again."""
+    view = FleetView(ctx)
+    view.refresh()
+    fleet.deploy(ctx, "a", "web-1", "hello", rels[1].name)
+    real_list = bucket.list
+
+    def down(*a, **k):
+        raise StoreUnavailable("bucket down")
+
+    monkeypatch.setattr(bucket, "list", down)
+    with pytest.raises(StoreUnavailable):
+        view.refresh_server("web-1")
+    monkeypatch.setattr(bucket, "list", real_list)
+    assert view.refresh_server("web-1") == {"web-1"}
+    assert apps_of(view, "web-1")["hello"].desired == rels[1].name

@@ -115,6 +115,10 @@ class Triggers:
             self.compute = ComputeMetadata(gce["project"], gce["zone"],
                                            gce.get("compute_endpoint") or DEFAULT_COMPUTE_ENDPOINT)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="gce-trigger") if background else None
+        # `changed` is called from many threads at once (deploy-all's and a rollout's
+        # writers; without `background`, the GCE write runs in them too): the counts below
+        # are written under this lock, as `+=` from several threads can lose counts.
+        self._count_lock = threading.Lock()
         self.gce_ok = 0
         self.gce_failed = 0
         self.last_gce_error: str | None = None
@@ -128,8 +132,12 @@ class Triggers:
                 log.exception("waking watchers of %s failed", server)
         if self.compute is not None:
             value = f"{what} {secrets.token_hex(8)}"
-            if self._pool is not None:
-                self._pool.submit(self._set_pushrev, server, value)
+            pool = self._pool
+            if pool is not None:
+                try:
+                    pool.submit(self._set_pushrev, server, value)
+                except RuntimeError:  # closed (shutdown) while a deploy wrote: the agents' poll is the failsafe
+                    log.warning("GCE pushrev of %s not sent: the trigger pool is closed", server)
             else:
                 self._set_pushrev(server, value)
 
@@ -139,11 +147,13 @@ class Triggers:
         try:
             self.compute.set_item(server, PUSHREV_KEY, value)
         except Exception as e:  # the agent's poll is the failsafe
-            self.gce_failed += 1
-            self.last_gce_error = f"{server}: {e}"
+            with self._count_lock:
+                self.gce_failed += 1
+                self.last_gce_error = f"{server}: {e}"
             log.warning("could not write GCE pushrev for %s: %s", server, e)
             return
-        self.gce_ok += 1
+        with self._count_lock:
+            self.gce_ok += 1
         log.info("pushrev of %s set in %.0f ms", server, (time.monotonic() - start) * 1000)
 
     def flush(self) -> None:
