@@ -4,11 +4,11 @@ the test plays the agents; Pause and Abort from the page."""
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 
+from chromium import launched
 from fleetdata import conf_text, make_release
 from push import changes, fleet, status, timestamps
 from push.config import load
@@ -17,9 +17,6 @@ from pushserver import PushServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = os.environ.get("PUSH_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 
 def agent_says(bucket: LocalStore, server: str, release: str) -> None:
@@ -33,8 +30,6 @@ def agent_says(bucket: LocalStore, server: str, release: str) -> None:
 
 @pytest.fixture
 def world(tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     bucket = LocalStore(tmp_path / "bucket")
     rels = [make_release(bucket, "hello", n) for n in range(1, 4)]
     conf = tmp_path / "skiapush.conf"
@@ -45,17 +40,13 @@ def world(tmp_path):
         agent_says(bucket, s, rels[0].name)
     server = PushServerProcess(str(tmp_path / "bucket"), conf, tmp_path / "serve.log",
                                "--trusted-proxy", "127.0.0.1", "--rollout-interval", "0.2")
-    from playwright.sync_api import sync_playwright
-
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        with launched() as browser:
             context = browser.new_context(extra_http_headers={"X-Forwarded-Email": "deployer@example.com"},
                                           viewport={"width": 1280, "height": 900})
             page = context.new_page()
             page.set_default_timeout(15_000)
             yield bucket, rels, server, page
-            browser.close()
     finally:
         server.stop()
 

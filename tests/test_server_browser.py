@@ -8,11 +8,11 @@ adding the X-Forwarded-Email header; `push serve` trusts it from 127.0.0.1 only.
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
 
+from chromium import launched
 from fleetdata import conf_text, make_release, report
 from push import changes, fleet
 from push.config import load
@@ -21,21 +21,12 @@ from pushserver import PushServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = os.environ.get("PUSH_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with launched() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

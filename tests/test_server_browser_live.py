@@ -11,22 +11,19 @@ module; the tests run in order.
 from __future__ import annotations
 
 import json
-import os
 import re
 import textwrap
 
 import pytest
 
 from agentpkgs import make_release
+from chromium import launched
 from push.demo.fleet import LocalFleet, http_get
 from push.health import HealthCheck
 from push.store.local import LocalStore
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(240)]
 
-CHROMIUM = os.environ.get("PUSH_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 CRASH = """\
 #!/bin/sh
 echo "hello 1.3: cannot open /var/lib/hello/db: no such file"
@@ -41,14 +38,8 @@ NO_RESTART = textwrap.dedent("""\
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with launched() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

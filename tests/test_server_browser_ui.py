@@ -13,12 +13,12 @@ tests/test_server_browser_live.py does the same with real agents.
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from chromium import launched
 from fleetdata import conf_text, make_release
 from push import changes, fleet, status
 from push.config import load
@@ -28,22 +28,13 @@ from pushserver import PushServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = os.environ.get("PUSH_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 RELATIVE = re.compile(r"^(just now|\d+ (s|min|h|days?) ago|in \d+ (s|min|h|days?)|\d{4}-\d\d-\d\d)$")
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    with launched() as b:
         yield b
-        b.close()
 
 
 class World:
