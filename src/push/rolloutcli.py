@@ -138,7 +138,7 @@ def _control(fleet: Direct | Remote, rid: str, action: str, rollback: bool) -> R
 
 
 def _short(name: str | None) -> str:
-    from push.fleet import short
+    from push.release import short
 
     return short(name)
 
