@@ -20,7 +20,8 @@ from push.fleetstate import (
     liveness,
     server_state,
 )
-from push.release import Release, ReleaseInfo
+from push.follow import Followed
+from push.release import Release, ReleaseInfo, short
 from push.serverfile import ServerFile
 from push.status import AgentStatus, AppStatus, TrustStatus
 
@@ -280,21 +281,22 @@ def test_converging_within_its_deadline_is_not_a_problem() -> None:
               written=timedelta(seconds=10))
     hello = app(s, "hello")
     assert (hello.progress, hello.marks, s.problems, s.progress) == ("converging", [], 0, "converging")
-    assert hello.progress_reason == f"waiting for the agent to pick up {HELLO2.name}"
+    assert hello.progress_reason == f"waiting for the agent to pick up {short(HELLO2.name)}"
     assert hello.progress_deadline == "2026-03-04T12:04:50.000000Z"  # written + CONVERGE_GRACE
-    assert s.progress_reason == f"hello: waiting for the agent to pick up {HELLO2.name}"
+    assert s.progress_reason == f"hello: waiting for the agent to pick up {short(HELLO2.name)}"
 
 
 def test_installing_and_health_progressing_are_converging() -> None:
     rep = report({"hello": HELLO1.name})
     rep.apps["hello"].desired, rep.apps["hello"].state = HELLO2.name, "installing"
     hello = app(state(HELLO2.name, rep=rep, written=timedelta(seconds=5)), "hello")
-    assert (hello.progress, hello.progress_reason, hello.marks) == ("converging", f"installing {HELLO2.name}", [])
+    assert (hello.progress, hello.progress_reason, hello.marks) == (
+        "converging", f"installing {short(HELLO2.name)}", [])
     # Installed, proving its health: the health deadline (plus a margin) may outlast the grace.
     rep = judged(report({"hello": HELLO2.name}), "hello", "progressing", "units settling", timedelta(seconds=600))
     hello = app(state(HELLO2.name, rep=rep, written=timedelta(seconds=250)), "hello")
     assert (hello.progress, hello.marks) == ("converging", [])
-    assert hello.progress_reason == f"{HELLO2.name} installed, health progressing: units settling"
+    assert hello.progress_reason == f"{short(HELLO2.name)} installed, health progressing: units settling"
     assert hello.progress_deadline == "2026-03-04T12:10:30.000000Z"
 
 
@@ -303,11 +305,36 @@ def test_past_its_deadline_is_stuck_and_a_problem() -> None:
     hello = app(s, "hello")
     assert (hello.progress, hello.marks, hello.progress_deadline, s.problems) == ("stuck", ["drift"], None, 1)
     assert hello.progress_reason == (f"not done {CONVERGE_GRACE + 1:.0f} s after the server file named it: "
-                                     f"waiting for the agent to pick up {HELLO2.name}")
+                                     f"waiting for the agent to pick up {short(HELLO2.name)}")
     # Installed but never healthy, past the health deadline: stuck, and a problem without drift.
     rep = judged(report({"hello": HELLO2.name}), "hello", "progressing", deadline=timedelta(seconds=-60))
     s = state(HELLO2.name, rep=rep, written=timedelta(hours=1))
     assert (app(s, "hello").progress, app(s, "hello").marks, s.problems) == ("stuck", [], 1)
+
+
+def test_a_wait_line_names_releases_short_and_stays_readable() -> None:
+    """`push deploy --wait` prints a progress reason per server: releases by app, time and short
+    hash (their full names stay in the structured fields), so a typical converging line fits
+    120 columns (it took over 150 with full names)."""
+    waiting = state(HELLO2.name, rep=report({"hello": HELLO1.name}), written=timedelta(seconds=10))
+    stuck = state(HELLO2.name, rep=report({"hello": HELLO1.name}), written=timedelta(seconds=CONVERGE_GRACE + 1))
+    judging = state(HELLO2.name, written=timedelta(seconds=250), rep=judged(
+        report({"hello": HELLO2.name}), "hello", "progressing", "units settling", timedelta(seconds=600)))
+    for s in (waiting, stuck, judging):
+        hello = app(s, "hello")
+        line = Followed("web-1.example.com", "hello", hello).line()
+        assert HELLO2.name not in line and short(HELLO2.name) in line, line
+        assert len(line) <= 120 or s is stuck, line  # stuck also says since when
+        assert hello.desired == HELLO2.name  # scripts read the full name
+    assert app(stuck, "hello").actual == HELLO1.name
+
+
+def test_a_revert_the_agent_did_not_explain_names_the_release_short() -> None:
+    back = report({"hello": HELLO1.name}, failed={"hello": "not healthy"})
+    back.apps["hello"].desired, back.apps["hello"].reverted_from = HELLO2.name, HELLO2.name
+    hello = app(state(HELLO2.name, rep=back), "hello")
+    assert hello.progress_reason == f"{short(HELLO2.name)} was not healthy and was reverted"
+    assert hello.reverted_from == HELLO2.name
 
 
 def test_an_unknown_write_time_is_long_past() -> None:
@@ -328,7 +355,7 @@ def test_a_stale_agent_makes_what_is_not_done_stuck() -> None:
     ("unhealthy", "GET http://127.0.0.1:8001/: HTTP 503"),
     ("reverted", f"{HELLO2.name} was not healthy and was reverted to {HELLO1.name}"),
     ("not_allowed", "skiapush.conf does not allow hello on this server"),
-    ("unknown_release", f"{HELLO2.name} is not in the bucket"),
+    ("unknown_release", f"{short(HELLO2.name)} is not in the bucket"),
     ("untrusted", "the agent refuses it: no valid signature"),
 ])
 def test_failed(case: str, reason: str) -> None:
@@ -368,7 +395,7 @@ def test_removal_is_done_when_nothing_is_installed() -> None:
     rep = report({"hello": HELLO1.name})
     rep.apps["hello"].desired, rep.apps["hello"].state = None, "removing"
     hello = app(state("hello/", rep=rep, written=timedelta(seconds=2)), "hello")
-    assert (hello.progress, hello.progress_reason) == ("converging", f"removing {HELLO1.name}")
+    assert (hello.progress, hello.progress_reason) == ("converging", f"removing {short(HELLO1.name)}")
     hello = app(state("hello/", rep=report({"hello": None}), written=timedelta(seconds=2)), "hello")
     assert hello.progress == "done"
 

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from fleetdata import TOKENS, make_config, make_release, report
 from push import fleet, serverfile, unitrequests
 from push.errors import NotAllowed, StoreUnavailable
+from push.release import short
 from push.server.app import create_app
 from push.server.auth import AuthSettings, check_bind
 from waiting import wait_for
@@ -149,7 +150,7 @@ def test_fleet_state(client, rels):
     # Deployed a moment ago: converging within its deadline, so no drift (not a problem).
     assert hello["desired"] == rels[1].name and set(hello["marks"]) == {"out_of_date"}
     assert (hello["progress"], hello["progress_reason"]) == (
-        "converging", f"waiting for the agent to pick up {rels[1].name}")
+        "converging", f"waiting for the agent to pick up {short(rels[1].name)}")
     assert hello["progress_deadline"] is not None and state["servers"][0]["progress"] == "converging"
     assert hello["latest"] == rels[3].name
     filtered = client.get("/api/v1/fleet?server=web-2&app=pull", headers=token("dash")).json()

@@ -28,7 +28,7 @@ from push.layout import server_file_key
 from push.model import Model
 from push.names import check_note, check_server, check_unit
 from push.notify import DISABLED, Notifier, change_fields
-from push.release import Release, ReleaseInfo
+from push.release import ReleaseInfo, short
 from push.rollout import model as rollouts
 from push.serverfile import ServerFile
 from push.signing import SigningKey
@@ -48,17 +48,6 @@ class _Any:
 
 # `expected_from=ANY` (the default) means "whatever is deployed now"; None means "nothing".
 ANY: Any = _Any()
-
-
-def short(name: str | None) -> str:
-    """A release name as people read it: app, time and short hash."""
-    if not name:
-        return "(nothing)"
-    try:
-        r = Release.parse(name)
-    except PushError:
-        return name
-    return f"{r.app} {r.time:%Y-%m-%d %H:%M} {r.short_hash}"
 
 
 class ChangedMeanwhile(Conflict):

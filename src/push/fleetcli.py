@@ -555,7 +555,7 @@ def backend(args: argparse.Namespace, *, config_required: bool = True) -> Iterat
 
 
 def _short(name: str | None) -> str:
-    from push.fleet import short
+    from push.release import short
 
     return short(name)
 

@@ -26,7 +26,7 @@ from push import timestamps
 from push.errors import InvalidRelease
 from push.health import HealthCheck
 from push.model import Model
-from push.release import ReleaseInfo
+from push.release import ReleaseInfo, short
 from push.serverfile import ServerFile
 from push.status import AgentStatus, AppStatus
 
@@ -302,7 +302,7 @@ def _progress(app: str, *, desired: str | None, actual: str | None, report: AppS
     if not allowed:
         return "failed", f"skiapush.conf does not allow {app} on this server", None
     if not known:
-        return "failed", f"{desired} is not in the bucket", None
+        return "failed", f"{short(desired)} is not in the bucket", None
     if refused is not None:
         return "failed", f"the agent refuses it: {refused.get('message') or refused.get('reason')}", None
     # What the agent says of the release the file names now (a report about an earlier
@@ -311,7 +311,8 @@ def _progress(app: str, *, desired: str | None, actual: str | None, report: AppS
     reverting: datetime | None = None  # unhealthy in its install window: the agent is about to revert it
     if current and report is not None:
         if report.reverted_from is not None and actual != desired:
-            return "failed", report.health_detail or f"{report.reverted_from} was not healthy and was reverted", None
+            reverted = f"{short(report.reverted_from)} was not healthy and was reverted"
+            return "failed", report.health_detail or reverted, None
         if report.state == "failed":
             return "failed", report.error or "failed (the agent gave no reason)", None
         if report.health == "unhealthy":
@@ -324,23 +325,23 @@ def _progress(app: str, *, desired: str | None, actual: str | None, report: AppS
     if desired is None:
         if actual is None and (report is None or report.state != "removing"):
             return "done", None, None
-        waiting = f"removing {actual}" if actual is not None else "removing"
+        waiting = f"removing {short(actual)}" if actual is not None else "removing"
     elif reverting is not None and report is not None:
-        waiting = (f"{desired} is unhealthy in its install window ({report.health_detail}): its agent reverts it "
-                   "unless the release says revert = false")
+        waiting = (f"{short(desired)} is unhealthy in its install window ({report.health_detail}): "
+                   "its agent reverts it unless the release says revert = false")
     elif current and report is not None and actual == desired and report.state == "ok":
         # Healthy, or judged by an agent from before health (its report has no verdict at all).
         if report.health == "healthy" or (report.health == "unknown" and report.health_detail is None):
             return "done", None, None
-        waiting = f"{desired} installed, health {report.health}" + (
+        waiting = f"{short(desired)} installed, health {report.health}" + (
             f": {report.health_detail}" if report.health_detail else "")
     elif not has_report:
         waiting = "no report from its agent yet"
     elif not current:
-        waiting = f"waiting for the agent to pick up {desired}"
+        waiting = f"waiting for the agent to pick up {short(desired)}"
     else:
         assert report is not None
-        waiting = f"{report.state} {desired}"
+        waiting = f"{report.state} {short(desired)}"
     # The deadline: the file's write time plus a grace (an unknown write time is long past),
     # later if the agent is still judging the installed release's health.
     deadline = written + timedelta(seconds=CONVERGE_GRACE) if written is not None else None

@@ -17,8 +17,8 @@ from typing import TextIO
 
 from push.errors import StoreUnavailable
 from push.exits import WAIT_FAILED, WAIT_STUCK
-from push.fleet import short
 from push.fleetstate import AppState, FleetState
+from push.release import short
 
 # How often the state is looked at again (a push server's own poll is 2 s; the bucket's
 # change journal is one listing page).

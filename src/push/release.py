@@ -136,6 +136,19 @@ class Release:
         return self.name
 
 
+def short(name: str | None) -> str:
+    """A release name as people read it (CLI lines, progress reasons, rollout events): app,
+    build time and short hash, `hello 2026-03-01 12:00 9c64614`. Structured fields keep the
+    full name; a name that does not parse is shown as it is."""
+    if not name:
+        return "(nothing)"
+    try:
+        r = Release.parse(name)
+    except InvalidRelease:
+        return name
+    return f"{r.app} {r.time:%Y-%m-%d %H:%M} {r.short_hash}"
+
+
 def _parse_bool(value: str, key: str) -> bool:
     if value in ("true", "false"):
         return value == "true"

@@ -138,14 +138,14 @@ def _control(fleet: Direct | Remote, rid: str, action: str, rollback: bool) -> R
 
 
 def _short(name: str | None) -> str:
-    from push.fleet import short
+    from push.release import short
 
     return short(name)
 
 
 def summary(r: Rollout) -> str:
     done = sum(1 for s in r.servers.values() if s.phase == "healthy")
-    return (f"{r.id}  {r.app} {_short(r.release)}  {r.state}  wave {min(r.wave + 1, len(r.waves))}/{len(r.waves)}  "
+    return (f"{r.id}  {_short(r.release)}  {r.state}  wave {min(r.wave + 1, len(r.waves))}/{len(r.waves)}  "
             f"{done}/{len(r.servers)} healthy" + (f"  ({r.reason})" if r.reason and not r.active else ""))
 
 
@@ -216,7 +216,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.json:
         print_json(r.to_json())
     else:
-        print(f"started rollout {r.id}: {r.app} {_short(r.release)} to {len(r.servers)} server(s) in waves "
+        print(f"started rollout {r.id}: {_short(r.release)} to {len(r.servers)} server(s) in waves "
               f"{','.join(map(str, r.plan.waves))}")
         if isinstance(fleet, Direct):
             print(f"a push server on this bucket drives it; without one: push rollout status {r.id} --wait",

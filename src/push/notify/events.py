@@ -19,9 +19,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from push import timestamps
-from push.errors import PushError
 from push.history import Record
-from push.release import Release
+from push.release import short
 
 ENVELOPE = ("kind", "id", "time", "who", "text")
 _VERBS = {"deploy": "deployed", "rollback": "rolled back", "remove": "removed"}
@@ -75,11 +74,5 @@ def text(event: Mapping[str, Any]) -> str:
 
 
 def _short(name: object) -> str:
-    """A release as people read it (as push.fleet.short, which this module cannot import)."""
-    if not isinstance(name, str) or not name:
-        return "nothing"
-    try:
-        r = Release.parse(name)
-    except PushError:
-        return name
-    return f"{r.app} {r.time:%Y-%m-%d %H:%M} {r.short_hash}"
+    """A release as people read it (push.release.short), from an event's untyped field."""
+    return short(name) if isinstance(name, str) and name else "nothing"

@@ -15,6 +15,7 @@ from push.errors import InvalidRequest, NotFound, PushError
 from push.fleet import Context, require_app
 from push.layout import rollout_key
 from push.model import Model
+from push.release import short
 from push.rollout import model
 from push.rollout.model import (
     DEFAULT_BAKE,
@@ -117,7 +118,7 @@ def start(ctx: Context, who: str, req: RolloutRequest) -> Rollout:
     r = Rollout(id=rid, app=req.app, release=p.release, who=who, via=ctx.via, created=now, plan=p.plan,
                 waves=[Wave(size=size) for size in p.plan.waves],
                 servers={s: ServerStep(server=s, wave=wave_of[s], before=p.before[s]) for s in p.plan.servers})
-    r.note(now, f"started by {who}: {req.app} {p.release} to {len(p.plan.servers)} server(s) in waves "
+    r.note(now, f"started by {who}: {short(p.release)} to {len(p.plan.servers)} server(s) in waves "
                 f"{','.join(map(str, p.plan.waves))}" + (f": {req.note}" if req.note else ""))
     model.write(ctx.store, r)
     try:

@@ -30,6 +30,7 @@ from push.errors import Conflict, PushError, StoreError
 from push.fleet import ChangedMeanwhile, Context, rollout_change
 from push.fleetstate import liveness
 from push.fleetview import FleetView, Snapshot
+from push.release import short
 from push.rollout import model
 from push.rollout.lease import TTL, Leases
 from push.rollout.model import Rollout
@@ -198,7 +199,7 @@ class Driver:
         try:
             change = rollout_change(self.ctx, r.who, w.server, r.app, w.to, w.action, w.expected, r.id)
         except ChangedMeanwhile as e:
-            return None, e.current, f"changed meanwhile: it runs {e.current or 'nothing'}", False
+            return None, e.current, f"changed meanwhile: it runs {short(e.current)}", False
         except StoreError as e:  # the bucket: tried again at the next step
             log.warning("rollout %s: writing %s failed: %s", r.id, w.server, e)
             return None, None, None, True

@@ -14,6 +14,7 @@ from typing import Literal
 
 from push import timestamps
 from push.fleetstate import Liveness
+from push.release import short
 from push.rollout.model import WRITTEN, Rollout, ServerStep
 from push.status import AgentStatus
 
@@ -64,7 +65,7 @@ def judge(report: AgentStatus | None, app: str, release: str, now: datetime,
     if st.installed != release:
         if st.state == "failed" and st.desired == release:
             return "unhealthy", st.error or "its agent failed to install it"
-        return "progressing", f"installing (runs {st.installed or 'nothing'})"
+        return "progressing", f"installing (runs {short(st.installed)})"
     if st.state == "failed":
         return "unhealthy", st.error or "failed"
     if st.health == "healthy":
@@ -112,8 +113,8 @@ def _start_wave(r: Rollout, observed: dict[str, Observed], now: str) -> list[Wri
         if seen.desired == r.release:  # already there (it ran it, or our write landed before a restart)
             s.phase, s.changed_at = "changed", s.changed_at or now
         elif seen.desired != s.before:
-            _leave(r, s, now, f"changed meanwhile: it now runs {seen.desired or 'nothing'}, "
-                              f"not {s.before or 'nothing'}")
+            _leave(r, s, now, f"changed meanwhile: it now runs {short(seen.desired)}, "
+                              f"not {short(s.before)}")
         else:
             writes.append(Write(name, "deploy", r.release, s.before))
     return writes
@@ -133,7 +134,7 @@ def _judge_wave(r: Rollout, observed: dict[str, Observed], now: str) -> tuple[in
         s = r.servers[name]
         seen = observed.get(name)
         if s.phase in WRITTEN and seen is not None and seen.readable and seen.desired != r.release:
-            _leave(r, s, now, f"changed by someone else during the rollout: it now runs {seen.desired or 'nothing'}")
+            _leave(r, s, now, f"changed by someone else during the rollout: it now runs {short(seen.desired)}")
         if s.phase not in WRITTEN:
             if s.phase == "pending":
                 waiting.append(name)
@@ -254,7 +255,7 @@ def _roll_back(r: Rollout, observed: dict[str, Observed], now: str) -> tuple[Rol
         if seen.desired == s.before:
             s.phase = "reverted"
         elif seen.desired != r.release:
-            _leave(r, s, now, f"changed by someone else: it runs {seen.desired or 'nothing'}; not rolled back")
+            _leave(r, s, now, f"changed by someone else: it runs {short(seen.desired)}; not rolled back")
         else:
             left += 1
             writes.append(Write(s.server, "rollback" if s.before else "remove", s.before, r.release))
@@ -277,6 +278,6 @@ def applied(r: Rollout, write: Write, now_dt: datetime, *, record_id: str | None
             r.note(now, f"{write.server}: {r.app} -> {r.release.rsplit(':', 1)[-1][:7]}")
         else:
             s.phase = "reverted"
-            r.note(now, f"{write.server}: rolled back to {write.to or 'nothing'}")
+            r.note(now, f"{write.server}: rolled back to {short(write.to)}")
         return
     _leave(r, s, now, refused)

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from push.fleet import short
 from push.fleetstate import AppState, ServerState
 from push.history import Record
+from push.release import short
 from push.unitrequests import UnitRequest
 
 Phase = Literal["requested", "progressing", "stuck", "done", "failed", "superseded"]

@@ -27,7 +27,7 @@ from push.errors import InvalidRequest, NotFound, PushError, error_class
 from push.fleetview import ServerView
 from push.history import CHANGES, Record
 from push.names import check_app, check_server
-from push.release import Release
+from push.release import Release, short
 from push.server import following
 from push.server.app import PushServer, RetryForm, error_response, http_status, server_of
 from push.server.auth import Identity
@@ -69,7 +69,7 @@ def setup_filters(push: PushServer) -> None:
     env = push.templates
     if "when" not in env.filters:
         env.filters.update(rel_hash=rel_hash, rel_user=rel_user, iso=iso_short,
-                           short=fleet.short, when=when, firstline=first_line)
+                           short=short, when=when, firstline=first_line)
 
 
 def _page(request: Request, template: str, identity: Identity | None, status: int = 200,
