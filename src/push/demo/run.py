@@ -191,6 +191,12 @@ def main(workdir: Path | None, server_port: int, app_port_base: int, open_browse
             f"--push-url {url}")
         say("    (it exits 8 about 10 s later: not healthy in time, reverted to version 1; the fleet page")
         say("    shows it reverted, with its reason)")
+        say("  - roll hello version 2 out to every server in waves (one canary first), from the app page's")
+        say("    release picker (\"in waves…\") or from a shell, and watch it on the rollouts page:")
+        say(f"                  {bin_path('push')} rollout start hello {_hash_of(names['hello'][1])} --bake 5 "
+            f"--wait --push-url {url}")
+        say("    then the same with version 3: it stops at the canary, which reverts it, and the rollout rolls")
+        say("    back by itself (exit 10); no other server ever gets version 3")
         say(f"  work directory (bucket, keys, roots, logs): {workdir}")
         say("  signed end to end: the agents install only releases signed by keys/release.key, chosen by")
         say("  server files signed by keys/deploy.key (the push server's key); see docs/trust.md")
